@@ -1,0 +1,1 @@
+"""VoxCPM inference engine: models, checkpoints, generation."""

@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny synthetic checkpoints, written once per test session by the real generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``tiny-v1`` checkpoint directory (VoxCPM1.5 layout, random weights)."""
+    from engine.synthetic import write_checkpoint
+
+    return write_checkpoint("tiny-v1", tmp_path_factory.mktemp("ckpt") / "tiny-v1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``tiny-v2`` checkpoint directory (VoxCPM2 layout, random weights)."""
+    from engine.synthetic import write_checkpoint
+
+    return write_checkpoint("tiny-v2", tmp_path_factory.mktemp("ckpt") / "tiny-v2", seed=0)
+
+
+@pytest.fixture(params=["tiny_v1", "tiny_v2"])
+def tiny_ckpt(request: pytest.FixtureRequest) -> Path:
+    """Each tiny checkpoint in turn."""
+    return request.getfixturevalue(request.param)

@@ -1,0 +1,170 @@
+"""engine.audio_io: decode/downmix/resample round trips, padding, errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.audio_io import load_audio, pad_to_multiple
+
+FORMATS = [
+    ("wav", "WAV", "PCM_16"),
+    ("flac", "FLAC", "PCM_16"),
+    ("ogg", "OGG", "VORBIS"),
+    ("mp3", "MP3", "MPEG_LAYER_III"),
+]
+
+
+def _sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(sr * seconds))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _encode(wav: np.ndarray, sr: int, fmt: str, subtype: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wav, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def _peak_freq(wav: np.ndarray, sr: int) -> float:
+    spec = np.abs(np.fft.rfft(wav * np.hanning(len(wav))))
+    return float(np.argmax(spec) * sr / len(wav))
+
+
+@pytest.mark.parametrize(("ext", "fmt", "subtype"), FORMATS)
+@pytest.mark.parametrize("target_sr", [16000, 44100, 48000])
+def test_round_trip_from_path(tmp_path: Path, ext: str, fmt: str, subtype: str, target_sr: int) -> None:
+    src_sr, seconds = 22050, 1.0
+    path = tmp_path / f"a.{ext}"
+    sf.write(path, _sine(440.0, src_sr, seconds), src_sr, format=fmt, subtype=subtype)
+    out = load_audio(path, target_sr)
+    assert out.dtype == np.float32 and out.ndim == 1 and out.flags.c_contiguous
+    # Lossy codecs may shift length by an encoder frame; lossless ones are exact (ceil rule).
+    tol = 0 if fmt in ("WAV", "FLAC") else int(0.06 * target_sr)
+    assert abs(len(out) - int(np.ceil(seconds * src_sr * target_sr / src_sr))) <= tol
+    assert abs(_peak_freq(out, target_sr) - 440.0) < 3.0
+    assert 0.4 < np.abs(out).max() < 0.6
+
+
+@pytest.mark.parametrize(("ext", "fmt", "subtype"), FORMATS)
+def test_bytes_equal_path(tmp_path: Path, ext: str, fmt: str, subtype: str) -> None:
+    data = _encode(_sine(300.0, 16000, 0.5), 16000, fmt, subtype)
+    path = tmp_path / f"b.{ext}"
+    path.write_bytes(data)
+    np.testing.assert_array_equal(load_audio(data, 16000), load_audio(str(path), 16000))
+
+
+def test_no_resample_when_rates_match() -> None:
+    wav = _sine(1000.0, 16000, 0.25)
+    out = load_audio(_encode(wav, 16000, "WAV", "FLOAT"), 16000)
+    np.testing.assert_array_equal(out, wav)
+
+
+@pytest.mark.parametrize("target_sr", [16000, 44100, 48000])
+@pytest.mark.parametrize("src_sr", [16000, 24000, 44100, 48000])
+def test_resample_keeps_frequency_and_length(src_sr: int, target_sr: int) -> None:
+    n = src_sr // 2 + 7  # not a whole number of output samples for most pairs
+    wav = _sine(1234.0, src_sr, n / src_sr)
+    out = load_audio(_encode(wav, src_sr, "WAV", "FLOAT"), target_sr)
+    assert len(out) == int(np.ceil(n * target_sr / src_sr))
+    assert abs(_peak_freq(out, target_sr) - 1234.0) < 4.0
+    # Away from the edges a band-limited sine survives resampling almost unchanged in level.
+    mid = out[len(out) // 4 : 3 * len(out) // 4]
+    assert abs(np.sqrt(np.mean(mid**2)) - 0.5 / np.sqrt(2)) < 5e-3
+
+
+def test_stereo_downmix_is_channel_mean() -> None:
+    left, right = _sine(440.0, 16000, 0.2), _sine(660.0, 16000, 0.2, amp=0.25)
+    stereo = np.stack([left, right], axis=1)
+    out = load_audio(_encode(stereo, 16000, "WAV", "FLOAT"), 16000)
+    np.testing.assert_array_equal(out, ((left + right) / 2).astype(np.float32))
+    cancel = load_audio(_encode(np.stack([left, -left], axis=1), 16000, "WAV", "FLOAT"), 16000)
+    assert np.abs(cancel).max() == 0.0
+
+
+def test_int_pcm_scaling() -> None:
+    pcm = np.array([0, 16384, -32768, 32767], dtype=np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, 16000, format="WAV", subtype="PCM_16")
+    np.testing.assert_allclose(load_audio(buf.getvalue(), 16000), pcm / 32768.0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        (b"", "empty"),
+        (b"garbage bytes that are not audio" * 4, "cannot decode"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "cannot decode"),
+        (bytes(range(256)) * 8, "cannot decode"),
+    ],
+)
+def test_bad_bytes(source: bytes, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_audio(source, 16000)
+
+
+def test_zero_samples_and_non_finite() -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        load_audio(_encode(np.zeros(0, np.float32), 16000, "WAV", "PCM_16"), 16000)
+    bad = _sine(440.0, 16000, 0.1)
+    bad[10] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_audio(_encode(bad, 16000, "WAV", "FLOAT"), 16000)
+    bad[10] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_audio(_encode(bad, 16000, "WAV", "FLOAT"), 44100)
+
+
+def test_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_audio(tmp_path / "missing.wav", 16000)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        load_audio(empty, 16000)
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"\x00" * 1000)
+    with pytest.raises(ValueError, match="junk.mp3"):
+        load_audio(junk, 16000)
+    with pytest.raises(ValueError, match="target_sr"):
+        load_audio(_encode(_sine(440.0, 16000, 0.1), 16000, "WAV", "PCM_16"), 0)
+    with pytest.raises(TypeError):
+        load_audio(12345, 16000)  # type: ignore[arg-type]
+
+
+def test_pad_left_and_right() -> None:
+    wav = np.arange(1, 6, dtype=np.float32)
+    left = pad_to_multiple(wav, 4, "left")
+    right = pad_to_multiple(wav, 4, "right")
+    np.testing.assert_array_equal(left, [0, 0, 0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(right, [1, 2, 3, 4, 5, 0, 0, 0])
+    assert left.dtype == np.float32 and right.dtype == np.float32
+
+
+@pytest.mark.parametrize("n", [1, 2559, 2560, 2561, 7056 * 3 - 1])
+@pytest.mark.parametrize("multiple", [2560, 1280, 7056])
+def test_pad_lengths(n: int, multiple: int) -> None:
+    wav = np.ones(n, np.float32)
+    for side in ("left", "right"):
+        out = pad_to_multiple(wav, multiple, side)
+        assert len(out) % multiple == 0 and len(out) - n < multiple
+        assert len(out) == (n if n % multiple == 0 else n + multiple - n % multiple)
+        assert out.sum() == n  # only zeros were added
+        real = out[len(out) - n :] if side == "left" else out[:n]
+        np.testing.assert_array_equal(real, wav)
+
+
+def test_pad_no_op_and_errors() -> None:
+    wav = np.ones(2560, np.float32)
+    assert pad_to_multiple(wav, 2560, "left") is wav
+    assert len(pad_to_multiple(np.zeros(0, np.float32), 2560, "right")) == 0
+    two_d = pad_to_multiple(np.ones((1, 3), np.float32), 4, "left")
+    np.testing.assert_array_equal(two_d, [[0, 1, 1, 1]])
+    with pytest.raises(ValueError, match="multiple"):
+        pad_to_multiple(wav, 0, "left")
+    with pytest.raises(ValueError, match="side"):
+        pad_to_multiple(wav, 4, "center")  # type: ignore[arg-type]
