@@ -1,0 +1,261 @@
+"""Layers of the AudioVAE: weight-normed causal convolutions, Snake, residual and resampling blocks.
+
+Parameter names, shapes and registration order follow the official ``audiovae.pth`` (the reference
+builds its convolutions with the legacy ``torch.nn.utils.weight_norm``, which stores ``bias``,
+``weight_g`` and ``weight_v``). The effective weight is recomputed with ``torch._weight_norm`` on
+every call, which is the exact kernel the legacy forward pre-hook runs, so fp32 results are
+bit-identical to the reference (spec §7.1).
+
+Streaming (spec §6.6): every layer's ``forward`` takes an optional ``stream`` list. A convolution
+that needs left context owns a slot in it (``stream_slot``, assigned by the model), reads its
+previous input tail from there and writes the new tail back. With ``stream=None`` the layer behaves
+like the reference (zero left padding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+StreamBuffers = list[Tensor]
+"""Per-convolution left-context tensors of one decoding stream, indexed by ``stream_slot``."""
+
+
+def snake(x: Tensor, alpha: Tensor) -> Tensor:
+    """Snake activation ``x + sin(alpha * x)^2 / (alpha + 1e-9)`` in the reference's op order."""
+    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+
+
+class StreamableModule(nn.Module):
+    """A layer whose ``forward(x, stream)`` can carry causal left context between calls."""
+
+    def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def run_layers(layers: Iterable[nn.Module], x: Tensor, stream: StreamBuffers | None) -> Tensor:
+    """Apply ``layers`` in order, handing ``stream`` to the layers that understand it."""
+    for layer in layers:
+        x = layer(x, stream) if isinstance(layer, StreamableModule) else layer(x)
+    return x
+
+
+class Snake1d(StreamableModule):
+    """Per-channel Snake activation; parameter ``alpha`` has shape ``[1, C, 1]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        return snake(x, self.alpha)
+
+
+class _WeightNormConv(StreamableModule):
+    """Legacy weight-norm parameters (``bias``, ``weight_g``, ``weight_v``) shared by both conv kinds.
+
+    Args:
+        weight_shape: Shape of the convolution weight (``weight_v``); the norm is taken over all
+            dims but dim 0, so ``weight_g`` is ``[weight_shape[0], 1, 1]``.
+        bias_size: Number of output channels.
+        context: Left context (input samples) the layer needs when streaming; 0 means stateless.
+    """
+
+    def __init__(self, weight_shape: tuple[int, int, int], bias_size: int, context: int) -> None:
+        super().__init__()
+        # Registration order matches legacy weight_norm (it deletes `weight` and appends g, v after `bias`).
+        self.bias = nn.Parameter(torch.empty(bias_size))
+        self.weight_g = nn.Parameter(torch.empty(weight_shape[0], 1, 1))
+        self.weight_v = nn.Parameter(torch.empty(weight_shape))
+        self.register_buffer("folded_weight", None, persistent=False)
+        self.context = context
+        self.stream_slot: int | None = None
+        self._reset_parameters()
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        # Same distribution as a fresh nn.Conv1d / nn.ConvTranspose1d wrapped by weight_norm.
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(self.weight_v)
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.weight_g.copy_(torch.norm_except_dim(self.weight_v, 2, 0))
+
+    def weight(self) -> Tensor:
+        """The effective weight ``g * v / ||v||`` (or the cached one after :meth:`fold`)."""
+        if self.folded_weight is not None:
+            return self.folded_weight
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Cache the effective weight; it is then reused until :meth:`unfold` (no gradients flow to g/v)."""
+        self.folded_weight = torch._weight_norm(self.weight_v, self.weight_g, 0).detach()
+
+    def unfold(self) -> None:
+        """Drop the cached weight and recompute it on every call again."""
+        self.folded_weight = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # A cached weight would otherwise silently keep the old parameters.
+        if self.folded_weight is not None:
+            self.fold()
+
+    def _with_context(self, x: Tensor, stream: StreamBuffers | None) -> Tensor:
+        """Prepend the causal left context: zeros without a stream, the previous tail with one."""
+        if self.context == 0:
+            return x
+        if stream is None or self.stream_slot is None:
+            return F.pad(x, (self.context, 0))
+        x = torch.cat([stream[self.stream_slot], x], dim=-1)
+        stream[self.stream_slot] = x[..., -self.context :]
+        return x
+
+
+class CausalConv1d(_WeightNormConv):
+    """Weight-normed Conv1d with ``left_pad`` zeros on the left and none on the right.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Kernel width.
+        stride: Temporal stride (only stride 1 can stream).
+        dilation: Kernel dilation.
+        groups: Channel groups (``in_channels`` for depthwise).
+        left_pad: Zero samples prepended; the reference's ``2 * padding [- output_padding]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        left_pad: int = 0,
+    ) -> None:
+        super().__init__((out_channels, in_channels // groups, kernel_size), out_channels, context=left_pad)
+        self.stride = stride
+        self.dilation = dilation
+        self.groups = groups
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (the width of the streaming context)."""
+        return self.weight_v.shape[1] * self.groups
+
+    def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        x = self._with_context(x, stream)
+        return F.conv1d(x, self.weight(), self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class CausalConvTranspose1d(_WeightNormConv):
+    """Weight-normed ConvTranspose1d (kernel ``2 * stride``) upsampling T frames to exactly ``T * stride``.
+
+    The plain transposed conv yields ``(T + 1) * stride`` samples; the last ``stride`` are dropped
+    (the reference trims ``2 * ceil(s / 2) - s % 2``, which equals ``s`` for every stride). Output
+    sample t depends on input frames ``t // s - 1`` and ``t // s``, so streaming keeps one frame.
+
+    Args:
+        in_channels: Input channels (dim 0 of the weight, hence of ``weight_g``).
+        out_channels: Output channels.
+        stride: Upsampling factor.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__((in_channels, out_channels, 2 * stride), out_channels, context=1)
+        self.stride = stride
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (the width of the streaming context)."""
+        return self.weight_v.shape[0]
+
+    def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        s = self.stride
+        if stream is None or self.stream_slot is None:
+            return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., :-s]
+        x = self._with_context(x, stream)
+        # The first s samples belong to the previous frame and were emitted by the previous call.
+        return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., s:-s]
+
+
+class ResidualUnit(StreamableModule):
+    """``x + conv1x1(snake(conv7_dilated(snake(x))))`` with a causal (optionally depthwise) k=7 conv."""
+
+    def __init__(self, dim: int, dilation: int, groups: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            Snake1d(dim),
+            CausalConv1d(dim, dim, 7, dilation=dilation, groups=groups, left_pad=6 * dilation),
+            Snake1d(dim),
+            CausalConv1d(dim, dim, 1),
+        )
+
+    def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        return x + run_layers(self.block, x, stream)
+
+
+def _residual_stack(dim: int, groups: int) -> list[nn.Module]:
+    return [ResidualUnit(dim, dilation, groups) for dilation in (1, 3, 9)]
+
+
+class EncoderBlock(StreamableModule):
+    """Three residual units on ``dim`` channels, Snake, then a strided causal conv ``dim -> 2*dim``.
+
+    Args:
+        dim: Input channels.
+        stride: Downsampling factor (kernel ``2 * stride``).
+        groups: Groups of the residual units' k=7 convs.
+        version: 1 pads the strided conv by ``2 * ceil(s / 2)``, 2 by ``s`` (spec §7.1).
+    """
+
+    def __init__(self, dim: int, stride: int, groups: int, version: int) -> None:
+        super().__init__()
+        left_pad = 2 * math.ceil(stride / 2) - (stride % 2 if version == 2 else 0)
+        self.block = nn.Sequential(
+            *_residual_stack(dim, groups),
+            Snake1d(dim),
+            CausalConv1d(dim, 2 * dim, 2 * stride, stride=stride, left_pad=left_pad),
+        )
+
+    def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        return run_layers(self.block, x, stream)
+
+
+class DecoderBlock(StreamableModule):
+    """Snake, causal transposed conv ``in_dim -> out_dim`` (upsample by ``stride``), three residual units."""
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int, groups: int) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.block = nn.Sequential(
+            Snake1d(in_dim),
+            CausalConvTranspose1d(in_dim, out_dim, stride),
+            *_residual_stack(out_dim, groups),
+        )
+
+    def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        return run_layers(self.block, x, stream)
+
+
+class SampleRateCondition(nn.Module):
+    """V2 per-channel affine conditioning on the output-rate bucket: ``x * scale[b] + bias[b]``."""
+
+    def __init__(self, channels: int, num_buckets: int) -> None:
+        super().__init__()
+        self.scale_embed = nn.Embedding(num_buckets, channels)
+        self.bias_embed = nn.Embedding(num_buckets, channels)
+        nn.init.ones_(self.scale_embed.weight)
+        nn.init.zeros_(self.bias_embed.weight)
+
+    def forward(self, x: Tensor, bucket: Tensor) -> Tensor:
+        """Condition ``x`` ``[B, C, T]`` on ``bucket`` (int64, shape ``[1]`` or ``[B]``)."""
+        return x * self.scale_embed(bucket).unsqueeze(-1) + self.bias_embed(bucket).unsqueeze(-1)
