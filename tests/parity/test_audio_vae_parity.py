@@ -25,15 +25,6 @@ PARITY_ATOL = 0.0
 STREAM_PARITY_ATOL = 0.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded CI box OpenMP spinning costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 RELEASES = {
     "voxcpm-0.5b": AudioVAEConfig.defaults(1),
     "voxcpm1.5": AudioVAEConfig(

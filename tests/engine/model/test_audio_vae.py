@@ -31,15 +31,6 @@ RELEASES = {
 RELEASE_SIZES = {"voxcpm-0.5b": (243, 75_355_202), "voxcpm1.5": (299, 86_483_330), "voxcpm2": (312, 94_213_957)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded CI box OpenMP spinning costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = {
     "v1-0.5b": AudioVAEConfig(version=1, encoder_dim=8, decoder_dim=32),
     "v1-1.5": AudioVAEConfig(
