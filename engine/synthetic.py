@@ -1,0 +1,167 @@
+"""Random-weight checkpoints in the exact official layout.
+
+``python -m engine.synthetic --preset NAME OUT_DIR [--seed N]`` writes ``config.json``, the main
+weights (``model.safetensors``, or ``pytorch_model.bin`` for the 0.5B preset), ``audiovae.pth`` and
+tokenizer files. Names, shapes and dtypes come from the model classes themselves, so the real
+loader is what tests exercise; the reference implementation loads the same directories.
+
+The weights are random but well-conditioned (unit-scale activations, weight-normed VAE convs whose
+effective weight equals the stored direction). The stop head's two rows are equal, so its logits
+tie and a synthetic model never stops on its own: lengths are set by ``min/max`` steps, which is
+what tests and benchmarks need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from engine.config import ModelConfig
+from engine.presets import PRESETS, WEIGHTS_FILE, preset_config
+
+
+def _init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    """A random fp32 value for one state-dict entry, scaled by what the entry is."""
+    leaf = name.rsplit(".", 1)[-1]
+    if name.endswith("norm.weight") or leaf == "alpha" or name.endswith("scale_embed.weight"):
+        # Around 1 but not exactly, so a weight that is ignored by mistake shows up in parity.
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if leaf == "bias" or name.endswith("bias_embed.weight"):
+        return 0.02 * torch.randn(shape, generator=gen)
+    if name.endswith("embed_tokens.weight") or leaf == "special_token":
+        return torch.randn(shape, generator=gen)
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+
+
+def random_state_dict(module: torch.nn.Module, dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors for every persistent state-dict entry of ``module`` (built on any device).
+
+    Floating entries get ``dtype``; integer buffers keep their dtype and value (they are config,
+    e.g. AudioVAE V2's ``sr_bin_boundaries``), so the module must be built on a real device if it
+    has any.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    entries = module.state_dict()
+    # weight_g entries last: each is derived from its weight_v.
+    for name in sorted(entries, key=lambda n: n.endswith("weight_g")):
+        ref = entries[name]
+        if not ref.is_floating_point():
+            out[name] = ref.detach().to("cpu").clone()
+            continue
+        if name.endswith("weight_g"):
+            # Legacy weight norm: g = ||v|| over all dims but 0, so the effective weight is v.
+            v = out[name[: -len("weight_g")] + "weight_v"].float()
+            out[name] = v.flatten(1).norm(dim=1).reshape(ref.shape).to(dtype)
+            continue
+        out[name] = _init_tensor(name, ref.shape, gen).to(dtype)
+    if "stop_head.weight" in out:
+        w = out["stop_head.weight"]
+        out["stop_head.weight"] = w[:1].expand_as(w).clone()  # tied logits: never stops by itself
+    return {k: out[k] for k in entries}  # module order, so files list tensors like the release
+
+
+@torch.no_grad()
+def normalize_vae_(vae: torch.nn.Module, seed: int, out_std: float = 0.1) -> None:
+    """Rescale each VAE conv so its output has unit spread on noise input (LSUV-style init).
+
+    Random convs stacked with Snake activations and residual sums blow activations up, and the
+    decoder's final ``tanh`` then saturates into a square wave. One pass over the encoder (noise
+    audio) and the decoder (unit latents) with forward hooks divides each conv's ``weight_g`` by
+    the spread of its output and hands the normalised output downstream; the decoder's last conv
+    targets ``out_std`` so synthetic audio stays well inside [-1, 1].
+    """
+    from engine.model.vae_layers import CausalConv1d, CausalConvTranspose1d
+
+    gen = torch.Generator().manual_seed(seed)
+    convs = [m for m in vae.modules() if isinstance(m, CausalConv1d | CausalConvTranspose1d)]
+    target = {id(m): 1.0 for m in convs}
+    target[id([m for m in vae.decoder.modules() if m in convs][-1])] = out_std
+
+    def rescale(module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
+        gain = target[id(module)] / float(out.std().clamp_min(1e-8))
+        module.weight_g.mul_(gain)
+        return (out - module.bias[:, None]) * gain + module.bias[:, None]
+
+    hooks = [m.register_forward_hook(rescale) for m in convs]
+    try:
+        vae.encode(0.1 * torch.randn(1, 1, 8 * vae.encode_hop, generator=gen))
+        vae.decode(torch.randn(1, vae.latent_dim, 8, generator=gen))
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def write_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a synthetic checkpoint of ``preset`` into ``out_dir`` (created; must not exist or be empty).
+
+    The directory appears complete or not at all: files are written to a temporary sibling that is
+    renamed into place at the end.
+
+    Returns:
+        The checkpoint directory.
+    """
+    from engine.model.audio_vae import AudioVAE
+    from engine.model.voxcpm import VoxCPMModel
+    from engine.synthetic_tokenizer import write_tokenizer_files
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty directory")
+    raw = preset_config(preset)
+    cfg = ModelConfig.from_dict(raw, where=f"preset {preset}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(raw, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+        model = VoxCPMModel.build(cfg, device="meta", dtype=torch.bfloat16)
+        weights = random_state_dict(model, torch.bfloat16, seed)
+        del model
+        if WEIGHTS_FILE[preset].endswith(".safetensors"):
+            save_file(weights, str(tmp / WEIGHTS_FILE[preset]), metadata={"format": "pt"})
+        else:
+            torch.save(weights, tmp / WEIGHTS_FILE[preset])
+        del weights
+        vae = AudioVAE(cfg.audio_vae)
+        vae.load_state_dict(random_state_dict(vae, torch.float32, seed + 1))
+        normalize_vae_(vae, seed + 2)
+        torch.save(vae.state_dict(), tmp / "audiovae.pth")
+        write_tokenizer_files(tmp, cfg.lm.vocab_size)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.synthetic", description="Write a random-weight VoxCPM checkpoint in the official layout."
+    )
+    parser.add_argument("--preset", required=True, choices=list(PRESETS), help="model shapes to use")
+    parser.add_argument("out_dir", type=Path, help="directory to create (must not exist or be empty)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_checkpoint(args.preset, args.out_dir, seed=args.seed)
+    except (FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.preset} checkpoint (seed {args.seed}) to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
