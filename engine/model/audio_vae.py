@@ -14,6 +14,7 @@ equal :meth:`AudioVAE.decode` of all its frames up to fp32 op-order noise (spec 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,6 +185,20 @@ class StreamingDecoderState:
         return StreamingDecoderState([b.to(device) for b in self.buffers])
 
 
+def _full_fp32_convs() -> contextlib.AbstractContextManager:
+    """cuDNN convolutions in true fp32 (no TF32) for the VAE.
+
+    With TF32 (PyTorch's default for cuDNN) each of the decoder's ~40 random-feature convs rounds
+    its inputs to 10 mantissa bits; on VoxCPM2 shapes a streamed decode then drifted up to 0.017
+    from the whole decode on an H200, against 1e-6 on the CPU. The VAE is a small share of a
+    step's FLOPs, so exactness wins here.
+    """
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(
+        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+    )
+
+
 class AudioVAE(nn.Module):
     """The VoxCPM AudioVAE (V1 or V2), built from an :class:`~engine.config.AudioVAEConfig`.
 
@@ -260,7 +275,8 @@ class AudioVAE(nn.Module):
         hop = self.encode_hop
         length = wav.shape[-1]
         wav = F.pad(wav.to(self.dtype), (0, math.ceil(length / hop) * hop - length))
-        return self.encoder(wav)
+        with _full_fp32_convs():
+            return self.encoder(wav)
 
     def sample_rate_bucket(self, sample_rate: int | Tensor | None, device: torch.device) -> Tensor | None:
         """V2 conditioning bucket ``bucketize(rate, boundaries)`` (48 kHz -> 3); ``None`` for V1.
@@ -290,7 +306,8 @@ class AudioVAE(nn.Module):
         Returns:
             ``[B, 1, F * decode_hop]``.
         """
-        return self.decoder(z.to(self.dtype), self.sample_rate_bucket(sample_rate, z.device))
+        with _full_fp32_convs():
+            return self.decoder(z.to(self.dtype), self.sample_rate_bucket(sample_rate, z.device))
 
     def new_stream_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -323,7 +340,9 @@ class AudioVAE(nn.Module):
             )
         if z_chunk.shape[-1] == 0:  # nothing to emit; convs reject empty inputs and the state must not move
             return z_chunk.new_zeros(z_chunk.shape[0], 1, 0, dtype=self.dtype)
-        return self.decoder(z_chunk.to(self.dtype), self.sample_rate_bucket(sample_rate, z_chunk.device), state.buffers)
+        bucket = self.sample_rate_bucket(sample_rate, z_chunk.device)
+        with _full_fp32_convs():
+            return self.decoder(z_chunk.to(self.dtype), bucket, state.buffers)
 
     def fold_weight_norm(self) -> None:
         """Cache every conv's effective weight instead of recomputing ``g * v / ||v||`` per call.

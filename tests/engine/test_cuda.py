@@ -30,7 +30,7 @@ def test_generate_and_stream_on_cuda(pair):
     assert whole.shape == (6 * gpu.config.samples_per_patch,) and np.isfinite(whole).all()
     assert np.array_equal(whole, gpu.generate("Hello from the GPU.", params=params))  # seeded: reproducible
     chunks = np.concatenate(list(gpu.stream("Hello from the GPU.", params=params)))
-    np.testing.assert_allclose(chunks, whole, atol=2e-3)  # TF32 convolutions on by default
+    np.testing.assert_allclose(chunks, whole, atol=1e-4)  # the VAE turns TF32 off: fp32 op-order noise only
 
 
 @torch.inference_mode()
