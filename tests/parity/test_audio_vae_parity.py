@@ -12,6 +12,7 @@ import torch
 
 from engine.config import AudioVAEConfig
 from engine.model.audio_vae import AudioVAE
+from tests.engine.model.vae_configs import RELEASES, TINY, randomize
 
 ref_v1 = pytest.importorskip("voxcpm.modules.audiovae.audio_vae")
 ref_v2 = pytest.importorskip("voxcpm.modules.audiovae.audio_vae_v2")
@@ -23,39 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
 PARITY_ATOL = 0.0
 # Our streaming vs the reference's StreamingVAEDecoder: same cat/conv/trim sequence, also exact.
 STREAM_PARITY_ATOL = 0.0
-
-
-RELEASES = {
-    "voxcpm-0.5b": AudioVAEConfig.defaults(1),
-    "voxcpm1.5": AudioVAEConfig(
-        version=1,
-        encoder_dim=64,
-        encoder_rates=(2, 3, 6, 7, 7),
-        decoder_dim=2048,
-        decoder_rates=(7, 7, 6, 3, 2),
-        sample_rate=44100,
-    ),
-    "voxcpm2": AudioVAEConfig.defaults(2),
-}
-TINY = {
-    "v1-0.5b": AudioVAEConfig(version=1, encoder_dim=8, decoder_dim=32),
-    "v1-1.5": AudioVAEConfig(
-        version=1,
-        encoder_dim=8,
-        encoder_rates=(2, 3, 6, 7, 7),
-        decoder_dim=64,
-        decoder_rates=(7, 7, 6, 3, 2),
-        sample_rate=44100,
-    ),
-    "v2": AudioVAEConfig(
-        version=2,
-        encoder_dim=8,
-        decoder_dim=64,
-        decoder_rates=(8, 6, 5, 2, 2, 2),
-        out_sample_rate=48000,
-        sr_bin_boundaries=(20000, 30000, 40000),
-    ),
-}
 
 
 def build_reference(cfg: AudioVAEConfig) -> torch.nn.Module:
@@ -82,18 +50,7 @@ def random_pair(name: str, seed: int = 0) -> tuple[torch.nn.Module, AudioVAE]:
     """A randomly initialised reference VAE and ours loaded from its state dict (strict)."""
     torch.manual_seed(seed)
     ref = build_reference(TINY[name]).eval()
-    g = torch.Generator().manual_seed(seed)
-    for key, p in ref.named_parameters():
-        if key.endswith("alpha"):
-            p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.25)
-        elif key.endswith("weight_g"):
-            p.mul_(torch.rand(p.shape, generator=g) + 0.5)
-        elif key.endswith("bias"):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        elif "scale_embed" in key:
-            p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-        elif "bias_embed" in key:
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    randomize(ref, seed)
     ours = AudioVAE(TINY[name]).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours

@@ -9,67 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import AudioVAEConfig
 from engine.model.audio_vae import AudioVAE, StreamingDecoderState
+from tests.engine.model.vae_configs import RELEASES, TINY, randomize
 
 # Streamed chunks vs a whole decode: same math, different conv/GEMM blocking (measured <= 1.7e-7 here).
 STREAM_ATOL = 1e-6
 
-RELEASES = {
-    "voxcpm-0.5b": AudioVAEConfig.defaults(1),
-    "voxcpm1.5": AudioVAEConfig(
-        version=1,
-        encoder_dim=64,
-        encoder_rates=(2, 3, 6, 7, 7),
-        decoder_dim=2048,
-        decoder_rates=(7, 7, 6, 3, 2),
-        sample_rate=44100,
-    ),
-    "voxcpm2": AudioVAEConfig.defaults(2),
-}
 # (tensor count, element count) of audiovae.pth, spec §7.4.
 RELEASE_SIZES = {"voxcpm-0.5b": (243, 75_355_202), "voxcpm1.5": (299, 86_483_330), "voxcpm2": (312, 94_213_957)}
-
-
-TINY = {
-    "v1-0.5b": AudioVAEConfig(version=1, encoder_dim=8, decoder_dim=32),
-    "v1-1.5": AudioVAEConfig(
-        version=1,
-        encoder_dim=8,
-        encoder_rates=(2, 3, 6, 7, 7),
-        decoder_dim=64,
-        decoder_rates=(7, 7, 6, 3, 2),
-        sample_rate=44100,
-    ),
-    "v2": AudioVAEConfig(
-        version=2,
-        encoder_dim=8,
-        decoder_dim=64,
-        decoder_rates=(8, 6, 5, 2, 2, 2),
-        out_sample_rate=48000,
-        sr_bin_boundaries=(20000, 30000, 40000),
-    ),
-}
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Make Snake alphas, weight-norm gains, biases and rate embeddings non-trivial."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("alpha"):
-            p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.25)
-        elif name.endswith("weight_g"):
-            p.mul_(torch.rand(p.shape, generator=g) + 0.5)
-        elif name.endswith("weight_v"):
-            p.copy_(torch.randn(p.shape, generator=g))
-        elif name.endswith("bias"):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        elif "scale_embed" in name:
-            p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-        elif "bias_embed" in name:
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def tiny(name: str, seed: int = 0) -> AudioVAE:
