@@ -74,7 +74,8 @@ class _WeightNormConv(StreamableModule):
         self.register_buffer("folded_weight", None, persistent=False)
         self.context = context
         self.stream_slot: int | None = None
-        self._reset_parameters()
+        if self.weight_v.device.type != "meta":  # shape-only builds (loader checks) skip the init: it is slow there
+            self._reset_parameters()
 
     @torch.no_grad()
     def _reset_parameters(self) -> None:
