@@ -146,17 +146,38 @@ def write_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
+    """CLI entry point: a checkpoint (``--preset``) or a LoRA adapter for a checkpoint (``--lora --base``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m engine.synthetic", description="Write a random-weight VoxCPM checkpoint in the official layout."
+        prog="python -m engine.synthetic",
+        description="Write a random-weight VoxCPM checkpoint, or a LoRA adapter for one, in the official layout.",
     )
-    parser.add_argument("--preset", required=True, choices=list(PRESETS), help="model shapes to use")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--preset", choices=list(PRESETS), help="model shapes to use")
+    what.add_argument("--lora", action="store_true", help="write a LoRA adapter for the checkpoint --base")
     parser.add_argument("out_dir", type=Path, help="directory to create (must not exist or be empty)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--base", type=Path, help="(--lora) base checkpoint directory")
+    parser.add_argument("--rank", type=int, help="(--lora) LoRA rank (default 8)")
+    parser.add_argument("--enable-proj", action="store_true", help="(--lora) also adapt the projection layers")
     args = parser.parse_args(argv)
+    if args.lora and args.base is None:
+        parser.error("--lora needs --base CKPT_DIR")
+    if not args.lora and (args.base is not None or args.rank is not None or args.enable_proj):
+        parser.error("--base, --rank and --enable-proj go with --lora")
+    if args.rank is not None and args.rank < 1:
+        parser.error("--rank must be a positive integer")
+    from engine.loader import CheckpointError  # a bad --base directory
+
     try:
+        if args.lora:
+            from engine.synthetic_lora import write_lora
+
+            rank = args.rank or 8
+            path = write_lora(args.base, args.out_dir, rank=rank, seed=args.seed, enable_proj=args.enable_proj)
+            print(f"wrote LoRA adapter (rank {rank}, seed {args.seed}) for {args.base} to {path}")
+            return 0
         path = write_checkpoint(args.preset, args.out_dir, seed=args.seed)
-    except (FileExistsError, OSError) as exc:
+    except (FileExistsError, OSError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.preset} checkpoint (seed {args.seed}) to {path}")
