@@ -1,0 +1,276 @@
+"""The batched engine, in process: requests in, one audio chunk per running request per step out.
+
+``Engine`` ties the front end (text and voice preparation, shared with single-request
+generation), the scheduler, the model runner and a batched streaming VAE decode together. It is
+synchronous and single-threaded; the engine process of the server drives it in a loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.adapters import AdapterRegistry
+from engine.block_manager import BlockManager
+from engine.engine_config import EngineConfig
+from engine.loader import LoadedCheckpoint, load_checkpoint
+from engine.lora import enable_lora
+from engine.model.audio_vae import StreamingDecoderState
+from engine.pipeline import GenerationParams, Synthesizer, Voice
+from engine.request import Request, RequestStatus, SamplingParams
+from engine.runner import ModelRunner
+from engine.scheduler import Scheduler
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one request.
+
+    Attributes:
+        request_id: The request.
+        audio: Float32 samples of the newest patch (``samples_per_patch`` of them), or None when the
+            request ended without a new patch (cancelled, failed).
+        status: The request's state after this step.
+    """
+
+    request_id: str
+    audio: np.ndarray | None
+    status: RequestStatus
+
+    @property
+    def finished(self) -> bool:
+        """Whether this is the request's last output."""
+        return self.status.is_finished
+
+
+class Engine:
+    """Continuous batching over a paged KV cache for one model on one device.
+
+    Args:
+        checkpoint: A loaded checkpoint.
+        config: Engine limits.
+        attention_backend: Force a kernel backend (default: best for the device).
+    """
+
+    def __init__(
+        self, checkpoint: LoadedCheckpoint, config: EngineConfig | None = None, attention_backend: str | None = None
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.config.validate_for(checkpoint.config)
+        self.frontend = Synthesizer(checkpoint)
+        self.model_config = checkpoint.config
+        self.vae = checkpoint.vae
+        num_blocks = self.config.num_kv_blocks or self.config.default_cpu_blocks()
+        self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.adapters: AdapterRegistry | None = None
+        if self.config.max_loras:
+            slots = enable_lora(checkpoint.model, self.config.max_loras + 1, self.config.max_lora_rank)
+            self.adapters = AdapterRegistry(slots, checkpoint.config)
+        self.scheduler = Scheduler(self.config, self.blocks, self.adapters)
+        self.runner = ModelRunner(
+            checkpoint.model, num_blocks, self.config.block_size, attention_backend, self.adapters is not None
+        )
+        self.requests: dict[str, Request] = {}
+        self._streams: dict[str, StreamingDecoderState] = {}
+        self._deadlines: dict[str, float] = {}
+        self._ended: list[StepOutput] = []
+        self._arrivals = itertools.count()
+        self.steps = 0
+
+    @classmethod
+    def from_dir(
+        cls, path: str | Path, config: EngineConfig | None = None, device: str | torch.device | None = None
+    ) -> Engine:
+        """Load a checkpoint directory (default device: CUDA if available, else CPU)."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(load_checkpoint(path, device=device), config)
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate of the audio chunks."""
+        return self.model_config.sample_rate
+
+    def add_request(
+        self,
+        request_id: str,
+        text: str,
+        voice: Voice | None = None,
+        params: GenerationParams | None = None,
+        deadline_s: float | None = None,
+        lora: str | None = None,
+    ) -> None:
+        """Queue a request.
+
+        Args:
+            request_id: Unique among unfinished requests.
+            text: Text to speak.
+            voice: Prompt / reference material (see :meth:`Synthesizer.make_voice`).
+            params: Sampling settings and seed.
+            deadline_s: Cancel the request if it has not finished this many seconds from now.
+            lora: Name of a registered LoRA voice.
+
+        Raises:
+            ValueError: Duplicate id, unknown LoRA voice, invalid input, or a request that can
+                never fit the limits.
+        """
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in flight")
+        if lora is not None and (self.adapters is None or lora not in self.adapters.names()):
+            raise ValueError(f"lora: unknown voice {lora!r}")
+        voice, params = voice or Voice(), params or GenerationParams()
+        prefill, max_len = self.frontend.prepare(text, voice, params)
+        need = len(prefill) + max_len
+        if need > self.config.max_model_len:
+            raise ValueError(
+                f"request needs {len(prefill)} prompt + {max_len} generated positions, "
+                f"more than max_model_len {self.config.max_model_len}"
+            )
+        if self.config.blocks_for(need) > self.blocks.num_blocks:
+            raise ValueError(f"request needs more KV blocks than the engine has ({self.blocks.num_blocks})")
+        gen = torch.Generator(device=self.runner.model.device)
+        gen.manual_seed(secrets.randbits(63) if params.seed is None else params.seed)
+        sampling = SamplingParams(
+            cfg_value=params.cfg_value,
+            inference_timesteps=params.inference_timesteps,
+            min_len=params.min_steps,
+            max_len=max_len,
+            temperature=params.temperature,
+        )
+        request = Request(request_id, prefill, sampling, gen, arrival=next(self._arrivals), lora_name=lora)
+        state = self.vae.new_stream_state(1)
+        if prefill.context_patches.shape[0]:
+            self.vae.decode_stream(self._frames(prefill.context_patches[None]), state)  # warm-up, output discarded
+        self.requests[request_id] = request
+        self._streams[request_id] = state
+        if deadline_s is not None:
+            self._deadlines[request_id] = time.monotonic() + deadline_s
+        self.scheduler.add(request)
+
+    def abort(self, request_id: str, status: RequestStatus = RequestStatus.CANCELLED) -> bool:
+        """End a request in any state; its resources are freed now, its final output comes with the next step.
+
+        Returns:
+            False when no such unfinished request exists.
+        """
+        request = self.requests.get(request_id)
+        if request is None:
+            return False
+        self._end(request, status)
+        self._ended.append(StepOutput(request_id, None, status))
+        return True
+
+    def has_unfinished(self) -> bool:
+        """Whether any request is waiting or running (or has an undelivered final output)."""
+        return bool(self.requests or self._ended)
+
+    def _end(self, request: Request, status: RequestStatus) -> None:
+        self.scheduler.finish(request, status)
+        del self.requests[request.request_id]
+        self._streams.pop(request.request_id, None)
+        self._deadlines.pop(request.request_id, None)
+
+    def _frames(self, patches: Tensor) -> Tensor:
+        """``[B, N, P, D]`` patches → ``[B, D, N*P]`` VAE frames (fp32)."""
+        b = patches.shape[0]
+        return patches.float().reshape(b, -1, self.model_config.feat_dim).transpose(1, 2).to(self.runner.model.device)
+
+    def step(self) -> list[StepOutput]:
+        """Run one engine step and return every output it produced (at most one per request)."""
+        now = time.monotonic()
+        for request_id, deadline in list(self._deadlines.items()):
+            if now >= deadline:
+                self.abort(request_id)
+        outputs, self._ended = self._ended, []
+        plan = self.scheduler.schedule()
+        for request, _why in self.scheduler.failed:  # e.g. its voice was unregistered while it waited
+            self._end(request, RequestStatus.FAILED)
+            outputs.append(StepOutput(request.request_id, None, RequestStatus.FAILED))
+        self.scheduler.failed.clear()
+        if not plan.rows:
+            return outputs
+        sampled = self.runner.step(plan.rows)
+        self.steps += 1
+        for row in plan.rows:
+            row.request.num_computed += row.count
+            if row.start < row.request.prompt_len <= row.request.num_computed:  # prompt just completed
+                self.blocks.commit_prompt_blocks(row.request)
+        if not sampled:
+            return outputs
+        ids = [s.request.request_id for s in sampled]
+        state = StreamingDecoderState.concat([self._streams[i] for i in ids])
+        audio = self.vae.decode_stream(self._frames(torch.stack([s.patch for s in sampled])[:, None]), state)
+        audio = audio[:, 0].float().cpu().numpy()
+        for row_index, item in enumerate(sampled):
+            request = item.request
+            self._streams[request.request_id] = state.select([row_index])
+            request.patches.append(item.patch)
+            i = len(request.patches) - 1
+            status = RequestStatus.RUNNING
+            if item.stop and i > request.params.min_len:
+                status = RequestStatus.FINISHED_STOPPED
+            elif len(request.patches) >= request.params.max_len:
+                status = RequestStatus.FINISHED_LENGTH
+            if status.is_finished:
+                self._end(request, status)
+            outputs.append(StepOutput(request.request_id, audio[row_index], status))
+        return outputs
+
+    def register_voice(self, name: str, path: str | Path) -> int:
+        """Register (or replace) a named LoRA voice from an adapter directory; returns its version.
+
+        Raises:
+            ValueError: The engine has no LoRA slots (``max_loras=0``) or the adapter is invalid.
+        """
+        if self.adapters is None:
+            raise ValueError("this engine serves no LoRA voices (EngineConfig.max_loras = 0)")
+        return self.adapters.register(name, path)
+
+    def unregister_voice(self, name: str) -> None:
+        """Remove a LoRA voice; running requests finish with it, waiting ones fail.
+
+        Raises:
+            KeyError: No such voice.
+        """
+        if self.adapters is None:
+            raise KeyError(f"adapter {name!r} is not registered")
+        self.adapters.unregister(name)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for monitoring."""
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": self.blocks.num_blocks,
+            "kv_blocks_free": self.blocks.num_free,
+            "steps": self.steps,
+            "adapters": self.adapters.stats() if self.adapters is not None else None,
+        }
+
+    def check_invariants(self) -> None:
+        """Assert block accounting over every unfinished request (cheap; tests call it after each step)."""
+        self.blocks.check(list(self.requests.values()))
+        if self.adapters is not None:
+            self.adapters.check_invariants()
+            held = sum(1 for r in self.requests.values() if r.lora_slot)
+            refs = self.adapters.stats()["in_use"]
+            assert held == refs, f"{refs} adapter references for {held} requests holding a slot"
+        assert set(self._streams) == set(self.requests), "VAE stream state leaked or missing"
+
+    def generate(self, requests: dict[str, tuple[str, Voice | None, GenerationParams | None]]) -> dict[str, np.ndarray]:
+        """Run a set of requests to completion together; returns each one's concatenated audio."""
+        chunks: dict[str, list[np.ndarray]] = {rid: [] for rid in requests}
+        for rid, (text, voice, params) in requests.items():
+            self.add_request(rid, text, voice, params)
+        while self.has_unfinished():
+            for out in self.step():
+                if out.audio is not None:
+                    chunks[out.request_id].append(out.audio)
+        return {rid: np.concatenate(c) if c else np.zeros(0, np.float32) for rid, c in chunks.items()}

@@ -1,0 +1,65 @@
+"""EngineConfig: the batched engine's limits, validated once against the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Limits and sizes of the continuous-batching engine.
+
+    Attributes:
+        max_num_seqs: Most requests in the running batch.
+        max_num_batched_tokens: Most LM positions one step may process (decode rows count one
+            each; prefill chunks fill the rest), which bounds how long a step can stall streams.
+        max_model_len: Most positions (prompt + generated patches) one request may hold.
+        block_size: Positions per KV block.
+        num_kv_blocks: KV blocks per LM stack; ``None`` derives it (CPU: enough for every running
+            request at ``max_model_len``; GPU: from ``gpu_memory_utilization``).
+        gpu_memory_utilization: Share of the GPU's memory the engine may use (GPU only).
+        enable_prefix_caching: Reuse KV blocks of identical leading content (e.g. a VoxCPM2
+            reference voice) across requests.
+    """
+
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 1024
+    max_model_len: int = 2048
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    gpu_memory_utilization: float = 0.85
+    enable_prefix_caching: bool = True
+    max_loras: int = 0
+    max_lora_rank: int = 32
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("max_num_seqs", self.max_num_seqs >= 1, "must be >= 1"),
+            ("max_num_batched_tokens", self.max_num_batched_tokens >= self.max_num_seqs, "must be >= max_num_seqs"),
+            ("max_model_len", self.max_model_len >= 2, "must be >= 2"),
+            ("block_size", self.block_size >= 1, "must be >= 1"),
+            ("num_kv_blocks", self.num_kv_blocks is None or self.num_kv_blocks >= 1, "must be >= 1"),
+            ("gpu_memory_utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "must be in (0, 1]"),
+            ("max_loras", self.max_loras >= 0, "must be >= 0"),
+            ("max_lora_rank", self.max_lora_rank >= 1, "must be >= 1"),
+        ]
+        for name, ok, msg in checks:
+            if not ok:
+                raise ValueError(f"EngineConfig.{name} {msg}, got {getattr(self, name)!r}")
+
+    def validate_for(self, model: ModelConfig) -> None:
+        """Check the limits against a model (its KV capacity)."""
+        if self.max_model_len > model.max_length:
+            raise ValueError(
+                f"EngineConfig.max_model_len {self.max_model_len} exceeds the model's max_length {model.max_length}"
+            )
+
+    def blocks_for(self, positions: int) -> int:
+        """KV blocks that ``positions`` positions occupy."""
+        return -(-positions // self.block_size)
+
+    def default_cpu_blocks(self) -> int:
+        """Enough blocks for every running request at full length."""
+        return self.max_num_seqs * self.blocks_for(self.max_model_len)

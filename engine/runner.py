@@ -1,0 +1,192 @@
+"""ModelRunner: one batched step of the model for whatever the scheduler picked.
+
+A step feeds every scheduled row its pending positions (a prompt chunk, positions re-fed after a
+preemption, or the newest patch) through both LMs in one packed forward pass over the paged
+caches. Rows that have caught up then sample their next patch together: one batched DiT sampler
+call (noise from each row's own generator), one local-encoder call for the new patches, one stop
+decision. Nothing here loops over rows on the device side; the per-row Python work is building
+the index tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.config import ModelConfig
+from engine.lora import set_lora_rows
+from engine.model.sampler import draw_noise
+from engine.model.voxcpm import VoxCPMModel
+from engine.paged_kv import BatchLayout, PagedAttention, PagedKVCache
+from engine.request import Request
+
+
+@dataclass
+class ScheduledRow:
+    """One request's share of a step: ``count`` positions from ``start``; ``sample`` if it catches up."""
+
+    request: Request
+    start: int
+    count: int
+
+    @property
+    def sample(self) -> bool:
+        """Whether the row reaches its newest position this step and so samples a patch."""
+        return self.start + self.count == self.request.num_positions
+
+
+@dataclass
+class Sampled:
+    """A new patch of one request and whether its stop head fired."""
+
+    request: Request
+    patch: Tensor  # [P, D], model dtype
+    stop: bool
+
+
+class ModelRunner:
+    """Owns the paged KV caches of both LMs and runs batched steps of a :class:`VoxCPMModel`.
+
+    Args:
+        model: The loaded model (eval).
+        num_blocks: KV blocks per LM stack.
+        block_size: Positions per block.
+        attention_backend: Force a kernel backend (``None``: best available for the device).
+        lora_enabled: The model's LoRA layers are installed (:func:`engine.lora.enable_lora`); rows
+            are then routed to their request's ``lora_slot``.
+    """
+
+    def __init__(
+        self,
+        model: VoxCPMModel,
+        num_blocks: int,
+        block_size: int,
+        attention_backend: str | None = None,
+        lora_enabled: bool = False,
+    ) -> None:
+        self.model = model
+        self.cfg: ModelConfig = model.config
+        self.block_size = block_size
+        self.backend = attention_backend
+        self.lora_enabled = lora_enabled
+        kw = dict(dtype=model.dtype, device=model.device)
+        self.base_cache = PagedKVCache(self.cfg.base_lm_config(), num_blocks, block_size, **kw)
+        self.residual_cache = PagedKVCache(self.cfg.residual_lm_config(), num_blocks, block_size, **kw)
+
+    def _inputs(self, rows: list[ScheduledRow]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Packed LM inputs: ``x [N, H]``, ``audio_embed [N, H]``, ``text_mask``, ``audio_mask`` (``[N, 1]``)."""
+        model, device, dtype = self.model, self.model.device, self.model.dtype
+        ids, text_mask, patches, given = [], [], [], []
+        offset = 0
+        for row in rows:
+            req, pf = row.request, row.request.prefill
+            end, prompt_end = row.start + row.count, min(row.start + row.count, req.prompt_len)
+            if row.start < prompt_end:  # prompt positions
+                ids.append(pf.text_ids[row.start : prompt_end])
+                text_mask.append(pf.text_mask[row.start : prompt_end])
+                patches.append(pf.patches[row.start : prompt_end].to(device))
+            first_gen = max(row.start, req.prompt_len)
+            if first_gen < end:  # generated patches, fed back as audio positions
+                n_gen = end - first_gen
+                ids.append(torch.zeros(n_gen, dtype=torch.long))
+                text_mask.append(torch.zeros(n_gen, dtype=torch.int32))
+                patches.append(torch.stack(req.patches[first_gen - req.prompt_len : end - req.prompt_len]))
+                if end == req.num_positions and req.embed is not None:
+                    given.append((offset + row.count - 1, req.embed))  # encoded when it was sampled
+            offset += row.count
+        tm = torch.cat(text_mask).to(device).view(-1, 1)
+        am = 1 - tm
+        patches_t = torch.cat(patches).to(dtype)
+        embed = torch.zeros(offset, model.config.base_lm_config().hidden_size, dtype=dtype, device=device)
+        audio = am.view(-1).bool()
+        for i, _ in given:
+            audio[i] = False
+        if bool(audio.any()):
+            slots = [r.request.lora_slot for r in rows for _ in range(r.count)]
+            self._lora_rows([slot for slot, keep in zip(slots, audio.tolist(), strict=True) if keep])
+            embed[audio] = model.encode_patches(patches_t[audio][:, None])[:, 0]
+            self._lora_rows(None)
+        for i, e in given:
+            embed[i] = e
+        text_embed = model.embed_text(torch.cat(ids).to(device))
+        return tm * text_embed + am * embed, embed, tm, am
+
+    @torch.inference_mode()
+    def step(self, rows: list[ScheduledRow]) -> list[Sampled]:
+        """Run one step; updates each row's LM states and returns the rows' new patches."""
+        model = self.model
+        layout = BatchLayout.build(
+            [(r.start, r.count, r.request.block_table) for r in rows], self.block_size, model.device
+        )
+        x, audio_embed, tm, am = self._inputs(rows)
+        # Packed tokens go in as [N, 1, H]: each token is a "row" of its own, so per-request LoRA
+        # slots can be set per token, and the attention kernels see them in packed order.
+        positions = layout.positions.view(-1, 1)
+        self._lora_rows([r.request.lora_slot for r in rows for _ in range(r.count)])
+        hidden = model.base_lm(x[:, None], positions, PagedAttention(self.base_cache, layout, self.backend))[:, 0]
+        hidden = model.quantize(hidden) * am + hidden * tm
+        residual_in = model.residual_input(hidden, am * audio_embed)
+        residual = model.residual_lm(
+            residual_in[:, None], positions, PagedAttention(self.residual_cache, layout, self.backend)
+        )[:, 0]
+        self._lora_rows(None)
+
+        ends = layout.cu_seqlens_q[1:].tolist()
+        ready = [(i, r) for i, r in enumerate(rows) if r.sample]
+        for i, row in ready:
+            last = ends[i] - 1
+            row.request.lm_hidden = hidden[last]
+            row.request.residual_hidden = residual[last]
+        return self._sample([r.request for _, r in ready])
+
+    def _lora_rows(self, slots: list[int] | None) -> None:
+        """Route each row of the next forward to its request's adapter slot (no-op without adapters)."""
+        if self.lora_enabled:
+            set_lora_rows(None if slots is None or not any(slots) else slots)
+
+    def _cond(self, req: Request) -> Tensor:
+        """The patch that conditions the next one: the newest patch, else the prompt's last position."""
+        if req.patches:
+            return req.patches[-1]
+        return req.prefill.patches[-1].to(self.model.device, self.model.dtype)
+
+    def _sample(self, requests: list[Request]) -> list[Sampled]:
+        if not requests:
+            return []
+        model, cfg = self.model, self.cfg
+        out: list[Sampled] = []
+        # Rows with different step counts cannot share an Euler schedule; usually there is one group.
+        for steps in sorted({r.params.inference_timesteps for r in requests}):
+            group = [r for r in requests if r.params.inference_timesteps == steps]
+            lm_hidden = torch.stack([r.lm_hidden for r in group])
+            residual_hidden = torch.stack([r.residual_hidden for r in group])
+            noise = torch.cat(
+                [
+                    draw_noise(
+                        (1, cfg.feat_dim, cfg.patch_size),
+                        generator=r.generator,
+                        dtype=model.dtype,
+                        device=model.device,
+                        temperature=r.params.temperature,
+                    )
+                    for r in group
+                ]
+            )
+            cond = torch.stack([self._cond(r) for r in group]).transpose(1, 2).contiguous()
+            cfg_value = torch.tensor([r.params.cfg_value for r in group], dtype=torch.float32, device=model.device)
+            slots = [r.lora_slot for r in group]
+            self._lora_rows(slots)
+            mu = model.dit_condition(lm_hidden, residual_hidden)
+            self._lora_rows(slots + slots)  # the DiT's CFG batch is [cond rows | uncond rows]
+            sample = model.sample_patch(noise, mu, cond, n_timesteps=steps, cfg_value=cfg_value)
+            self._lora_rows(slots)
+            patches = sample.transpose(1, 2)  # the local encoder must see this layout (spec §4.6)
+            embeds = model.encode_patches(patches.unsqueeze(1))[:, 0]
+            self._lora_rows(None)
+            stops = (model.stop_logits(lm_hidden).argmax(dim=-1) == 1).tolist()
+            for j, req in enumerate(group):
+                req.embed = embeds[j]
+                out.append(Sampled(req, patches[j].contiguous(), stops[j]))
+        return out
