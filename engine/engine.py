@@ -24,6 +24,7 @@ from engine.engine_config import EngineConfig
 from engine.loader import LoadedCheckpoint, load_checkpoint
 from engine.lora import enable_lora
 from engine.model.audio_vae import StreamingDecoderState
+from engine.paged_kv import gpu_kv_blocks
 from engine.pipeline import GenerationParams, Synthesizer, Voice
 from engine.request import Request, RequestStatus, SamplingParams
 from engine.runner import ModelRunner
@@ -68,7 +69,7 @@ class Engine:
         self.frontend = Synthesizer(checkpoint)
         self.model_config = checkpoint.config
         self.vae = checkpoint.vae
-        num_blocks = self.config.num_kv_blocks or self.config.default_cpu_blocks()
+        num_blocks = self.config.num_kv_blocks or self._default_blocks(checkpoint)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.adapters: AdapterRegistry | None = None
         if self.config.max_loras:
@@ -84,6 +85,26 @@ class Engine:
         self._ended: list[StepOutput] = []
         self._arrivals = itertools.count()
         self.steps = 0
+
+    def _default_blocks(self, checkpoint: LoadedCheckpoint) -> int:
+        """CPU: enough for every running request at full length; GPU: what gpu_memory_utilization allows."""
+        if checkpoint.device.type != "cuda":
+            return self.config.default_cpu_blocks()
+        cfg = checkpoint.config
+        dtype = checkpoint.model.dtype
+        # Workspace: activations of the widest step (token budget through the LMs, the DiT's CFG batch).
+        hidden = max(cfg.lm.intermediate_size, cfg.dit.ffn_dim) * 4
+        workspace = 2 * self.config.max_num_batched_tokens * hidden * torch.empty((), dtype=dtype).element_size()
+        workspace += 1 << 30  # VAE decode of a full batch, allocator slack
+        return gpu_kv_blocks(
+            [cfg.base_lm_config(), cfg.residual_lm_config()],
+            self.config.block_size,
+            dtype,
+            checkpoint.device,
+            self.config.gpu_memory_utilization,
+            workspace,
+            cap=2 * self.config.default_cpu_blocks(),
+        )
 
     @classmethod
     def from_dir(

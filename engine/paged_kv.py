@@ -31,6 +31,47 @@ class PagedKVCache:
         return self.k.nbytes + self.v.nbytes
 
 
+def bytes_per_block(cfgs: list[LMConfig], block_size: int, dtype: torch.dtype) -> int:
+    """Bytes one KV block costs across the given stacks (K and V, every layer)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    return sum(2 * c.num_hidden_layers * block_size * c.num_key_value_heads * c.head_dim * item for c in cfgs)
+
+
+def gpu_kv_blocks(
+    cfgs: list[LMConfig],
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    utilization: float,
+    workspace_bytes: int,
+    cap: int,
+) -> int:
+    """How many KV blocks fit in ``utilization`` of the GPU after what is already in use.
+
+    Args:
+        cfgs: The cached stacks.
+        block_size: Positions per block.
+        dtype: Cache dtype.
+        device: The CUDA device (the model must already be loaded there).
+        utilization: Share of the device's total memory the process may end up using.
+        workspace_bytes: Kept free for activations of the largest step.
+        cap: Most blocks worth having (more only grows the prefix cache).
+
+    Raises:
+        ValueError: Not even one block fits: lower the limits or raise ``gpu_memory_utilization``.
+    """
+    free, total = torch.cuda.mem_get_info(device)
+    budget = int(total * utilization) - (total - free) - workspace_bytes
+    per_block = bytes_per_block(cfgs, block_size, dtype)
+    blocks = min(cap, budget // per_block)
+    if blocks < 1:
+        raise ValueError(
+            f"gpu_memory_utilization {utilization}: no room for the KV cache ({budget / 2**30:.2f} GiB left after "
+            f"the model and a {workspace_bytes / 2**30:.2f} GiB workspace; one block needs {per_block} bytes)"
+        )
+    return int(blocks)
+
+
 @dataclass
 class BatchLayout:
     """Where one step's packed tokens live: per sequence a run of new positions.
