@@ -58,7 +58,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _listing(keys: list[str]) -> str:
+def listing(keys: list[str]) -> str:
+    """The first few keys, and how many more there are (keeps error messages readable)."""
     shown = ", ".join(keys[:_SHOW])
     return shown + (f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
 
@@ -85,11 +86,11 @@ def check_state_dict(
     )
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {_listing(missing)}")
+        problems.append(f"missing {len(missing)} tensor(s): {listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {_listing(unexpected)}")
+        problems.append(f"unexpected {len(unexpected)} tensor(s): {listing(unexpected)}")
     if shapes:
-        problems.append(f"{len(shapes)} mis-shaped tensor(s) (file != model): {_listing(shapes)}")
+        problems.append(f"{len(shapes)} mis-shaped tensor(s) (file != model): {listing(shapes)}")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
 

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.lora_files import Adapter, AdapterError, default_lora_targets, listing
+from engine.loader import listing
+from engine.lora_files import Adapter, AdapterError, default_lora_targets
 
 # ---------------------------------------------------------------------------- row → slot context
 

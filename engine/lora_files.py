@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -22,22 +22,17 @@ import torch
 from torch import Tensor, nn
 
 from engine.config import ModelConfig
-from engine.loader import CheckpointError, read_tensors
+from engine.loader import CheckpointError, listing, read_tensors
 
 CONFIG_FILE = "lora_config.json"
 WEIGHT_FILES = ("lora_weights.safetensors", "lora_weights.ckpt")
 ATTENTION_TARGETS = ("q_proj", "v_proj", "k_proj", "o_proj")
 PROJ_TARGETS_V1 = ("enc_to_lm_proj", "lm_to_dit_proj", "res_to_dit_proj")
 PROJ_TARGETS_V2 = (*PROJ_TARGETS_V1, "fusion_concat_proj")
-_SHOW = 8  # keys listed per error line
 
 
 class AdapterError(ValueError):
     """An adapter that cannot be used; the message names the file and the field or keys."""
-
-
-def listing(keys: Sequence[str]) -> str:
-    return ", ".join(keys[:_SHOW]) + (f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
 
 
 # --------------------------------------------------------------------------------------- config

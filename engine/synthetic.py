@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from engine.atomic import atomic_directory, check_new_directory
 from engine.config import ModelConfig
 from engine.presets import PRESETS, WEIGHTS_FILE, preset_config
 
@@ -115,13 +114,10 @@ def write_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     from engine.synthetic_tokenizer import write_tokenizer_files
 
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty directory")
+    check_new_directory(out)
     raw = preset_config(preset)
     cfg = ModelConfig.from_dict(raw, where=f"preset {preset}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(raw, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
         model = VoxCPMModel.build(cfg, device="meta", dtype=torch.bfloat16)
         weights = random_state_dict(model, torch.bfloat16, seed)
@@ -136,12 +132,6 @@ def write_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
         normalize_vae_(vae, seed + 2)
         torch.save(vae.state_dict(), tmp / "audiovae.pth")
         write_tokenizer_files(tmp, cfg.lm.vocab_size)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

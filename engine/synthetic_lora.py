@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from engine.atomic import atomic_directory, check_new_directory
 from engine.loader import read_config
 from engine.lora_files import CONFIG_FILE, WEIGHT_FILES, LoRAConfig, lora_targets
 
@@ -68,23 +67,14 @@ def write_lora(
         engine.loader.CheckpointError: ``base_ckpt_dir`` is not a readable checkpoint.
     """
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty directory")
+    check_new_directory(out)
     cfg = read_config(base_ckpt_dir)
     lora = LoRAConfig(
         enable_lm=True, enable_dit=True, enable_proj=enable_proj, r=rank, alpha=2 * rank if alpha is None else alpha
     )
     tensors = synthetic_lora_tensors(lora_targets(cfg, lora), lora, seed)
     document = {"base_model": str(base_ckpt_dir), "lora_config": lora.to_dict(cfg.version)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         save_file(tensors, str(tmp / WEIGHT_FILES[0]), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
