@@ -1,0 +1,326 @@
+"""The engine-core process: one ``Engine`` on one device, driven by a step loop over a pipe.
+
+The loop (``EngineCore.run``): apply every pending control message, run one step when there is
+work, send one message per step with all its outputs; when idle, block on the pipe. Control
+messages are applied only between steps, so the engine is never touched mid-step and needs no
+locks. The process is started with ``multiprocessing.get_context("spawn")`` (never fork: the
+parent may hold CUDA state and threads) with :func:`run_engine_core` as its target.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from engine.engine_config import EngineConfig
+from engine.ipc import (
+    AbortRequest,
+    AddRequest,
+    Call,
+    Fatal,
+    Output,
+    Ready,
+    Reply,
+    RollingStats,
+    Shutdown,
+    StartFailed,
+    StepOutputs,
+    recv_message,
+    send_message,
+)
+from engine.request import RequestStatus
+
+if TYPE_CHECKING:  # the server process imports this module for spawn_engine_core: keep it light
+    from engine.engine import Engine, StepOutput
+
+IDLE_POLL_S = 0.1  # how long an idle core blocks on the pipe before looking around again
+STALL_POLL_S = 0.005  # pause after a step that could run nothing, so a stuck queue does not spin a core
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def error_kind(exc: BaseException) -> str:
+    """How the client should re-raise an error: ``"KeyError"``, ``"ValueError"`` or ``"Error"`` (anything else)."""
+    return "KeyError" if isinstance(exc, KeyError) else "ValueError" if isinstance(exc, ValueError) else "Error"
+
+
+def error_message(exc: BaseException) -> str:
+    """The message alone (a KeyError's ``str`` would add quotes)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+class EngineCore:
+    """The step loop around one engine.
+
+    Args:
+        engine: A loaded engine.
+        conn: The process's end of the duplex pipe to the client.
+    """
+
+    def __init__(self, engine: Engine, conn: Connection) -> None:
+        self.engine = engine
+        self.conn = conn
+        self._pending: list[Output] = []  # admission failures, sent with the next message
+        self._seq = 0
+        self._stop = False
+        self._send_time = RollingStats()
+        self._step_time = RollingStats()
+        self._bytes = RollingStats()
+
+    def send_outputs(self, outputs: list[Output]) -> None:
+        """Send one step message (time stamp, send time and audio bytes recorded for stats)."""
+        self._seq += 1
+        message = StepOutputs(self._seq, time.monotonic(), outputs)
+        t0 = time.perf_counter()
+        send_message(self.conn, message)
+        self._send_time.add(time.perf_counter() - t0)
+        self._bytes.add(sum(o.audio.nbytes for o in outputs if o.audio is not None))
+
+    # --- control messages ----------------------------------------------------------------
+
+    def drain(self, timeout: float) -> None:
+        """Apply every control message already in the pipe, waiting up to ``timeout`` for the first."""
+        while not self._stop and self.conn.poll(timeout):
+            timeout = 0.0
+            try:
+                message = recv_message(self.conn)
+            except EOFError:  # the client is gone: nobody left to stream to
+                self._stop = True
+                return
+            self.handle(message)
+
+    def handle(self, message: object) -> None:
+        """Apply one control message."""
+        if isinstance(message, AddRequest):
+            try:
+                self.engine.add_request(
+                    message.request_id,
+                    message.text,
+                    voice=message.voice,
+                    params=message.params,
+                    deadline_s=message.deadline_s,
+                    lora=message.lora,
+                )
+            except Exception as exc:  # a bad request fails alone; the engine keeps serving
+                invalid = isinstance(exc, ValueError | KeyError)  # the caller's fault: the message is for them
+                error = error_message(exc) if invalid else _describe(exc)
+                self._pending.append(Output(message.request_id, None, int(RequestStatus.FAILED), error, invalid))
+        elif isinstance(message, AbortRequest):
+            self.engine.abort(message.request_id)
+        elif isinstance(message, Call):
+            send_message(self.conn, self.call(message))
+        elif isinstance(message, Shutdown):
+            self._stop = True
+        else:
+            raise TypeError(f"unknown control message {type(message).__name__}")
+
+    def call(self, call: Call) -> Reply:
+        """Run a method call; its exception becomes the reply's error."""
+        try:
+            if call.method == "register_voice":
+                value: Any = self.engine.register_voice(*call.args)
+            elif call.method == "unregister_voice":
+                value = self.engine.unregister_voice(*call.args)
+            elif call.method == "stats":
+                value = self.stats()
+            else:
+                raise ValueError(f"unknown method {call.method!r}")
+        except Exception as exc:
+            return Reply(call.call_id, error=error_message(exc), error_kind=error_kind(exc))
+        return Reply(call.call_id, value=value)
+
+    def stats(self) -> dict[str, Any]:
+        """Engine counts plus the core's own figures (step time; per step message: send time, audio bytes)."""
+        return {
+            **self.engine.stats(),
+            "core": {
+                "messages": self._seq,
+                "send_us": self._send_time.summary(1e6),
+                "step_ms": self._step_time.summary(1e3),
+                "audio_bytes": self._bytes.summary(),
+            },
+        }
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until shutdown or until the client goes away."""
+        engine = self.engine
+        while not self._stop:
+            self.drain(0.0 if engine.has_unfinished() else IDLE_POLL_S)
+            if self._stop:
+                break
+            outputs: list[Output] = self._pending
+            self._pending = []
+            if engine.has_unfinished():
+                steps = engine.steps
+                t0 = time.perf_counter()
+                produced = engine.step()
+                if engine.steps != steps:
+                    self._step_time.add(time.perf_counter() - t0)
+                outputs.extend(_output(o) for o in produced)
+                if not produced and engine.steps == steps:
+                    time.sleep(STALL_POLL_S)
+            if outputs:
+                self.send_outputs(outputs)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Cancel what is left and send its final outputs (best effort: the client may be gone)."""
+        for request_id in list(self.engine.requests):
+            self.engine.abort(request_id)
+        outputs = self._pending + ([_output(o) for o in self.engine.step()] if self.engine.has_unfinished() else [])
+        self._pending = []
+        if outputs:
+            try:
+                self.send_outputs(outputs)
+            except OSError:
+                pass
+
+    def fail_all(self, reason: str) -> None:
+        """After a fatal error: send FAILED with ``reason`` for every in-flight request (the process then exits)."""
+        failed = self._pending + [Output(rid, None, int(RequestStatus.FAILED), reason) for rid in self.engine.requests]
+        self._pending = []
+        if failed:
+            self.send_outputs(failed)
+
+
+def _output(out: StepOutput) -> Output:
+    return Output(out.request_id, out.audio, int(out.status))
+
+
+def model_info(engine: Engine, device: str, checkpoint_dir: str) -> dict[str, Any]:
+    """What the READY message says about the model."""
+    cfg = engine.model_config
+    return {
+        "checkpoint": checkpoint_dir,
+        "architecture": cfg.architecture,
+        "version": cfg.version,
+        "dtype": str(next(engine.runner.model.parameters()).dtype).removeprefix("torch."),
+        "device": device,
+        "max_model_len": engine.config.max_model_len,
+        "max_num_seqs": engine.config.max_num_seqs,
+        "max_loras": engine.config.max_loras,
+        "kv_blocks": engine.blocks.num_blocks,
+    }
+
+
+def run_engine_core(
+    conn: Connection,
+    checkpoint_dir: str,
+    engine_config: EngineConfig | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    num_threads: int | None = None,
+) -> None:
+    """Entry point of the engine-core process: load, say READY, serve; exit non-zero on failure.
+
+    Args:
+        conn: The child's end of a duplex ``multiprocessing.Pipe``.
+        checkpoint_dir: Checkpoint directory in the official layout.
+        engine_config: Engine limits (default ``EngineConfig()``).
+        device: Torch device of the engine.
+        dtype: Override of the checkpoint's model dtype (e.g. ``"float32"``).
+        num_threads: ``torch.set_num_threads`` for this process (None: torch's default).
+    """
+    import torch
+
+    from engine.engine import Engine
+    from engine.loader import load_checkpoint
+
+    # Ctrl-C reaches the whole process group; the client decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+            torch.cuda.set_device(device)  # Triton launches and bare allocations use the current device
+        engine = Engine(load_checkpoint(checkpoint_dir, device=device, dtype=dtype), engine_config)
+        info = model_info(engine, device, checkpoint_dir)
+        ready = Ready(os.getpid(), engine.sample_rate, engine.model_config.samples_per_patch, info)
+    except BaseException as exc:  # whatever went wrong, the client must hear why, not just see an exit code
+        try:
+            send_message(conn, StartFailed(_describe(exc)))
+        finally:
+            conn.close()
+        sys.exit(1)
+    send_message(conn, ready)
+    code = serve(EngineCore(engine, conn))
+    conn.close()
+    sys.exit(code)
+
+
+def serve(core: EngineCore) -> int:
+    """Run the loop; on any exception fail every in-flight request, send :class:`Fatal` and return 1.
+
+    Returns:
+        The process's exit code: 0 after a shutdown or when the client went away, 1 after a failure.
+    """
+    try:
+        core.run()
+    except BaseException as exc:
+        reason = f"engine core failed: {_describe(exc)}"
+        print(traceback.format_exc(), file=sys.stderr, flush=True)
+        try:
+            core.fail_all(reason)
+            send_message(core.conn, Fatal(reason, traceback.format_exc()))
+        except Exception:  # the pipe may be what broke; the exit code still tells
+            pass
+        return 1
+    return 0
+
+
+# --- the parent's side of the process -----------------------------------------------------------
+
+
+def spawn_engine_core(
+    checkpoint_dir: str,
+    engine_config: EngineConfig | None,
+    device: str,
+    dtype: str | None = None,
+    num_threads: int | None = None,
+) -> tuple[BaseProcess, Connection]:
+    """Start :func:`run_engine_core` in a spawned daemon process; returns it and the parent's end of the pipe."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=True)
+    args = (child, checkpoint_dir, engine_config, device, dtype, num_threads)
+    process = ctx.Process(target=run_engine_core, args=args, name=f"engine-core[{device}]", daemon=True)
+    process.start()
+    child.close()  # else our copy of the child's end would hide its death (no EOF)
+    return process, parent
+
+
+def wait_first_message(process: BaseProcess, conn: Connection, timeout_s: float) -> object:
+    """READY / StartFailed, or a string saying why neither came (blocking: run it in a worker thread)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        ready = wait([conn, process.sentinel], timeout=left)
+        if conn in ready:
+            try:
+                return recv_message(conn)
+            except EOFError:
+                pass
+        if ready:
+            process.join(5.0)
+            return f"the process exited with code {process.exitcode} before it was ready"
+    return f"no READY within {timeout_s:.0f} s"
+
+
+def reap(process: BaseProcess, timeout_s: float) -> None:
+    """Wait for the process to exit; terminate, then kill, if it does not (blocking)."""
+    process.join(timeout_s)
+    if process.exitcode is None:
+        process.terminate()
+        process.join(2.0)
+    if process.exitcode is None:
+        process.kill()
+        process.join(2.0)
