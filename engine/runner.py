@@ -96,17 +96,19 @@ class ModelRunner:
                 if end == req.num_positions and req.embed is not None:
                     given.append((offset + row.count - 1, req.embed))  # encoded when it was sampled
             offset += row.count
-        tm = torch.cat(text_mask).to(device).view(-1, 1)
+        tm_host = torch.cat(text_mask)  # the masks are built on the host: no device sync to inspect them
+        tm = tm_host.to(device).view(-1, 1)
         am = 1 - tm
         patches_t = torch.cat(patches).to(dtype)
         embed = torch.zeros(offset, model.config.base_lm_config().hidden_size, dtype=dtype, device=device)
-        audio = am.view(-1).bool()
+        encode = tm_host == 0
         for i, _ in given:
-            audio[i] = False
-        if bool(audio.any()):
+            encode[i] = False
+        if bool(encode.any()):
             slots = [r.request.lora_slot for r in rows for _ in range(r.count)]
-            self._lora_rows([slot for slot, keep in zip(slots, audio.tolist(), strict=True) if keep])
-            embed[audio] = model.encode_patches(patches_t[audio][:, None])[:, 0]
+            self._lora_rows([slot for slot, keep in zip(slots, encode.tolist(), strict=True) if keep])
+            idx = encode.nonzero().flatten().to(device)
+            embed[idx] = model.encode_patches(patches_t[idx][:, None])[:, 0]
             self._lora_rows(None)
         for i, e in given:
             embed[i] = e
@@ -133,10 +135,12 @@ class ModelRunner:
         )[:, 0]
         self._lora_rows(None)
 
-        ends = layout.cu_seqlens_q[1:].tolist()
-        ready = [(i, r) for i, r in enumerate(rows) if r.sample]
-        for i, row in ready:
-            last = ends[i] - 1
+        ready, end = [], 0
+        for row in rows:
+            end += row.count
+            if row.sample:
+                ready.append((end - 1, row))
+        for last, row in ready:
             row.request.lm_hidden = hidden[last]
             row.request.residual_hidden = residual[last]
         return self._sample([r.request for _, r in ready])
