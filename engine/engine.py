@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class Engine:
         self._ended: list[StepOutput] = []
         self._arrivals = itertools.count()
         self.steps = 0
+        self._step_times: deque[float] = deque(maxlen=64)  # recent step ends, for steps per second
 
     def _default_blocks(self, checkpoint: LoadedCheckpoint) -> int:
         """CPU: enough for every running request at full length; GPU: what gpu_memory_utilization allows."""
@@ -219,6 +221,7 @@ class Engine:
             return outputs
         sampled = self.runner.step(plan.rows)
         self.steps += 1
+        self._step_times.append(time.monotonic())
         for row in plan.rows:
             row.request.num_computed += row.count
             if row.start < row.request.prompt_len <= row.request.num_computed:  # prompt just completed
@@ -272,8 +275,16 @@ class Engine:
             "kv_blocks_total": self.blocks.num_blocks,
             "kv_blocks_free": self.blocks.num_free,
             "steps": self.steps,
+            "steps_per_s": self._steps_per_s(),
             "adapters": self.adapters.stats() if self.adapters is not None else None,
         }
+
+    def _steps_per_s(self) -> float:
+        """Rate over the recent steps; 0 when idle for more than a second or too few steps."""
+        times = self._step_times
+        if len(times) < 2 or time.monotonic() - times[-1] > 1.0:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
 
     def check_invariants(self) -> None:
         """Assert block accounting over every unfinished request (cheap; tests call it after each step)."""

@@ -198,6 +198,20 @@ def test_request_that_can_never_fit_is_rejected(ckpt_v1):
         engine.add_request("ok", "Hello.", params=_params(3, 1))
 
 
+def test_stats_report_queue_blocks_and_rate(ckpt_v1):
+    engine = _engine(ckpt_v1, max_num_seqs=1)
+    engine.add_request("a", "Hello.", params=_params(4, 1))
+    engine.add_request("b", "Hello.", params=_params(4, 2))
+    engine.step()
+    engine.step()
+    stats = engine.stats()
+    assert (stats["running"], stats["waiting"], stats["steps"]) == (1, 1, 2)
+    assert stats["kv_blocks_free"] < stats["kv_blocks_total"] and stats["steps_per_s"] > 0
+    assert stats["adapters"] is None
+    _run(engine)
+    assert engine.stats()["kv_blocks_free"] == engine.stats()["kv_blocks_total"]
+
+
 def test_deadline_cancels(ckpt_v1):
     engine = _engine(ckpt_v1)
     engine.add_request("late", "Hello.", params=_params(50, 1), deadline_s=0.0)
