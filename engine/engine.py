@@ -81,7 +81,13 @@ class Engine:
             checkpoint.model, num_blocks, self.config.block_size, attention_backend, self.adapters is not None
         )
         self.requests: dict[str, Request] = {}
-        self._streams: dict[str, StreamingDecoderState] = {}
+        # Causal VAE decoder state: one row per request in a long-lived slot state, so a step gathers
+        # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up)
+        # until its first chunk takes a slot.
+        self._vae_state = self.vae.new_stream_state(0)
+        self._vae_slot: dict[str, int] = {}
+        self._vae_free: list[int] = []
+        self._warm: dict[str, StreamingDecoderState] = {}
         self._deadlines: dict[str, float] = {}
         self._ended: list[StepOutput] = []
         self._arrivals = itertools.count()
@@ -172,7 +178,7 @@ class Engine:
         if prefill.context_patches.shape[0]:
             self.vae.decode_stream(self._frames(prefill.context_patches[None]), state)  # warm-up, output discarded
         self.requests[request_id] = request
-        self._streams[request_id] = state
+        self._warm[request_id] = state
         if deadline_s is not None:
             self._deadlines[request_id] = time.monotonic() + deadline_s
         self.scheduler.add(request)
@@ -197,7 +203,10 @@ class Engine:
     def _end(self, request: Request, status: RequestStatus) -> None:
         self.scheduler.finish(request, status)
         del self.requests[request.request_id]
-        self._streams.pop(request.request_id, None)
+        self._warm.pop(request.request_id, None)
+        slot = self._vae_slot.pop(request.request_id, None)
+        if slot is not None:
+            self._vae_free.append(slot)
         self._deadlines.pop(request.request_id, None)
 
     def _frames(self, patches: Tensor) -> Tensor:
@@ -228,13 +237,13 @@ class Engine:
                 self.blocks.commit_prompt_blocks(row.request)
         if not sampled:
             return outputs
-        ids = [s.request.request_id for s in sampled]
-        state = StreamingDecoderState.concat([self._streams[i] for i in ids])
+        rows = [self._vae_row(s.request.request_id) for s in sampled]
+        state = self._vae_state.select(rows)
         audio = self.vae.decode_stream(self._frames(torch.stack([s.patch for s in sampled])[:, None]), state)
+        self._vae_state.write_rows_(rows, state)
         audio = audio[:, 0].float().cpu().numpy()
         for row_index, item in enumerate(sampled):
             request = item.request
-            self._streams[request.request_id] = state.select([row_index])
             request.patches.append(item.patch)
             i = len(request.patches) - 1
             status = RequestStatus.RUNNING
@@ -246,6 +255,20 @@ class Engine:
                 self._end(request, status)
             outputs.append(StepOutput(request.request_id, audio[row_index], status))
         return outputs
+
+    def _vae_row(self, request_id: str) -> int:
+        """The request's decoder-state slot; its first chunk moves the warmed-up state into a free slot."""
+        slot = self._vae_slot.get(request_id)
+        if slot is not None:
+            return slot
+        if not self._vae_free:  # grow by doubling: slots outlive steps, so this is rare
+            grow = max(8, self._vae_state.batch_size)
+            start = self._vae_state.batch_size
+            self._vae_state = StreamingDecoderState.concat([self._vae_state, self.vae.new_stream_state(grow)])
+            self._vae_free.extend(range(start + grow - 1, start - 1, -1))
+        slot = self._vae_slot[request_id] = self._vae_free.pop()
+        self._vae_state.write_rows_([slot], self._warm.pop(request_id))
+        return slot
 
     def register_voice(self, name: str, path: str | Path) -> int:
         """Register (or replace) a named LoRA voice from an adapter directory; returns its version.
@@ -294,7 +317,9 @@ class Engine:
             held = sum(1 for r in self.requests.values() if r.lora_slot)
             refs = self.adapters.stats()["in_use"]
             assert held == refs, f"{refs} adapter references for {held} requests holding a slot"
-        assert set(self._streams) == set(self.requests), "VAE stream state leaked or missing"
+        assert not set(self._warm) & set(self._vae_slot), "a request has two VAE states"
+        assert set(self._warm) | set(self._vae_slot) == set(self.requests), "VAE stream state leaked or missing"
+        assert len(self._vae_slot) + len(self._vae_free) == self._vae_state.batch_size, "VAE slot leaked"
 
     def generate(self, requests: dict[str, tuple[str, Voice | None, GenerationParams | None]]) -> dict[str, np.ndarray]:
         """Run a set of requests to completion together; returns each one's concatenated audio."""

@@ -176,6 +176,19 @@ class StreamingDecoderState:
         self.buffers = [b.index_copy(0, idx, s.to(b.dtype)) for b, s in zip(self.buffers, source.buffers, strict=True)]
         return self
 
+    def write_rows_(self, rows: Rows, source: StreamingDecoderState) -> StreamingDecoderState:
+        """In-place :meth:`assign_rows` for an engine's long-lived slot state; returns ``self``.
+
+        Writes into the existing tensors instead of replacing them, so a step costs the rows it
+        touches rather than a copy of every slot. Only for states created outside inference mode.
+        """
+        idx = self._index(rows)
+        if source.batch_size != idx.numel():
+            raise ValueError(f"write_rows_: {idx.numel()} rows but source has {source.batch_size}")
+        for b, s in zip(self.buffers, source.buffers, strict=True):
+            b.index_copy_(0, idx, s.to(b.dtype))
+        return self
+
     def clone(self) -> StreamingDecoderState:
         """A deep copy."""
         return StreamingDecoderState([b.clone() for b in self.buffers])
