@@ -288,6 +288,18 @@ class AsyncEngine:
         """
         await self._call("unregister_voice", name)
 
+    async def encode_prompt(self, audio: bytes, *, reference: bool = False, timeout_s: float = 60.0) -> Any:
+        """Encode prompt (or VoxCPM2 reference) audio into latent patches ``[T, P, 64]`` (fp32, CPU).
+
+        Runs in the engine process between two steps (the AudioVAE lives there), so a long
+        recording delays running streams by its encode time; callers cap the audio's length.
+
+        Raises:
+            ValueError: Undecodable or empty audio, or ``reference`` on a VoxCPM1 model.
+            EngineDeadError: The engine is not running.
+        """
+        return await self._call("encode_prompt", audio, reference, timeout_s=timeout_s)
+
     async def stats(self) -> dict[str, Any]:
         """Engine counts (when alive) plus ``alive``, ``pid``, ``device``, ``unfinished`` and ``ipc``.
 

@@ -132,6 +132,9 @@ class EngineCore:
                 value = self.engine.unregister_voice(*call.args)
             elif call.method == "stats":
                 value = self.stats()
+            elif call.method == "encode_prompt":
+                audio, reference = call.args
+                value = self.engine.frontend.encode_prompt(audio, reference=reference)
             else:
                 raise ValueError(f"unknown method {call.method!r}")
         except Exception as exc:

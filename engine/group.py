@@ -131,6 +131,10 @@ class AsyncEngineGroup:
         """Remove a LoRA voice from every live engine."""
         await asyncio.gather(*(e.unregister_voice(name) for e in self.engines if e.is_alive))
 
+    async def encode_prompt(self, audio: bytes, *, reference: bool = False) -> Any:
+        """Encode prompt audio on the least-loaded live engine (see :meth:`AsyncEngine.encode_prompt`)."""
+        return await self.pick().encode_prompt(audio, reference=reference)
+
     async def stats(self) -> dict[str, Any]:
         """Per-engine stats under ``engines`` plus the sums of the counters and ``alive`` (any engine)."""
         per_engine = await asyncio.gather(*(e.stats() for e in self.engines))

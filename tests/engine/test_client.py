@@ -325,3 +325,26 @@ def test_core_failure_fails_in_flight_requests_and_reports(local):
     local.abort("f")
     local.step()
     assert not local.has_unfinished()
+
+
+def test_encode_prompt_through_the_process_equals_in_process(runner, engine, local):
+    import io
+
+    import soundfile as sf
+
+    wav = np.sin(np.linspace(0, 200, local.sample_rate // 2)).astype(np.float32) * 0.3
+    buf = io.BytesIO()
+    sf.write(buf, wav, local.sample_rate, format="WAV")
+    audio = buf.getvalue()
+
+    async def go():
+        prompt = await engine.encode_prompt(audio)
+        ref = await engine.encode_prompt(audio, reference=True)
+        with pytest.raises(ValueError, match="audio"):
+            await engine.encode_prompt(b"not audio at all")
+        return prompt, ref
+
+    prompt, ref = runner.run(go())
+    torch.testing.assert_close(prompt, local.frontend.encode_prompt(audio), rtol=0, atol=0)
+    torch.testing.assert_close(ref, local.frontend.encode_prompt(audio, reference=True), rtol=0, atol=0)
+    assert prompt.dtype == torch.float32 and prompt.shape[-1] == 64
