@@ -21,6 +21,7 @@ from torch import Tensor
 
 from engine.adapters import AdapterRegistry
 from engine.block_manager import BlockManager
+from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.loader import LoadedCheckpoint, load_checkpoint
 from engine.lora import enable_lora
@@ -80,6 +81,15 @@ class Engine:
         self.runner = ModelRunner(
             checkpoint.model, num_blocks, self.config.block_size, attention_backend, self.adapters is not None
         )
+        # The torch reference attention syncs with the host (it loops over sequences): not capturable.
+        if checkpoint.device.type == "cuda" and not self.config.enforce_eager and attention_backend != "torch":
+            self.runner.graphs = DecodeGraphs(
+                self.runner,
+                self.config.max_num_seqs,
+                self.config.max_model_len,
+                self.config.cuda_graph_timesteps,
+                capture=True,
+            )
         self.requests: dict[str, Request] = {}
         # Causal VAE decoder state: one row per request in a long-lived slot state, so a step gathers
         # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up)
@@ -298,6 +308,7 @@ class Engine:
             "kv_blocks_total": self.blocks.num_blocks,
             "kv_blocks_free": self.blocks.num_free,
             "steps": self.steps,
+            "graph_steps": self.runner.graph_steps,
             "steps_per_s": self._steps_per_s(),
             "adapters": self.adapters.stats() if self.adapters is not None else None,
         }

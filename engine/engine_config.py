@@ -22,6 +22,11 @@ class EngineConfig:
         gpu_memory_utilization: Share of the GPU's memory the engine may use (GPU only).
         enable_prefix_caching: Reuse KV blocks of identical leading content (e.g. a VoxCPM2
             reference voice) across requests.
+        max_loras: LoRA voices resident on the device at once (0: LoRA off).
+        max_lora_rank: Largest adapter rank accepted.
+        enforce_eager: On CUDA, never use CUDA graphs (every step runs eagerly).
+        cuda_graph_timesteps: Sampler step counts whose pure-decode steps are captured as CUDA
+            graphs (one graph per padded batch size each); requests with other counts run eagerly.
     """
 
     max_num_seqs: int = 16
@@ -33,6 +38,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_loras: int = 0
     max_lora_rank: int = 32
+    enforce_eager: bool = False
+    cuda_graph_timesteps: tuple[int, ...] = (10,)
 
     def __post_init__(self) -> None:
         checks = [
@@ -44,6 +51,7 @@ class EngineConfig:
             ("gpu_memory_utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "must be in (0, 1]"),
             ("max_loras", self.max_loras >= 0, "must be >= 0"),
             ("max_lora_rank", self.max_lora_rank >= 1, "must be >= 1"),
+            ("cuda_graph_timesteps", all(1 <= t <= 100 for t in self.cuda_graph_timesteps), "must be in [1, 100]"),
         ]
         for name, ok, msg in checks:
             if not ok:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from engine.config import ModelConfig
+from engine.cuda_graphs import DecodeGraphs
 from engine.lora import set_lora_rows
 from engine.model.sampler import draw_noise
 from engine.model.voxcpm import VoxCPMModel
@@ -74,6 +75,8 @@ class ModelRunner:
         kw = dict(dtype=model.dtype, device=model.device)
         self.base_cache = PagedKVCache(self.cfg.base_lm_config(), num_blocks, block_size, **kw)
         self.residual_cache = PagedKVCache(self.cfg.residual_lm_config(), num_blocks, block_size, **kw)
+        self.graphs: DecodeGraphs | None = None  # set by the engine on CUDA (engine.cuda_graphs)
+        self.graph_steps = 0  # steps served by the static decode path
 
     def _inputs(self, rows: list[ScheduledRow]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Packed LM inputs: ``x [N, H]``, ``audio_embed [N, H]``, ``text_mask``, ``audio_mask`` (``[N, 1]``)."""
@@ -118,6 +121,14 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, rows: list[ScheduledRow]) -> list[Sampled]:
         """Run one step; updates each row's LM states and returns the rows' new patches."""
+        if self.graphs is not None and self.graphs.accepts(rows):
+            out = self.graphs.run(rows)
+            self.graph_steps += 1
+            sampled = []
+            for j, row in enumerate(rows):
+                row.request.embed = out.embeds[j]
+                sampled.append(Sampled(row.request, out.patches[j], out.stops[j]))
+            return sampled
         model = self.model
         layout = BatchLayout.build(
             [(r.start, r.count, r.request.block_table) for r in rows], self.block_size, model.device

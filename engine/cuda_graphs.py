@@ -1,0 +1,258 @@
+"""The pure-decode step over static buffers, replayed as CUDA graphs.
+
+Once every running request has its prompt in the cache, a step is the same work for each row:
+one position through both LMs, the whole Euler loop of the DiT sampler (CFG batch included), the
+local encoder and the stop head. On a GPU that is hundreds of small kernels whose launch cost
+dominates at small batches, so :class:`DecodeGraphs` captures the step once per padded batch size
+(and per LoRA on/off) and replays it with the inputs copied into static buffers.
+
+What stays outside the graph, by design:
+  * the noise: each request draws from its own ``torch.Generator`` (the same seed gives the same
+    audio alone or in a crowd), then the draws are copied into the static noise buffer;
+  * the batch layout (positions, cache slots, block tables), built on the host like the eager
+    path's and copied in; padding rows get cache slot ``-1`` (their K/V is never stored) and one
+    key of block 0 (finite garbage, their outputs are dropped);
+  * the VAE decode (its streaming state lives in per-request slots, see ``engine.engine``).
+
+The attention split-KV factor is fixed per captured size by bounding the keys with
+``max_model_len`` instead of the step's longest sequence; that is the only difference from an
+eager step (a different fp32 reduction order in attention).
+
+Off CUDA (tests), :meth:`DecodeGraphs.run` executes the same static-buffer forward eagerly, so
+padding, buffer filling and LoRA routing are exercised on the CPU too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from engine.lora import set_lora_rows
+from engine.model.sampler import draw_noise
+from engine.paged_kv import BatchLayout, PagedAttention
+
+if TYPE_CHECKING:  # the runner imports this module
+    from engine.runner import ModelRunner, ScheduledRow
+
+log = logging.getLogger(__name__)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Padded batch sizes to capture: 1, 2, 4, 8, then every 16 up to ``max_batch`` (which is included)."""
+    sizes = [s for s in (1, 2, 4, 8) if s < max_batch]
+    sizes += list(range(16, max_batch, 16))
+    return sorted(set(sizes + [max_batch]))
+
+
+@dataclass
+class DecodeOutputs:
+    """Per-row results of a decode step (row order = the rows given), copied out of the static buffers.
+
+    Attributes:
+        patches: ``[B, P, D]`` new latent patches (model dtype).
+        embeds: ``[B, H]`` their local-encoder embeddings (the next step's LM input).
+        stops: Stop-head decisions.
+    """
+
+    patches: Tensor
+    embeds: Tensor
+    stops: list[bool]
+
+
+class _Buffers:
+    """Static inputs and outputs of the decode step, sized for the largest bucket."""
+
+    def __init__(self, runner: ModelRunner, max_batch: int, max_blocks: int) -> None:
+        cfg, model = runner.cfg, runner.model
+        dev, dtype = model.device, model.dtype
+        hidden = cfg.base_lm_config().hidden_size
+        n = max_batch
+        self.embed = torch.zeros(n, hidden, dtype=dtype, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
+        self.slots = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.cu_seqlens_q = torch.arange(n + 1, dtype=torch.int32, device=dev)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        self.block_tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=dev)
+        self.noise = torch.zeros(n, cfg.feat_dim, cfg.patch_size, dtype=dtype, device=dev)
+        self.cond = torch.zeros(n, cfg.feat_dim, cfg.patch_size, dtype=dtype, device=dev)
+        self.cfg_value = torch.full((n,), 2.0, dtype=torch.float32, device=dev)
+        self.lora = torch.zeros(n, dtype=torch.long, device=dev)
+        self.out_patches = torch.zeros(n, cfg.patch_size, cfg.feat_dim, dtype=dtype, device=dev)
+        self.out_embeds = torch.zeros(n, hidden, dtype=dtype, device=dev)
+        self.out_stops = torch.zeros(n, dtype=torch.bool, device=dev)
+
+
+class DecodeGraphs:
+    """Runs pure-decode steps on static buffers; on CUDA as captured graphs.
+
+    Args:
+        runner: The :class:`engine.runner.ModelRunner` whose model and caches are used.
+        max_batch: Largest batch to serve this way (the engine's ``max_num_seqs``).
+        max_model_len: Longest sequence (sizes the block tables and the attention split factor).
+        timesteps: Sampler step counts served (each captured separately); other counts run eager.
+        capture: Capture CUDA graphs (requires a CUDA model); ``False`` runs the same forward eagerly.
+    """
+
+    def __init__(
+        self, runner: ModelRunner, max_batch: int, max_model_len: int, timesteps: tuple[int, ...], *, capture: bool
+    ) -> None:
+        self.runner = runner
+        self.max_batch = max_batch
+        self.max_model_len = max_model_len
+        self.timesteps = tuple(sorted(set(timesteps)))
+        self.buckets = batch_buckets(max_batch)
+        self.max_blocks = -(-max_model_len // runner.block_size)
+        self.bufs = _Buffers(runner, max_batch, self.max_blocks)
+        self.capture_enabled = capture
+        self.graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self.capture_s = 0.0
+        if capture:
+            self._capture_all()
+
+    # --- eligibility ---------------------------------------------------------------------------
+
+    def accepts(self, rows: list[ScheduledRow]) -> bool:
+        """Whether a step is pure decode of rows this object can serve (else the eager path runs)."""
+        if not rows or len(rows) > self.max_batch:
+            return False
+        steps = rows[0].request.params.inference_timesteps
+        if steps not in self.timesteps:
+            return False
+        for row in rows:
+            req = row.request
+            if (
+                row.count != 1
+                or row.start != req.num_positions - 1
+                or row.start < req.prompt_len
+                or req.embed is None
+                or req.params.inference_timesteps != steps
+            ):
+                return False
+        return True
+
+    # --- the step ------------------------------------------------------------------------------
+
+    def _forward(self, n: int, steps: int, lora: bool) -> None:
+        """The decode step for the first ``n`` buffer rows, outputs written into the output buffers."""
+        b, runner = self.bufs, self.runner
+        model = runner.model
+        layout = BatchLayout(
+            positions=b.positions[:n],
+            slot_mapping=b.slots[:n],
+            cu_seqlens_q=b.cu_seqlens_q[: n + 1],
+            seq_lens=b.seq_lens[:n],
+            block_tables=b.block_tables[:n],
+            max_seqlen_q=1,
+            max_seqlen_k=self.max_model_len,
+        )
+        slots = b.lora[:n] if lora else None
+        x = b.embed[:n]
+        positions = layout.positions.view(-1, 1)
+        set_lora_rows(slots)
+        hidden = model.base_lm(x[:, None], positions, PagedAttention(runner.base_cache, layout, runner.backend))[:, 0]
+        hidden = model.quantize(hidden)
+        residual_in = model.residual_input(hidden, x)
+        residual = model.residual_lm(
+            residual_in[:, None], positions, PagedAttention(runner.residual_cache, layout, runner.backend)
+        )[:, 0]
+        mu = model.dit_condition(hidden, residual)
+        set_lora_rows(torch.cat([slots, slots]) if slots is not None else None)  # the CFG batch [cond | uncond]
+        sample = model.sample_patch(b.noise[:n], mu, b.cond[:n], n_timesteps=steps, cfg_value=b.cfg_value[:n])
+        set_lora_rows(slots)
+        patches = sample.transpose(1, 2)
+        embeds = model.encode_patches(patches.unsqueeze(1))[:, 0]
+        set_lora_rows(None)
+        b.out_patches[:n].copy_(patches)
+        b.out_embeds[:n].copy_(embeds)
+        b.out_stops[:n].copy_(model.stop_logits(hidden).argmax(dim=-1) == 1)
+
+    def _bucket(self, n: int) -> int:
+        return next(s for s in self.buckets if s >= n)
+
+    def _fill(self, rows: list[ScheduledRow], padded: int) -> bool:
+        """Copy the rows' inputs into the buffers (padding rows after them); returns whether any row uses LoRA."""
+        b, runner, model = self.bufs, self.runner, self.runner.model
+        cfg, bs = runner.cfg, runner.block_size
+        n = len(rows)
+        reqs = [r.request for r in rows]
+        positions = [r.start for r in rows] + [0] * (padded - n)
+        slots = [req.block_table[p // bs] * bs + p % bs for req, p in zip(reqs, positions, strict=False)]
+        slots += [-1] * (padded - n)
+        tables = torch.zeros(padded, self.max_blocks, dtype=torch.int32)
+        for i, req in enumerate(reqs):
+            tables[i, : len(req.block_table)] = torch.tensor(req.block_table, dtype=torch.int32)
+        b.positions[:padded].copy_(torch.tensor(positions, dtype=torch.long), non_blocking=True)
+        b.slots[:padded].copy_(torch.tensor(slots, dtype=torch.long), non_blocking=True)
+        b.seq_lens[:padded].copy_(torch.tensor([p + 1 for p in positions], dtype=torch.int32), non_blocking=True)
+        b.block_tables[:padded].copy_(tables, non_blocking=True)
+        b.embed[:n].copy_(torch.stack([req.embed for req in reqs]))
+        b.cond[:n].copy_(torch.stack([req.patches[-1] for req in reqs]).transpose(1, 2))
+        noise = [
+            draw_noise(
+                (1, cfg.feat_dim, cfg.patch_size),
+                generator=req.generator,
+                dtype=model.dtype,
+                device=model.device,
+                temperature=req.params.temperature,
+            )
+            for req in reqs
+        ]
+        b.noise[:n].copy_(torch.cat(noise))
+        b.cfg_value[:n].copy_(torch.tensor([req.params.cfg_value for req in reqs], dtype=torch.float32))
+        lora_slots = [req.lora_slot for req in reqs]
+        uses_lora = runner.lora_enabled and any(lora_slots)
+        if uses_lora:
+            b.lora[:padded].copy_(torch.tensor(lora_slots + [0] * (padded - n), dtype=torch.long))
+        return uses_lora
+
+    @torch.inference_mode()
+    def run(self, rows: list[ScheduledRow]) -> DecodeOutputs:
+        """One pure-decode step of ``rows`` (see :meth:`accepts`); updates nothing on the requests."""
+        n = len(rows)
+        padded = self._bucket(n)
+        steps = rows[0].request.params.inference_timesteps
+        lora = self._fill(rows, padded)
+        graph = self.graphs.get((padded, steps, lora))
+        if graph is not None:
+            graph.replay()
+        else:
+            self._forward(padded, steps, lora)
+        b = self.bufs
+        return DecodeOutputs(b.out_patches[:n].clone(), b.out_embeds[:n].clone(), b.out_stops[:n].tolist())
+
+    # --- capture -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _capture_all(self) -> None:
+        """Capture every (bucket, timesteps, LoRA) variant, largest first so the pool is sized once."""
+        start = time.perf_counter()
+        pool = None
+        variants = [False, True] if self.runner.lora_enabled else [False]
+        stream = torch.cuda.Stream(device=self.runner.model.device)
+        for steps in self.timesteps:
+            for lora in variants:
+                for size in reversed(self.buckets):
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        self._forward(size, steps, lora)  # compiles kernels, settles the allocator
+                    torch.cuda.current_stream().wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool, stream=stream):
+                        self._forward(size, steps, lora)
+                    pool = graph.pool()
+                    self.graphs[(size, steps, lora)] = graph
+        torch.cuda.synchronize()
+        self.capture_s = time.perf_counter() - start
+        log.info(
+            "captured %d CUDA graphs (batch sizes %s, timesteps %s, LoRA %s) in %.1f s",
+            len(self.graphs),
+            self.buckets,
+            self.timesteps,
+            variants,
+            self.capture_s,
+        )
