@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from engine.adapters import AdapterRegistry
 from engine.block_manager import BlockManager
@@ -231,7 +232,8 @@ class Engine:
             if now >= deadline:
                 self.abort(request_id)
         outputs, self._ended = self._ended, []
-        plan = self.scheduler.schedule()
+        with record_function("engine.schedule"):
+            plan = self.scheduler.schedule()
         for request, _why in self.scheduler.failed:  # e.g. its voice was unregistered while it waited
             self._end(request, RequestStatus.FAILED)
             outputs.append(StepOutput(request.request_id, None, RequestStatus.FAILED))
@@ -247,11 +249,13 @@ class Engine:
                 self.blocks.commit_prompt_blocks(row.request)
         if not sampled:
             return outputs
-        rows = [self._vae_row(s.request.request_id) for s in sampled]
-        state = self._vae_state.select(rows)
-        audio = self.vae.decode_stream(self._frames(torch.stack([s.patch for s in sampled])[:, None]), state)
-        self._vae_state.write_rows_(rows, state)
-        audio = audio[:, 0].float().cpu().numpy()
+        with record_function("engine.vae"):
+            rows = [self._vae_row(s.request.request_id) for s in sampled]
+            state = self._vae_state.select(rows)
+            audio = self.vae.decode_stream(self._frames(torch.stack([s.patch for s in sampled])[:, None]), state)
+            self._vae_state.write_rows_(rows, state)
+        with record_function("engine.audio_to_host"):
+            audio = audio[:, 0].float().cpu().numpy()
         for row_index, item in enumerate(sampled):
             request = item.request
             request.patches.append(item.patch)

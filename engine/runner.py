@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from engine.config import ModelConfig
 from engine.cuda_graphs import DecodeGraphs
@@ -122,13 +123,21 @@ class ModelRunner:
     def step(self, rows: list[ScheduledRow]) -> list[Sampled]:
         """Run one step; updates each row's LM states and returns the rows' new patches."""
         if self.graphs is not None and self.graphs.accepts(rows):
-            out = self.graphs.run(rows)
+            with record_function("runner.decode_graph"):
+                out = self.graphs.run(rows)
             self.graph_steps += 1
             sampled = []
             for j, row in enumerate(rows):
                 row.request.embed = out.embeds[j]
                 sampled.append(Sampled(row.request, out.patches[j], out.stops[j]))
             return sampled
+        with record_function("runner.lm"):
+            ready = self._lm(rows)
+        with record_function("runner.sampler"):
+            return self._sample([r.request for _, r in ready])
+
+    def _lm(self, rows: list[ScheduledRow]) -> list[tuple[int, ScheduledRow]]:
+        """Both LMs over the rows' new positions; returns the rows that sample, with their last packed index."""
         model = self.model
         layout = BatchLayout.build(
             [(r.start, r.count, r.request.block_table) for r in rows], self.block_size, model.device
@@ -154,7 +163,7 @@ class ModelRunner:
         for last, row in ready:
             row.request.lm_hidden = hidden[last]
             row.request.residual_hidden = residual[last]
-        return self._sample([r.request for _, r in ready])
+        return ready
 
     def _lora_rows(self, slots: list[int] | None) -> None:
         """Route each row of the next forward to its request's adapter slot (no-op without adapters)."""
