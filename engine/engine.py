@@ -32,6 +32,7 @@ from engine.pipeline import GenerationParams, Synthesizer, Voice
 from engine.request import Request, RequestStatus, SamplingParams
 from engine.runner import ModelRunner
 from engine.scheduler import Scheduler
+from engine.vae_stream import VaeStreams
 
 
 @dataclass
@@ -83,7 +84,8 @@ class Engine:
             checkpoint.model, num_blocks, self.config.block_size, attention_backend, self.adapters is not None
         )
         # The torch reference attention syncs with the host (it loops over sequences): not capturable.
-        if checkpoint.device.type == "cuda" and not self.config.enforce_eager and attention_backend != "torch":
+        graphs = checkpoint.device.type == "cuda" and not self.config.enforce_eager
+        if graphs and attention_backend != "torch":
             self.runner.graphs = DecodeGraphs(
                 self.runner,
                 self.config.max_num_seqs,
@@ -95,9 +97,7 @@ class Engine:
         # Causal VAE decoder state: one row per request in a long-lived slot state, so a step gathers
         # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up)
         # until its first chunk takes a slot.
-        self._vae_state = self.vae.new_stream_state(0)
-        self._vae_slot: dict[str, int] = {}
-        self._vae_free: list[int] = []
+        self._vae = VaeStreams(self.vae, self.model_config.patch_size, self.config.max_num_seqs, capture=graphs)
         self._warm: dict[str, StreamingDecoderState] = {}
         self._deadlines: dict[str, float] = {}
         self._ended: list[StepOutput] = []
@@ -215,9 +215,7 @@ class Engine:
         self.scheduler.finish(request, status)
         del self.requests[request.request_id]
         self._warm.pop(request.request_id, None)
-        slot = self._vae_slot.pop(request.request_id, None)
-        if slot is not None:
-            self._vae_free.append(slot)
+        self._vae.release(request.request_id)
         self._deadlines.pop(request.request_id, None)
 
     def _frames(self, patches: Tensor) -> Tensor:
@@ -250,12 +248,14 @@ class Engine:
         if not sampled:
             return outputs
         with record_function("engine.vae"):
-            rows = [self._vae_row(s.request.request_id) for s in sampled]
-            state = self._vae_state.select(rows)
-            audio = self.vae.decode_stream(self._frames(torch.stack([s.patch for s in sampled])[:, None]), state)
-            self._vae_state.write_rows_(rows, state)
+            ids = [s.request.request_id for s in sampled]
+            for request_id in ids:
+                if not self._vae.has(request_id):  # its first chunk: the warmed-up state takes a slot
+                    self._vae.admit(request_id, self._warm.pop(request_id))
+            audio = self._vae.decode(ids, self._frames(torch.stack([s.patch for s in sampled])[:, None]))
         with record_function("engine.audio_to_host"):
-            audio = audio[:, 0].float().cpu().numpy()
+            # copy=True: on the CPU .cpu() would alias the VAE's static output buffer, rewritten next step.
+            audio = audio.to("cpu", torch.float32, copy=True).numpy()
         for row_index, item in enumerate(sampled):
             request = item.request
             request.patches.append(item.patch)
@@ -269,20 +269,6 @@ class Engine:
                 self._end(request, status)
             outputs.append(StepOutput(request.request_id, audio[row_index], status))
         return outputs
-
-    def _vae_row(self, request_id: str) -> int:
-        """The request's decoder-state slot; its first chunk moves the warmed-up state into a free slot."""
-        slot = self._vae_slot.get(request_id)
-        if slot is not None:
-            return slot
-        if not self._vae_free:  # grow by doubling: slots outlive steps, so this is rare
-            grow = max(8, self._vae_state.batch_size)
-            start = self._vae_state.batch_size
-            self._vae_state = StreamingDecoderState.concat([self._vae_state, self.vae.new_stream_state(grow)])
-            self._vae_free.extend(range(start + grow - 1, start - 1, -1))
-        slot = self._vae_slot[request_id] = self._vae_free.pop()
-        self._vae_state.write_rows_([slot], self._warm.pop(request_id))
-        return slot
 
     def register_voice(self, name: str, path: str | Path) -> int:
         """Register (or replace) a named LoRA voice from an adapter directory; returns its version.
@@ -332,9 +318,11 @@ class Engine:
             held = sum(1 for r in self.requests.values() if r.lora_slot)
             refs = self.adapters.stats()["in_use"]
             assert held == refs, f"{refs} adapter references for {held} requests holding a slot"
-        assert not set(self._warm) & set(self._vae_slot), "a request has two VAE states"
-        assert set(self._warm) | set(self._vae_slot) == set(self.requests), "VAE stream state leaked or missing"
-        assert len(self._vae_slot) + len(self._vae_free) == self._vae_state.batch_size, "VAE slot leaked"
+        held = {r for r in self.requests if self._vae.has(r)}
+        assert not set(self._warm) & held, "a request has two VAE states"
+        assert set(self._warm) | held == set(self.requests), "VAE stream state leaked or missing"
+        assert self._vae.num_held == len(held), "VAE slot held by a finished request"
+        assert self._vae.num_held + self._vae.num_free == self._vae.num_slots, "VAE slot leaked"
 
     def generate(self, requests: dict[str, tuple[str, Voice | None, GenerationParams | None]]) -> dict[str, np.ndarray]:
         """Run a set of requests to completion together; returns each one's concatenated audio."""

@@ -198,7 +198,7 @@ class StreamingDecoderState:
         return StreamingDecoderState([b.to(device) for b in self.buffers])
 
 
-def _full_fp32_convs() -> contextlib.AbstractContextManager:
+def full_fp32_convs() -> contextlib.AbstractContextManager:
     """cuDNN convolutions in true fp32 (no TF32) for the VAE.
 
     With TF32 (PyTorch's default for cuDNN) each of the decoder's ~40 random-feature convs rounds
@@ -266,6 +266,16 @@ class AudioVAE(nn.Module):
         return self.config.latent_dim
 
     @property
+    def stream_shapes(self) -> list[tuple[int, int]]:
+        """``(channels, context)`` of each stateful decoder convolution, in stream-slot order."""
+        return list(self._stream_shapes)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.encoder.fc_mu.weight_v.device
+
+    @property
     def dtype(self) -> torch.dtype:
         """Floating dtype of the parameters (fp32 unless converted)."""
         return self.encoder.fc_mu.weight_v.dtype
@@ -288,7 +298,7 @@ class AudioVAE(nn.Module):
         hop = self.encode_hop
         length = wav.shape[-1]
         wav = F.pad(wav.to(self.dtype), (0, math.ceil(length / hop) * hop - length))
-        with _full_fp32_convs():
+        with full_fp32_convs():
             return self.encoder(wav)
 
     def sample_rate_bucket(self, sample_rate: int | Tensor | None, device: torch.device) -> Tensor | None:
@@ -319,7 +329,7 @@ class AudioVAE(nn.Module):
         Returns:
             ``[B, 1, F * decode_hop]``.
         """
-        with _full_fp32_convs():
+        with full_fp32_convs():
             return self.decoder(z.to(self.dtype), self.sample_rate_bucket(sample_rate, z.device))
 
     def new_stream_state(
@@ -354,7 +364,7 @@ class AudioVAE(nn.Module):
         if z_chunk.shape[-1] == 0:  # nothing to emit; convs reject empty inputs and the state must not move
             return z_chunk.new_zeros(z_chunk.shape[0], 1, 0, dtype=self.dtype)
         bucket = self.sample_rate_bucket(sample_rate, z_chunk.device)
-        with _full_fp32_convs():
+        with full_fp32_convs():
             return self.decoder(z_chunk.to(self.dtype), bucket, state.buffers)
 
     def fold_weight_norm(self) -> None:
