@@ -1,0 +1,138 @@
+"""Validation of a new voice's parts (prompt, reference, LoRA files) before anything is written or encoded."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import soundfile as sf
+import torch
+from torch import Tensor
+
+from tts_server import voice_files as vf
+from tts_server.errors import ApiError
+
+MAX_PROMPT_TEXT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """The validated parts of a voice to add."""
+
+    prompt_text: str | None
+    prompt_audio: bytes | None
+    prompt_latents: Tensor | None
+    ref_audio: bytes | None
+    ref_latents: Tensor | None
+    lora: tuple[bytes, bytes] | None  # weights file, lora_config.json document
+
+
+def bad(field: str, message: str, status: int = 400) -> ApiError:
+    """A 4xx naming ``field`` (413 is typed ``too_large``)."""
+    return ApiError(
+        status, f"{field}: {message}", field=field, type="too_large" if status == 413 else "invalid_request"
+    )
+
+
+def audio_seconds(audio: bytes, field: str) -> float:
+    """Duration of encoded audio (header only); 400 naming ``field`` when it cannot be decoded or is empty."""
+    try:
+        info = sf.info(io.BytesIO(audio))
+    except (sf.SoundFileError, RuntimeError, TypeError) as exc:  # libsndfile reports bad data as RuntimeError
+        raise bad(field, f"cannot decode audio (supported: wav, flac, ogg, mp3): {exc}") from exc
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise bad(field, "audio has no samples")
+    return info.frames / info.samplerate
+
+
+def lora_document(config: Any) -> bytes:
+    """``lora_config.json`` from the official document or just its inner ``lora_config`` object."""
+    if not isinstance(config, dict):
+        raise bad("lora_config", f"must be an object, got {type(config).__name__}")
+    doc = config if "lora_config" in config else {"base_model": None, "lora_config": config}
+    data = json.dumps(doc, indent=2, ensure_ascii=False).encode()
+    if len(data) > vf.MAX_JSON_BYTES:
+        raise bad("lora_config", f"is larger than {vf.MAX_JSON_BYTES} bytes")
+    return data
+
+
+def check_safetensors(data: bytes) -> None:
+    """Cheap framing check (8-byte header size + JSON header) before anything is written; the engine
+    validates every tensor when the adapter is registered."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    try:
+        header = json.loads(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise bad("lora_weights", "is not a safetensors file (lora_weights.safetensors)")
+
+
+def check_latents(
+    t: Any, field: str, *, patch_size: int, latent_dim: int, max_patches: int, limit: bool = True
+) -> Tensor:
+    """Validate latents ``[T, patch_size, latent_dim]`` (finite; at most ``max_patches`` if ``limit``): fp32 CPU."""
+    if not isinstance(t, Tensor):
+        raise bad(field, f"must be a tensor, got {type(t).__name__}")
+    if t.dim() != 3 or t.shape[0] < 1 or tuple(t.shape[1:]) != (patch_size, latent_dim):
+        raise bad(field, f"must have shape [T, {patch_size}, {latent_dim}], got {list(t.shape)}")
+    if not t.is_floating_point():
+        raise bad(field, f"must be floating point, got {t.dtype}")
+    t = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if not bool(torch.isfinite(t).all()):
+        raise bad(field, "contains NaN or infinite values")
+    if limit and t.shape[0] > max_patches:
+        raise bad(field, f"{t.shape[0]} patches exceed the limit of {max_patches}", 413)
+    return t
+
+
+def check_inputs(
+    prompt_audio: bytes | None,
+    prompt_text: str | None,
+    prompt_latents: Tensor | None,
+    ref_audio: bytes | None,
+    ref_latents: Tensor | None,
+    weights: bytes | None,
+    config: dict[str, Any] | None,
+    *,
+    model_version: int,
+    patch_size: int,
+    latent_dim: int,
+    max_patches: int,
+) -> VoiceSpec:
+    """Validate the parts of a new voice together; every error names its field."""
+    if prompt_audio is not None and prompt_latents is not None:
+        raise bad("prompt_latents", "prompt_audio and prompt_latents are alternatives: give one")
+    has_prompt = prompt_audio is not None or prompt_latents is not None
+    if has_prompt and prompt_text is None:
+        raise bad("prompt_text", "required with prompt_audio/prompt_latents (the prompt's transcript)")
+    if prompt_text is not None:
+        if not has_prompt:
+            raise bad("prompt_text", "given without prompt_audio or prompt_latents")
+        if not isinstance(prompt_text, str) or not prompt_text.strip():
+            raise bad("prompt_text", "must be a non-empty string")
+        if len(prompt_text) > MAX_PROMPT_TEXT_CHARS:
+            raise bad("prompt_text", f"longer than {MAX_PROMPT_TEXT_CHARS} characters")
+    if ref_audio is not None and ref_latents is not None:
+        raise bad("ref_latents", "ref_audio and ref_latents are alternatives: give one")
+    if (ref_audio is not None or ref_latents is not None) and model_version != 2:
+        field = "ref_audio" if ref_audio is not None else "ref_latents"
+        raise bad(field, f"reference voices need a VoxCPM2 model; this server runs VoxCPM{model_version}")
+    if (weights is None) != (config is None):
+        missing = "lora_config" if config is None else "lora_weights"
+        raise bad(missing, "lora_weights and lora_config go together: give both")
+    if not has_prompt and ref_audio is None and ref_latents is None and weights is None:
+        raise ApiError(400, "a voice needs prompt audio/latents + prompt_text, reference audio/latents, or a LoRA")
+    for field, value in (("prompt_audio", prompt_audio), ("ref_audio", ref_audio), ("lora_weights", weights)):
+        if value is not None and (not isinstance(value, bytes) or not value):
+            raise bad(field, "must be non-empty bytes")
+    lora = None
+    if weights is not None:
+        check_safetensors(weights)
+        lora = (weights, lora_document(config))
+    dims = dict(patch_size=patch_size, latent_dim=latent_dim, max_patches=max_patches)
+    prompt = check_latents(prompt_latents, "prompt_latents", **dims) if prompt_latents is not None else None
+    ref = check_latents(ref_latents, "ref_latents", **dims) if ref_latents is not None else None
+    return VoiceSpec(prompt_text, prompt_audio, prompt, ref_audio, ref, lora)
