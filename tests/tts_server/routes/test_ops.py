@@ -1,0 +1,188 @@
+"""Operator endpoints against a real hypercorn and the tiny engine: the seed's shapes, consistency under
+load, Prometheus metrics, and an OpenAPI document that lists every route and matches the responses."""
+
+import asyncio
+import re
+
+import jsonschema
+import openapi_spec_validator
+import pytest
+import referencing
+import referencing.jsonschema
+
+from tests.tts_server.harness import serve, server_config, settled
+
+SEED_HEALTH = {
+    "status", "sample_rate", "available_voices", "active_connections", "max_concurrent_connections",
+    "active_inference", "queued_inference", "max_inference_slots",
+}  # fmt: skip
+SEED_STATUS = {"status", "can_accept_requests", "connections", "inference"}
+
+
+@pytest.fixture(scope="module")
+def srv(loop_runner, shared_engine, tiny_v2):
+    config = server_config(tiny_v2, max_num_seqs=2, max_concurrent_connections=5)
+    with serve(loop_runner, shared_engine, config) as served:
+        yield served
+
+
+def get_all(served, *paths):
+    async def go():
+        async with served.client() as client:
+            return [await client.get(p) for p in paths]
+
+    return served.run(go())
+
+
+def test_health_status_ready_queue_info_have_the_documented_shapes(srv):
+    health, status, ready, queue, info, docs = get_all(srv, "/health", "/status", "/ready", "/queue", "/info", "/docs")
+    h = health.json()
+    assert SEED_HEALTH <= set(h) and h["status"] == "ok" and h["sample_rate"] == 48000
+    assert (h["max_concurrent_connections"], h["max_inference_slots"]) == (5, 2)
+    s = status.json()
+    assert SEED_STATUS <= set(s) and s["status"] == "ready" and s["can_accept_requests"] is True
+    assert set(s["connections"]) == {"active", "max", "utilization_pct"}
+    assert set(s["inference"]) == {"active", "queued", "max_slots", "utilization_pct"}
+    assert s["engine"]["alive"] is True and s["engine"]["kv_blocks_total"] > 0
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert queue.json() == {"pending_requests": [], "queue_depth": 0, "active_inference": 0}
+    i = info.json()
+    assert {f["name"] for f in i["formats"]} == {"pcm", "wav", "mp3", "flac", "opus", "aac"}
+    assert i["model"]["version"] == 2 and "checkpoint" not in i["model"]
+    assert i["limits"]["max_inference_slots"] == 2 and i["limits"]["max_text_chars"] == 4096
+    assert docs.status_code == 200 and "openapi.json" in docs.text
+
+
+def test_status_queue_and_health_stay_consistent_under_concurrent_load(srv):
+    async def go():
+        async with srv.client() as client:
+            observations = []
+            stop = asyncio.Event()
+
+            async def poll():
+                while not stop.is_set():
+                    s, q, h = await asyncio.gather(client.get("/status"), client.get("/queue"), client.get("/health"))
+                    observations.append((s.json(), q.json(), h.json()))
+                    await asyncio.sleep(0.01)
+
+            async def generate(i):
+                payload = {"target_text": f"Load {i}.", "max_generate_length": 2, "response_format": "pcm"}
+                return await client.post("/generate", json=payload)
+
+            poller = asyncio.create_task(poll())
+            responses = await asyncio.gather(*(generate(i) for i in range(10)))
+            stop.set()
+            await poller
+            stats = await settled(srv)
+            metrics = (await client.get("/metrics")).text
+            final = [r.json() for r in await asyncio.gather(client.get("/status"), client.get("/health"))]
+            return observations, responses, stats, metrics, final
+
+    observations, responses, stats, metrics, final = srv.run(go())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 5  # at most 5 admitted at once; the rest may retry
+    assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
+    assert len(observations) >= 3
+    for s, q, h in observations:
+        assert 0 <= s["inference"]["active"] <= s["inference"]["max_slots"] == 2
+        assert 0 <= s["connections"]["active"] <= s["connections"]["max"] == 5
+        assert q["queue_depth"] == len(q["pending_requests"]) == len(set(q["pending_requests"]))
+        assert h["active_inference"] <= 2 and h["active_connections"] <= 5
+        # inside one response the counts agree: every queued or running request holds a connection
+        assert s["inference"]["active"] + s["inference"]["queued"] <= s["connections"]["active"]
+        assert h["active_inference"] + h["queued_inference"] <= h["active_connections"]
+    assert any(s["inference"]["active"] for s, _, _ in observations)
+    assert (stats["running"], stats["waiting"]) == (0, 0)
+    status, health = final
+    assert status["inference"] == {"active": 0, "queued": 0, "max_slots": 2, "utilization_pct": 0.0}
+    assert status["connections"]["active"] == health["active_connections"] == 0
+    ok = codes.count(200)
+    assert _metric(metrics, 'tts_requests_total{endpoint="generate",outcome="ok"}') >= ok
+    assert _metric(metrics, 'tts_rejections_total{reason="connection_cap"}') >= codes.count(503)
+    for name in ("tts_queue_wait_seconds_count", "tts_ttfb_seconds_count", "tts_real_time_factor_count"):
+        assert _metric(metrics, name) >= ok
+    assert _metric(metrics, "tts_audio_seconds_total") > 0 and _metric(metrics, "tts_engine_steps_total") > 0
+    assert _metric(metrics, "tts_active_streams") == 0 and _metric(metrics, "tts_queue_depth") == 0
+
+
+def _metric(text, name):
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} missing"
+    return float(match.group(1))
+
+
+def test_cancel_of_an_unknown_id_and_bad_cancel_bodies(srv):
+    async def go():
+        async with srv.client() as client:
+            return [
+                await client.post("/cancel", json={"request_id": "nobody"}),
+                await client.post("/cancel", json={}),
+                await client.post("/cancel", json={"request_id": "bad id"}),
+                await client.post("/cancel", content=b"x", headers={"content-type": "text/plain"}),
+            ]
+
+    unknown, missing, bad, wrong_type = srv.run(go())
+    assert unknown.json() == {"status": "not_found", "request_id": "nobody"}
+    assert missing.status_code == bad.status_code == 400
+    assert missing.json()["error"]["field"] == bad.json()["error"]["field"] == "request_id"
+    assert wrong_type.status_code == 415
+
+
+def test_openapi_lists_every_route_and_validates(srv):
+    (doc,) = get_all(srv, "/openapi.json")
+    spec = doc.json()
+    assert spec["openapi"].startswith("3.1")
+    served = {(r.path, m.lower()) for r in srv.app.routes for m in r.methods if m != "HEAD"}
+    documented = {(p, m) for p, item in spec["paths"].items() for m in item}
+    assert served == documented
+    for item in spec["paths"].values():
+        for op in item.values():
+            assert "default" in op["responses"] and any(code.startswith("2") for code in op["responses"])
+    openapi_spec_validator.validate(spec)
+
+
+def test_responses_match_their_declared_schemas(srv):
+    spec, *responses = get_all(srv, "/openapi.json", "/health", "/status", "/ready", "/queue", "/info", "/voices")
+
+    async def errors():
+        async with srv.client() as client:
+            return [
+                ("/generate", "post", await client.post("/generate", json={"target_text": 1})),
+                ("/cancel", "post", await client.post("/cancel", json={"request_id": "x"})),
+                ("/v1/audio/speech", "post", await client.post("/v1/audio/speech", json={"input": ""})),
+                ("/voices/{name}", "get", await client.get("/voices/none-such")),
+            ]
+
+    doc = spec.json()
+    registry = referencing.Registry().with_resource("urn:api", referencing.jsonschema.DRAFT202012.create_resource(doc))
+    paths = ["/health", "/status", "/ready", "/queue", "/info", "/voices"]
+    checks = [(p, "get", r) for p, r in zip(paths, responses, strict=True)] + srv.run(errors())
+    for path, method, response in checks:
+        declared = doc["paths"][path][method]["responses"]
+        entry = declared.get(str(response.status_code), declared["default"])
+        schema = entry["content"]["application/json"]["schema"]
+        validator = jsonschema.Draft202012Validator({"$ref": "urn:api" + schema["$ref"]}, registry=registry)
+        validator.validate(response.json())
+
+
+def test_an_unexpected_error_is_a_logged_500_in_the_api_error_shape(loop_runner, shared_engine, tiny_v2, caplog):
+    config = server_config(tiny_v2, max_num_seqs=1)
+    with serve(loop_runner, shared_engine, config) as served:
+
+        async def boom(request):
+            raise RuntimeError("a bug")
+
+        served.app.add_route("/boom", boom)
+        served.app.add_route("/v1/boom", boom)
+
+        async def go():
+            async with served.client() as client:
+                return await client.get("/boom"), await client.get("/v1/boom")
+
+        plain, openai_shape = served.run(go())
+    assert plain.status_code == 500 and plain.json()["error"]["type"] == "internal_error"
+    assert "RuntimeError" in plain.json()["error"]["message"] and "a bug" not in plain.text
+    assert openai_shape.status_code == 500 and openai_shape.json()["error"]["type"] == "server_error"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any(r.name == "tts_server.app" and "GET /boom" in r.getMessage() for r in errors)
+    assert any(r.exc_info for r in errors)  # the server logs the traceback

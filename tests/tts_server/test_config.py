@@ -1,0 +1,99 @@
+"""ServerConfig and load_config: precedence, parsing, validation messages that name the setting."""
+
+from dataclasses import fields
+
+import pytest
+
+from tts_server.config import ConfigError, ServerConfig, build_parser, env_of, flag_of, load_config, settings_markdown
+
+
+def test_command_line_wins_over_environment_over_defaults():
+    env = {"TTS_MODEL": "/env/model", "TTS_MAX_NUM_SEQS": "8", "TTS_PORT": "9000", "TTS_FAIR_QUEUE": "yes"}
+    config = load_config(["--max-num-seqs", "4", "--no-fair-queue"], env)
+    assert config.model == "/env/model" and config.max_num_seqs == 4 and config.port == 9000
+    assert config.fair_queue is False and config.queue_timeout == 60.0 and config.host == "0.0.0.0"
+    assert load_config([], env).fair_queue is True
+
+
+def test_derived_limits():
+    config = load_config(["--model", "m", "--device", "cuda:0,cuda:1", "--max-num-seqs", "8"], {})
+    assert config.device_list == ["cuda:0", "cuda:1"] and config.resolved_devices() == ["cuda:0", "cuda:1"]
+    assert config.inference_slots == 16 and config.connection_cap == 32
+    assert load_config(["--model", "m", "--max-concurrent-connections", "20"], {}).connection_cap == 20
+    engine = config.engine_config()
+    assert (engine.max_num_seqs, engine.max_model_len, engine.max_loras) == (8, 2048, 0)
+    assert load_config(["--model", "m", "--voices-dir", ""], {}).voices_dir is None
+    graphs = load_config(["--model", "m", "--cuda-graph-timesteps", "10,5", "--enforce-eager"], {}).engine_config()
+    assert graphs.cuda_graph_timesteps == (10, 5) and graphs.enforce_eager is True
+
+
+def test_voice_admin_key_falls_back_to_the_api_key():
+    assert load_config(["--model", "m", "--api-key", "a"], {}).voice_admin_key == "a"
+    assert load_config(["--model", "m", "--api-key", "a", "--admin-key", "b"], {}).voice_admin_key == "b"
+    assert load_config(["--model", "m"], {}).voice_admin_key is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        ([], {}, "--model"),
+        (["--model", "m", "--max-num-seqs", "0"], {}, "--max-num-seqs"),
+        (["--model", "m", "--max-num-seqs", "many"], {}, "--max-num-seqs"),
+        (["--model", "m"], {"TTS_PORT": "http"}, "TTS_PORT"),
+        (["--model", "m"], {"TTS_FAIR_QUEUE": "maybe"}, "TTS_FAIR_QUEUE"),
+        (["--model", "m", "--port", "70000"], {}, "--port"),
+        (["--model", "m", "--device", "tpu"], {}, "--device"),
+        (["--model", "m", "--device", "auto,cpu"], {}, "--device"),
+        (["--model", "m", "--dtype", "int8"], {}, "--dtype"),
+        (
+            ["--model", "m", "--max-num-seqs", "8", "--max-concurrent-connections", "4"],
+            {},
+            "--max-concurrent-connections",
+        ),
+        (["--model", "m", "--queue-timeout", "0"], {}, "--queue-timeout"),
+        (["--model", "m", "--log-level", "loud"], {}, "--log-level"),
+        (["--model", "m", "--gpu-memory-utilization", "1.5"], {}, "--gpu-memory-utilization"),
+        (["--model", "m", "--max-num-batched-tokens", "2"], {}, "--max-num-batched-tokens"),
+        (["--model", "m", "--shutdown-grace", "-1"], {}, "--shutdown-grace"),
+        (["--model", "m", "--default-max-generate-length", "0"], {}, "--default-max-generate-length"),
+        (["--model", "m", "--api-key", " padded "], {}, "--api-key"),
+        (["--model", "m", "--cuda-graph-timesteps", "10,0"], {}, "--cuda-graph-timesteps"),
+        (["--model", "m", "--cuda-graph-timesteps", "ten"], {}, "--cuda-graph-timesteps"),
+    ],
+)
+def test_errors_name_the_setting(argv, env, named):
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, env)
+    assert named in str(info.value)
+
+
+def test_secrets_never_appear_in_messages_or_dumps():
+    with pytest.raises(ConfigError) as info:
+        load_config(["--model", "m", "--api-key", " s3cret "], {})
+    assert "s3cret" not in str(info.value)
+    config = load_config(["--model", "m", "--api-key", "s3cret", "--admin-key", "adm1n"], {})
+    dump = repr(config.redacted())
+    assert "s3cret" not in dump and "adm1n" not in dump and "***" in dump
+
+
+def test_every_setting_has_a_flag_an_env_variable_help_and_a_readme_row():
+    parser = build_parser()
+    flags = {a.dest: a for a in parser._actions}
+    table = settings_markdown()
+    for f in fields(ServerConfig):
+        assert f.name in flags and flags[f.name].help and f.metadata["help"]
+        assert f"`{flag_of(f.name)}`" in table and f"`{env_of(f.name)}`" in table
+    for required in (
+        "model", "device", "max_num_seqs", "max_concurrent_connections", "queue_timeout", "fair_queue",
+        "voices_dir", "host", "port", "api_key", "admin_key", "log_level", "max_body_bytes",
+        "max_prompt_seconds", "max_text_chars", "shutdown_grace", "default_max_generate_length",
+        "max_num_batched_tokens", "max_model_len", "num_kv_blocks", "gpu_memory_utilization",
+        "max_loras", "max_lora_rank", "engine_threads", "dtype",
+    ):  # fmt: skip
+        assert required in flags
+
+
+def test_config_is_frozen():
+    config = load_config(["--model", "m"], {})
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]

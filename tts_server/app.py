@@ -1,0 +1,231 @@
+"""``create_app``: the Starlette app, its lifespan (engine, voices, queue) and its error handling.
+
+Engine death policy: the server does not restart a dead engine itself. When an engine process
+dies, every open stream ends at once (the engine client fails them), queued requests get 503,
+``/ready`` and new work get 503, and the lifecycle asks the process runner (``tts_server.__main__``)
+to stop; the process then exits with code 3. A supervisor (systemd, Kubernetes) restarts the
+whole server cleanly, which is simpler and safer than reloading a model inside a process whose
+GPU state is unknown. With several devices, the death of any one engine is handled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine.client import AsyncEngine
+from engine.config import ModelConfig
+from engine.group import AsyncEngineGroup
+from engine.stream import EngineError
+from engine.tokenizer import TextTokenizer
+from tts_server.admission import Admission, AdmissionMiddleware
+from tts_server.config import ServerConfig
+from tts_server.errors import ApiError
+from tts_server.inflight import CancelReason, InflightRegistry
+from tts_server.lifecycle import Lifecycle
+from tts_server.metrics import ServerMetrics
+from tts_server.openai_errors import error_response_for
+from tts_server.openapi import openapi_routes
+from tts_server.queue import InferenceQueue
+from tts_server.routes.generate import generate_routes
+from tts_server.routes.openai import openai_routes
+from tts_server.routes.ops import ops_routes
+from tts_server.routes.voices import voice_routes
+from tts_server.services import Services
+from tts_server.text import load_normalizers
+from tts_server.voices_store import VoiceStore
+
+__all__ = ["create_app", "drain"]
+
+log = logging.getLogger(__name__)
+
+_MONITOR_PERIOD_S = 0.1  # how soon an engine death is acted on
+_STATS_EVERY = 5  # monitor ticks between engine stats polls (0.5 s)
+
+
+def _make_engine(config: ServerConfig) -> AsyncEngine | AsyncEngineGroup:
+    devices = config.resolved_devices()
+    kwargs: dict[str, Any] = {"dtype": config.dtype, "num_threads": config.engine_threads}
+    if len(devices) == 1:
+        return AsyncEngine(config.model, config.engine_config(), devices[0], **kwargs)
+    return AsyncEngineGroup(config.model, config.engine_config(), devices, **kwargs)
+
+
+def _engines(engine: AsyncEngine | AsyncEngineGroup) -> list[AsyncEngine]:
+    return engine.engines if isinstance(engine, AsyncEngineGroup) else [engine]
+
+
+def _model_info(config: ServerConfig, engine: AsyncEngine | AsyncEngineGroup) -> dict[str, Any]:
+    first = _engines(engine)[0]
+    assert first.ready is not None
+    model = ModelConfig.from_json(Path(config.model) / "config.json")
+    info = dict(first.ready.model)
+    info.pop("checkpoint", None)  # a server path: not for clients
+    info.update(
+        sample_rate=first.sample_rate,
+        samples_per_patch=first.samples_per_patch,
+        patch_size=model.patch_size,
+        latent_dim=model.feat_dim,
+        devices=[e.device for e in _engines(engine)],
+    )
+    return info
+
+
+async def _monitor(svc: Services) -> None:
+    """Poll engine stats for /status and /metrics; on an engine death, fail over to the supervisor."""
+    tick = 0
+    while True:
+        dead = [e for e in svc.engines if not e.is_alive]
+        if dead:
+            svc.engine_lost("; ".join(f"engine on {e.device} (pid {e.pid}) is gone" for e in dead))
+            return
+        if tick % _STATS_EVERY == 0:
+            try:
+                svc.engine_stats = await svc.engine.stats()
+            except EngineError:  # died during the call: the next tick sees it
+                pass
+        tick += 1
+        await asyncio.sleep(_MONITOR_PERIOD_S)
+
+
+async def drain(app: Starlette, grace_s: float) -> None:
+    """Stop taking work, give in-flight requests ``grace_s`` seconds, then cancel what is left.
+
+    ``/ready`` turns 503 at once and new work gets 503; queued and streaming requests continue
+    until they end or the grace period is over.
+    """
+    svc: Services | None = getattr(app.state, "services", None)
+    lifecycle: Lifecycle = app.state.lifecycle
+    lifecycle.drain()
+    if svc is None:
+        return
+    deadline = asyncio.get_running_loop().time() + grace_s
+    while svc.admission.active and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    if svc.admission.active:
+        cancelled = await svc.registry.cancel_all(CancelReason.SHUTDOWN)
+        log.warning("shutdown grace of %.0f s over: cancelled %d request(s)", grace_s, cancelled)
+        end = asyncio.get_running_loop().time() + 5.0
+        while svc.admission.active and asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(0.05)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response_for(request.url.path, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else "http_error"
+    return error_response_for(
+        request.url.path, ApiError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers)
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises the exception after this response so that the server logs it with its
+    # traceback (hypercorn: "Error in ASGI Framework"); one line here ties it to the request.
+    log.error("unexpected error in %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    error = ApiError(500, f"internal error ({type(exc).__name__}); see the server log", type="internal_error")
+    return error_response_for(request.url.path, error)
+
+
+def create_app(config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup | None = None) -> Starlette:
+    """Build the app; its lifespan starts the engine(s) and loads the voices.
+
+    Args:
+        config: The server settings.
+        engine: An engine already started on the serving event loop, to use instead of starting
+            one from ``config`` (embedding, tests); the caller keeps it and stops it.
+
+    Returns:
+        The Starlette app (``app.state`` gets ``config``, ``lifecycle``, ``queue``, ``metrics``,
+        ``admission`` now, and ``services``, ``engine``, ``voices``, ``model_info``, ``registry`` once
+        started).
+    """
+    given_engine = engine
+    lifecycle = Lifecycle()
+    queue = InferenceQueue(config.inference_slots, fair=config.fair_queue)
+    admission = Admission(
+        config.connection_cap,
+        lifecycle,
+        api_key=config.api_key,
+        admin_key=config.voice_admin_key,
+        retry_after=config.retry_after,
+    )
+    metrics = ServerMetrics(lambda: admission.active, lambda: queue.depth, lambda: queue.active)
+    admission.on_reject = metrics.rejected
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = given_engine is None
+        engine = _make_engine(config) if given_engine is None else given_engine
+        if owned:
+            await engine.start()
+        voices: VoiceStore | None = None
+        monitor: asyncio.Task[None] | None = None
+        try:
+            info = _model_info(config, engine)
+            tokenizer = await asyncio.to_thread(TextTokenizer.from_dir, config.model)
+            await asyncio.to_thread(load_normalizers)  # ~0.5 s once, not on the first request
+            voices_dir = Path(config.voices_dir) if config.voices_dir else None
+            voices = VoiceStore(
+                voices_dir,
+                engine,
+                model_version=int(info["version"]),
+                patch_size=int(info["patch_size"]),
+                latent_dim=int(info["latent_dim"]),
+                max_prompt_seconds=config.max_prompt_seconds,
+                sample_rate=int(info["sample_rate"]),
+                samples_per_patch=int(info["samples_per_patch"]),
+            )
+            await voices.load_all()
+            registry = InflightRegistry(queue, engine)
+            svc = Services(config, lifecycle, admission, metrics, engine, queue, registry, voices, tokenizer, info)
+            svc.engine_stats = await engine.stats()
+            app.state.services = svc
+            app.state.engine, app.state.voices, app.state.model_info = engine, voices, info
+            app.state.registry = registry
+            monitor = asyncio.create_task(_monitor(svc), name="engine-monitor")
+            lifecycle.ready()
+            log.info(
+                "serving %s (VoxCPM%s) on %s: %d inference slots, connection cap %d, %d voice(s)",
+                config.model, info["version"], ", ".join(info["devices"]), queue.slots, admission.cap,
+                len(voices.names()),
+            )  # fmt: skip
+            yield
+            await registry.cancel_all(CancelReason.SHUTDOWN)
+        finally:
+            lifecycle.stopped()
+            if monitor is not None:
+                monitor.cancel()
+            if owned:
+                await engine.stop()
+            if voices is not None:
+                voices.close()
+
+    app = Starlette(
+        routes=[*generate_routes(), *openai_routes(), *ops_routes(), *voice_routes(), *openapi_routes()],
+        middleware=[Middleware(AdmissionMiddleware, admission=admission)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.state.lifecycle = lifecycle
+    app.state.queue = queue
+    app.state.metrics = metrics
+    app.state.admission = admission
+    app.state.max_body_bytes = config.max_body_bytes
+    app.state.max_voice_body_bytes = config.max_voice_body_bytes
+    return app

@@ -1,0 +1,344 @@
+"""``ServerConfig``: every server setting, read once from CLI flags and ``TTS_*`` environment variables.
+
+Each setting is one dataclass field whose metadata holds its help text; the command-line flag
+(``--max-num-seqs``) and the environment variable (``TTS_MAX_NUM_SEQS``) are derived from the
+field name, so the parser, the README table (:func:`settings_markdown`) and the code cannot drift
+apart. Precedence: command line, then environment, then the default. Nothing else in the server
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any
+
+from engine.engine_config import EngineConfig
+
+__all__ = ["ConfigError", "ServerConfig", "load_config", "settings_markdown"]
+
+ENV_PREFIX = "TTS_"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+DTYPES = ("bfloat16", "float16", "float32")
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the flag."""
+
+
+def _setting(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, secret: bool = False) -> Any:
+    metadata = {"help": help, "parse": parse, "secret": secret}
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.strip().lower() in ("", "none", "auto") else int(text)
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "none") else float(text)
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _none_or_at_least(value: int | None, low: int) -> bool:
+    return value is None or value >= low
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """All settings of one server process (validated once, in ``__post_init__``)."""
+
+    model: str = _setting(MISSING, "Checkpoint directory (official VoxCPM layout). Required.")
+    device: str = _setting(
+        "auto",
+        "Torch device of the engine: `auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:N`, "
+        "or a comma list (`cuda:0,cuda:1`) for one engine process per device.",
+    )
+    dtype: str | None = _setting(
+        None, "Model dtype override (`bfloat16`, `float16`, `float32`); default: the checkpoint's.", parse=_optional_str
+    )
+    max_num_seqs: int = _setting(16, "Requests in one engine's running batch (inference slots per device).", parse=int)
+    max_num_batched_tokens: int = _setting(
+        1024, "Most LM positions one engine step may process (bounds how long a prefill stalls streams).", parse=int
+    )
+    max_model_len: int = _setting(
+        2048,
+        "Most positions (prompt + generated patches) per engine request; longer input is split into segments.",
+        parse=int,
+    )
+    num_kv_blocks: int | None = _setting(
+        None,
+        "KV blocks per LM stack; default: derived (CPU: full batch at max length; GPU: from memory).",
+        parse=_optional_int,
+    )
+    gpu_memory_utilization: float = _setting(0.85, "Share of GPU memory the engine may use.", parse=float)
+    max_loras: int = _setting(
+        0,
+        "LoRA adapter slots on the device; 0 disables LoRA voices (prompt and reference voices still work).",
+        parse=int,
+    )
+    max_lora_rank: int = _setting(32, "Largest LoRA rank a voice adapter may have.", parse=int)
+    enforce_eager: bool = _setting(
+        False, "On CUDA, never use CUDA graphs (every engine step runs eagerly).", parse=_bool
+    )
+    cuda_graph_timesteps: tuple[int, ...] = _setting(
+        (10,),
+        "Comma list of inference_timesteps values whose decode steps run as CUDA graphs; requests with other "
+        "values run eagerly (slower).",
+        parse=_int_tuple,
+    )
+    engine_threads: int | None = _setting(
+        None, "torch CPU threads in each engine process; default: torch's choice.", parse=_optional_int
+    )
+    max_concurrent_connections: int | None = _setting(
+        None,
+        "Level 1 cap on concurrent work requests; over it a request gets 503 at once. "
+        "Default: 2 x total inference slots (max-num-seqs x devices).",
+        parse=_optional_int,
+    )
+    queue_timeout: float = _setting(
+        60.0, "Seconds a request may wait in the inference queue before it gets 503.", parse=float
+    )
+    fair_queue: bool = _setting(
+        False,
+        "Round-robin the queue between clients (X-Client-Id header, else the API key), FIFO within each.",
+        parse=_bool,
+    )
+    voices_dir: str | None = _setting(
+        "voices",
+        "Directory of stored voices (one folder per voice; created if missing). Empty: voices live in memory only "
+        "and are lost at restart.",
+        parse=_optional_str,
+    )
+    host: str = _setting("0.0.0.0", "Address to listen on.")
+    port: int = _setting(8000, "TCP port to listen on.", parse=int)
+    api_key: str | None = _setting(
+        None, "If set, work endpoints need `Authorization: Bearer <key>`.", parse=_optional_str, secret=True
+    )
+    admin_key: str | None = _setting(
+        None,
+        "Key for voice management (POST/PUT/DELETE /voices, /add_prompt, /remove_prompt); if unset, the API key "
+        "(or nothing, when that is unset too) guards them.",
+        parse=_optional_str,
+        secret=True,
+    )
+    log_level: str = _setting("info", f"Log level: {', '.join(LOG_LEVELS)}.", parse=str.lower)
+    max_body_bytes: int = _setting(
+        16 * 1024 * 1024, "Largest request body in bytes (prompt audio travels base64-encoded).", parse=int
+    )
+    max_voice_body_bytes: int = _setting(
+        256 * 1024 * 1024,
+        "Largest body of voice uploads (/voices, /add_prompt, /encode_latents; LoRA weights).",
+        parse=int,
+    )
+    max_prompt_seconds: float = _setting(
+        30.0, "Longest prompt or reference audio, in seconds, accepted for encoding.", parse=float
+    )
+    max_text_chars: int = _setting(4096, "Longest input text in characters (OpenAI's limit is 4096).", parse=int)
+    shutdown_grace: float = _setting(
+        20.0,
+        "Seconds in-flight requests get to finish after SIGTERM before they are cancelled (keep it ~10 s under "
+        "the supervisor's kill timeout, e.g. Kubernetes' 30 s terminationGracePeriodSeconds).",
+        parse=float,
+    )
+    default_max_generate_length: int | None = _setting(
+        None,
+        "Patches (engine steps) per segment when a request gives no max_generate_length; "
+        "default: the reference's rule, 6 x text tokens + 10 (at most 2000).",
+        parse=_optional_int,
+    )
+    retry_after: int = _setting(1, "Seconds sent in the Retry-After header of 503 answers.", parse=int)
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("model", bool(self.model), "is required (a checkpoint directory)"),
+            ("device", all(_DEVICE.match(d) for d in self.device_list), "must be auto, cpu, cuda, cuda:N or a list"),
+            ("device", "auto" not in self.device_list or len(self.device_list) == 1, "auto cannot be in a list"),
+            ("dtype", self.dtype is None or self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
+            ("engine_threads", _none_or_at_least(self.engine_threads, 1), "must be >= 1"),
+            ("max_concurrent_connections", self._cap_ok(), "must be >= max-num-seqs x devices"),
+            ("queue_timeout", self.queue_timeout > 0, "must be > 0"),
+            ("port", 0 <= self.port <= 65535, "must be in [0, 65535]"),
+            ("log_level", self.log_level in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
+            ("max_body_bytes", self.max_body_bytes >= 1024, "must be >= 1024"),
+            ("max_voice_body_bytes", self.max_voice_body_bytes >= 1024, "must be >= 1024"),
+            ("max_prompt_seconds", self.max_prompt_seconds > 0, "must be > 0"),
+            ("max_text_chars", self.max_text_chars >= 1, "must be >= 1"),
+            ("shutdown_grace", self.shutdown_grace >= 0, "must be >= 0"),
+            ("default_max_generate_length", _none_or_at_least(self.default_max_generate_length, 1), "must be >= 1"),
+            ("retry_after", self.retry_after >= 0, "must be >= 0"),
+            ("api_key", self.api_key is None or self.api_key.strip() == self.api_key != "", "must be non-blank"),
+            (
+                "admin_key",
+                self.admin_key is None or self.admin_key.strip() == self.admin_key != "",
+                "must be non-blank",
+            ),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                shown = "***" if _is_secret(name) else repr(getattr(self, name))
+                raise ConfigError(f"{flag_of(name)} {message}, got {shown}")
+        try:
+            self.engine_config()
+        except ValueError as exc:  # EngineConfig names its field: say which flag that is
+            message = str(exc)
+            for f in fields(EngineConfig):
+                message = re.sub(rf"(EngineConfig\.)?\b{f.name}\b", flag_of(f.name), message)
+            raise ConfigError(message) from exc
+
+    def _cap_ok(self) -> bool:
+        return self.max_concurrent_connections is None or self.max_concurrent_connections >= self.inference_slots
+
+    @property
+    def device_list(self) -> list[str]:
+        """The devices as given (``auto`` unresolved), one engine per entry."""
+        return [d.strip() for d in self.device.split(",")]
+
+    @property
+    def inference_slots(self) -> int:
+        """Requests that may be in the engines at once (the queue's slots)."""
+        return self.max_num_seqs * len(self.device_list)
+
+    @property
+    def connection_cap(self) -> int:
+        """The Level 1 cap (the explicit setting or 2 x inference slots)."""
+        return self.max_concurrent_connections or 2 * self.inference_slots
+
+    @property
+    def voice_admin_key(self) -> str | None:
+        """The key voice management needs (the admin key, else the API key, else none)."""
+        return self.admin_key or self.api_key
+
+    def engine_config(self) -> EngineConfig:
+        """The engine limits these settings describe (per engine process)."""
+        return EngineConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            num_kv_blocks=self.num_kv_blocks,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank,
+            enforce_eager=self.enforce_eager,
+            cuda_graph_timesteps=self.cuda_graph_timesteps,
+        )
+
+    def resolved_devices(self) -> list[str]:
+        """Torch devices, with ``auto`` resolved (imports torch)."""
+        if self.device_list == ["auto"]:
+            import torch
+
+            return ["cuda" if torch.cuda.is_available() else "cpu"]
+        return self.device_list
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with the keys masked (for logs and ``/info``)."""
+        return {
+            f.name: ("***" if f.metadata["secret"] and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        }
+
+
+def _show(default: Any) -> str:
+    """A default as it is typed on the command line (``(10, 5)`` → ``10,5``)."""
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
+def flag_of(name: str) -> str:
+    """``max_num_seqs`` → ``--max-num-seqs``."""
+    return "--" + name.replace("_", "-")
+
+
+def env_of(name: str) -> str:
+    """``max_num_seqs`` → ``TTS_MAX_NUM_SEQS``."""
+    return ENV_PREFIX + name.upper()
+
+
+def _is_secret(name: str) -> bool:
+    return any(f.name == name and f.metadata["secret"] for f in fields(ServerConfig))
+
+
+def _parse(f: Field[Any], text: str, source: str) -> Any:
+    parse = f.metadata["parse"] or str
+    try:
+        return parse(text)
+    except ValueError as exc:
+        shown = "***" if f.metadata["secret"] else repr(text)
+        raise ConfigError(f"{source}: cannot parse {shown} ({exc})") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (every flag defaults to "not given", so the environment can fill in)."""
+    parser = argparse.ArgumentParser(
+        prog="tts-server",
+        description="VoxCPM text-to-speech HTTP server. Every flag can also be set as a TTS_* environment variable.",
+    )
+    for f in fields(ServerConfig):
+        default = "required" if f.default is MISSING else f"default {_show(f.default)}"
+        help_text = f"{f.metadata['help']} [{env_of(f.name)}; {default}]".replace("%", "%%")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag_of(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag_of(f.name), dest=f.name, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
+    """Read the settings: command line first, then ``TTS_*`` variables, then defaults.
+
+    Args:
+        argv: Command-line arguments without the program name.
+        environ: The environment (``os.environ``).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: A value cannot be parsed or is invalid (the message names the flag or variable).
+        SystemExit: ``--help`` or an unknown flag (argparse's behaviour).
+    """
+    given = vars(build_parser().parse_args(list(argv or [])))
+    values: dict[str, Any] = {}
+    for f in fields(ServerConfig):
+        cli = given.get(f.name)
+        if isinstance(cli, bool):
+            values[f.name] = cli
+        elif cli is not None:
+            values[f.name] = _parse(f, cli, flag_of(f.name))
+        elif env_of(f.name) in environ:
+            values[f.name] = _parse(f, environ[env_of(f.name)], env_of(f.name))
+    if "model" not in values:
+        raise ConfigError(f"--model is required (or set {env_of('model')}): the checkpoint directory")
+    return ServerConfig(**values)
+
+
+def settings_markdown() -> str:
+    """The README's settings table: flag, environment variable, default, meaning."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for f in fields(ServerConfig):
+        default = "required" if f.default is MISSING else "unset" if f.default is None else f"`{_show(f.default)}`"
+        rows.append(f"| `{flag_of(f.name)}` | `{env_of(f.name)}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,0 +1,154 @@
+"""The registry of in-flight generation requests: duplicate ids (409) and cancellation by id.
+
+A request is registered before it queues and leaves the registry when its job ends, so an id
+can be reused as soon as its previous request is over. Cancellation works the same whoever asks
+(``POST /cancel``, a client disconnect, shutdown): a queued request is taken out of the queue, a
+running one is aborted in the engine (its stream ends with the next engine step, and the job
+releases its slot), and the job checks the flag before it starts each further text segment.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tts_server.errors import ApiError
+from tts_server.queue import InferenceQueue
+
+__all__ = ["CancelReason", "InflightRegistry", "InflightRequest", "RequestState"]
+
+
+class RequestState(enum.Enum):
+    """Lifecycle of one server request."""
+
+    QUEUED = "queued"  # waiting for an inference slot
+    RUNNING = "running"  # holds a slot; an engine request may be open
+    CANCELLING = "cancelling"  # cancel asked; the job has not ended yet
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the request is over."""
+        return self in (RequestState.FINISHED, RequestState.CANCELLED, RequestState.FAILED)
+
+
+class CancelReason(enum.Enum):
+    """Who ended a request early."""
+
+    CLIENT = "cancelled by POST /cancel"
+    DISCONNECT = "the client disconnected"
+    SHUTDOWN = "the server is shutting down"
+
+
+class _Aborter(Protocol):
+    async def abort(self, request_id: str) -> bool: ...
+
+
+@dataclass(eq=False)
+class InflightRequest:
+    """One registered request.
+
+    Attributes:
+        request_id: The client-facing id.
+        client_id: Fair-queue client key.
+        endpoint: Route label (metrics, logs).
+        state: Where it is in its lifecycle.
+        engine_request_id: The engine request of the segment being spoken, if any.
+        cancel_reason: Set once a cancel was asked.
+        created_at: ``time.monotonic()`` at registration.
+    """
+
+    request_id: str
+    client_id: str = ""
+    endpoint: str = ""
+    state: RequestState = RequestState.QUEUED
+    engine_request_id: str | None = None
+    cancel_reason: CancelReason | None = None
+    created_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether a cancel was asked."""
+        return self.cancel_reason is not None
+
+
+class InflightRegistry:
+    """Request id → :class:`InflightRequest`, for requests not yet over.
+
+    Args:
+        queue: The inference queue (to take queued requests out).
+        engine: Anything with ``async abort(engine_request_id)`` (the engine client).
+    """
+
+    def __init__(self, queue: InferenceQueue, engine: _Aborter) -> None:
+        self._queue = queue
+        self._engine = engine
+        self._requests: dict[str, InflightRequest] = {}
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._requests
+
+    def get(self, request_id: str) -> InflightRequest | None:
+        """The in-flight request of this id, if any."""
+        return self._requests.get(request_id)
+
+    def count(self, state: RequestState) -> int:
+        """Requests currently in ``state``."""
+        return sum(1 for r in self._requests.values() if r.state is state)
+
+    def register(self, request_id: str, *, client_id: str = "", endpoint: str = "") -> InflightRequest:
+        """Add a request in state QUEUED.
+
+        Raises:
+            ApiError: 409 when a request of this id is still in flight.
+        """
+        if request_id in self._requests:
+            raise ApiError(409, f"request_id: {request_id!r} is already in flight", field="request_id", type="conflict")
+        request = InflightRequest(request_id, client_id, endpoint)
+        self._requests[request_id] = request
+        return request
+
+    def finish(self, request: InflightRequest, state: RequestState) -> None:
+        """Record the final state and forget the request (idempotent)."""
+        if not state.is_final:
+            raise ValueError(f"{state} is not a final state")
+        if request.state.is_final:
+            return
+        request.state = state
+        if self._requests.get(request.request_id) is request:
+            del self._requests[request.request_id]
+
+    async def cancel(self, request_id: str, reason: CancelReason) -> bool:
+        """Cancel a request wherever it is.
+
+        Returns:
+            False if no request of this id is in flight.
+        """
+        request = self._requests.get(request_id)
+        if request is None:
+            return False
+        if request.cancel_reason is None:
+            request.cancel_reason = reason
+        if request.state is RequestState.QUEUED:
+            request.state = RequestState.CANCELLING
+            # False: the slot was granted a moment ago and the job has not run yet; it sees the flag.
+            self._queue.cancel(request_id, reason.value)
+        elif request.state is RequestState.RUNNING:
+            request.state = RequestState.CANCELLING
+            if request.engine_request_id is not None:
+                await self._engine.abort(request.engine_request_id)
+        return True
+
+    async def cancel_all(self, reason: CancelReason) -> int:
+        """Cancel every in-flight request (shutdown after the grace period); returns how many."""
+        ids = list(self._requests)
+        for request_id in ids:
+            await self.cancel(request_id, reason)
+        return len(ids)

@@ -1,0 +1,129 @@
+"""Prometheus metrics of one app, in its own registry (tests build many apps in one process).
+
+Counters and histograms are updated where things happen (admission, queue, jobs); gauges of
+current state (queue depth, active streams, connections) are read when scraped, so they cannot
+drift from the objects they describe. Engine counters come from ``engine.stats()`` at scrape
+time (``observe_engine``), since reading them needs a round trip to the engine process.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "ENDPOINTS", "Outcome", "ServerMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENDPOINTS = {"/generate": "generate", "/v1/audio/speech": "openai"}  # path -> the ``endpoint`` label
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
+_RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
+
+
+class Outcome(enum.Enum):
+    """How a request ended (the ``outcome`` label)."""
+
+    OK = "ok"
+    CANCELLED = "cancelled"  # /cancel, client disconnect, shutdown
+    FAILED = "failed"  # engine error or death, invalid input the engine found
+    REJECTED = "rejected"  # 503 before the engine was reached (cap, draining, engine down)
+    TIMEOUT = "timeout"  # queue timeout
+
+
+class _EngineCollector(Collector):
+    """Engine figures as of the last :meth:`ServerMetrics.observe_engine` (scrape time)."""
+
+    def __init__(self) -> None:
+        self.stats: Mapping[str, Any] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        steps = CounterMetricFamily("tts_engine_steps", "Engine steps run (all engines)")
+        steps.add_metric([], float(stats.get("steps", 0)))
+        yield steps
+        for key, help_text in (
+            ("running", "Requests in the engines' running batches"),
+            ("waiting", "Requests waiting inside the engines"),
+            ("kv_blocks_free", "Free KV blocks (all engines)"),
+            ("kv_blocks_total", "KV blocks (all engines)"),
+        ):
+            gauge = GaugeMetricFamily(f"tts_engine_{key}", help_text)
+            gauge.add_metric([], float(stats.get(key, 0)))
+            yield gauge
+        alive = GaugeMetricFamily("tts_engine_alive", "1 while the engine serves")
+        alive.add_metric([], 1.0 if stats.get("alive") else 0.0)
+        yield alive
+
+
+class ServerMetrics:
+    """Every metric of the server.
+
+    Args:
+        active_connections: Reads the admission middleware's count.
+        queue_depth: Reads the inference queue's waiting count.
+        active_inference: Reads the inference slots held.
+    """
+
+    def __init__(
+        self,
+        active_connections: Callable[[], float],
+        queue_depth: Callable[[], float],
+        active_inference: Callable[[], float],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tts_requests", "Generation requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
+        )
+        self.rejections = Counter("tts_rejections", "Requests answered 503, by reason", ["reason"], registry=r)
+        self.queue_wait = Histogram(
+            "tts_queue_wait_seconds", "Time from arrival to an inference slot", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.ttfb = Histogram(
+            "tts_ttfb_seconds", "Time from arrival to the first audio", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.rtf = Histogram(
+            "tts_real_time_factor",
+            "Generation time / audio duration of completed requests (lower is faster)",
+            buckets=_RTF_BUCKETS,
+            registry=r,
+        )
+        self.audio_seconds = Counter("tts_audio_seconds", "Seconds of audio generated", registry=r)
+        self.active_streams = Gauge("tts_active_streams", "Requests holding an inference slot", registry=r)
+        self.active_streams.set_function(active_inference)
+        connections = Gauge("tts_active_connections", "Work requests admitted past the connection cap", registry=r)
+        connections.set_function(active_connections)
+        depth = Gauge("tts_queue_depth", "Requests waiting for an inference slot", registry=r)
+        depth.set_function(queue_depth)
+        self._engine = _EngineCollector()
+        r.register(self._engine)
+
+    def observe_engine(self, stats: Mapping[str, Any]) -> None:
+        """Remember the engine's latest stats for the next scrape."""
+        self._engine.stats = stats
+
+    def request_done(self, endpoint: str, outcome: Outcome) -> None:
+        """Count one finished request."""
+        self.requests.labels(endpoint=endpoint, outcome=outcome.value).inc()
+
+    def rejected(self, reason: str, path: str | None = None) -> None:
+        """Count one 503 (``connection_cap``, ``draining``, ``engine_dead``, ``queue_timeout``, ``shutdown``).
+
+        Args:
+            reason: Why.
+            path: The request path, for a refusal at admission: a generation endpoint's refusal is
+                also counted under ``tts_requests`` with outcome ``rejected``.
+        """
+        self.rejections.labels(reason=reason).inc()
+        endpoint = ENDPOINTS.get(path or "")
+        if endpoint is not None:
+            self.request_done(endpoint, Outcome.REJECTED)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of the registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,185 @@
+"""Endpoints for load balancers and operators: health, status, readiness, queue, cancel, metrics, info.
+
+``/health`` and ``/status`` keep the seed's fields exactly (extras are in new keys). None of these
+endpoints is behind the connection cap, and none touches the engine except ``/metrics`` and
+``/status``, which read the engine figures the app polls twice a second.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tts_server.audio_formats import FORMATS
+from tts_server.errors import JSONResponse
+from tts_server.inflight import CancelReason
+from tts_server.lifecycle import ServerState
+from tts_server.metrics import CONTENT_TYPE
+from tts_server.routes._body import parse_body
+from tts_server.routes._speech import REQUEST_ID_PATTERN
+from tts_server.routes.schemas import (
+    CancelResponse,
+    EngineFigures,
+    FormatDescription,
+    HealthResponse,
+    InferenceUsage,
+    InfoResponse,
+    Limits,
+    QueueResponse,
+    ReadyResponse,
+    StatusResponse,
+    Usage,
+)
+from tts_server.services import Services, services
+
+__all__ = ["CancelRequest", "ops_routes"]
+
+
+class CancelRequest(BaseModel):
+    """Body of ``POST /cancel``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="The id given or returned in X-Request-Id.")
+
+
+def _json(body: BaseModel, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers={"Cache-Control": "no-store"})
+
+
+def _pct(used: int, total: int) -> float:
+    return round(100.0 * used / total, 1) if total else 0.0
+
+
+def _counts(svc: Services) -> dict[str, int]:
+    return {
+        "active_connections": svc.admission.active,
+        "max_concurrent_connections": svc.admission.cap,
+        "active_inference": svc.queue.active,
+        "queued_inference": svc.queue.depth,
+        "max_inference_slots": svc.queue.slots,
+    }
+
+
+async def health(request: Request) -> Response:
+    """Liveness plus the seed's counters; 503 once the engine is dead (the process is about to exit)."""
+    svc = services(request)
+    dead = svc.lifecycle.state is ServerState.ENGINE_DEAD
+    body = HealthResponse(
+        status="engine_dead" if dead else "ok",
+        sample_rate=svc.sample_rate,
+        available_voices=svc.voices.names(),
+        **_counts(svc),
+        server_state=svc.lifecycle.state.value,
+        engine_alive=svc.engines_alive,
+    )
+    return _json(body, 503 if dead else 200)
+
+
+async def status(request: Request) -> Response:
+    """The seed's load-balancer view, plus engine figures under ``engine``."""
+    svc = services(request)
+    c = _counts(svc)
+    lifecycle = svc.lifecycle
+    can_accept = lifecycle.accepting and svc.engines_alive and c["active_connections"] < c["max_concurrent_connections"]
+    stats = svc.engine_stats
+    body = StatusResponse(
+        status=lifecycle.state.value,
+        can_accept_requests=can_accept,
+        connections=Usage(
+            active=c["active_connections"],
+            max=c["max_concurrent_connections"],
+            utilization_pct=_pct(c["active_connections"], c["max_concurrent_connections"]),
+        ),
+        inference=InferenceUsage(
+            active=c["active_inference"],
+            queued=c["queued_inference"],
+            max_slots=c["max_inference_slots"],
+            utilization_pct=_pct(c["active_inference"], c["max_inference_slots"]),
+        ),
+        engine=EngineFigures(
+            alive=svc.engines_alive,
+            running=int(stats.get("running", 0)),
+            waiting=int(stats.get("waiting", 0)),
+            steps=int(stats.get("steps", 0)),
+            kv_blocks_free=int(stats.get("kv_blocks_free", 0)),
+            kv_blocks_total=int(stats.get("kv_blocks_total", 0)),
+        ),
+        reason=lifecycle.reason,
+    )
+    return _json(body)
+
+
+async def ready(request: Request) -> Response:
+    """200 when the engine is loaded and alive and the server takes work; else 503."""
+    state = getattr(request.app.state, "lifecycle", None)
+    svc = getattr(request.app.state, "services", None)
+    is_ready = state is not None and svc is not None and state.accepting and svc.engines_alive
+    body = ReadyResponse(
+        ready=is_ready,
+        status=state.state.value if state is not None else "starting",
+        reason=None if is_ready else (state.reason if state is not None else "the server is starting"),
+    )
+    return _json(body, 200 if is_ready else 503)
+
+
+async def queue(request: Request) -> Response:
+    """Waiting request ids in the order they will run."""
+    svc = services(request)
+    pending = svc.queue.pending()
+    return _json(QueueResponse(pending_requests=pending, queue_depth=len(pending), active_inference=svc.queue.active))
+
+
+async def cancel(request: Request) -> Response:
+    """Cancel a queued or running request by id."""
+    svc = services(request)
+    body = await parse_body(request, CancelRequest)
+    done = await svc.registry.cancel(body.request_id, CancelReason.CLIENT)
+    return _json(CancelResponse(status="cancelled" if done else "not_found", request_id=body.request_id))
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    svc = services(request)
+    svc.metrics.observe_engine({**svc.engine_stats, "alive": svc.engines_alive})
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+
+async def info(request: Request) -> Response:
+    """Model, audio, formats and limits."""
+    svc = services(request)
+    cfg = svc.config
+    body = InfoResponse(
+        model=svc.model_info,
+        sample_rate=svc.sample_rate,
+        samples_per_patch=int(svc.model_info["samples_per_patch"]),
+        formats=[FormatDescription(name=f.name, media_type=f.media_type) for f in FORMATS.values()],
+        voices=svc.voices.names(),
+        limits=Limits(
+            max_text_chars=cfg.max_text_chars,
+            max_body_bytes=cfg.max_body_bytes,
+            max_prompt_seconds=cfg.max_prompt_seconds,
+            max_model_len=cfg.max_model_len,
+            max_inference_slots=svc.queue.slots,
+            max_concurrent_connections=svc.admission.cap,
+            queue_timeout_s=cfg.queue_timeout,
+            default_max_generate_length=cfg.default_max_generate_length,
+        ),
+        fair_queue=cfg.fair_queue,
+    )
+    return _json(body)
+
+
+def ops_routes() -> list[Route]:
+    """The routes of this module."""
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/status", status, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/queue", queue, methods=["GET"]),
+        Route("/cancel", cancel, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+    ]

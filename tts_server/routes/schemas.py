@@ -1,0 +1,205 @@
+"""Pydantic models of the JSON responses, so ``/openapi.json`` documents exactly what is sent.
+
+The ops endpoints build their bodies from these models; the voice endpoints' bodies are described
+here as they are built in ``tts_server.routes.voices`` and the voices store.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Out):
+    """What went wrong."""
+
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(_Out):
+    """Every error of this API (4xx/5xx)."""
+
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(_Out):
+    """OpenAI's error fields (plus ``field``)."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    field: str | None = None
+
+
+class OpenAIErrorResponse(_Out):
+    """Errors of ``/v1/...`` routes, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+class HealthResponse(_Out):
+    """``GET /health``: the seed's fields, then extras."""
+
+    status: Literal["ok", "engine_dead"]
+    sample_rate: int
+    available_voices: list[str]
+    active_connections: int
+    max_concurrent_connections: int
+    active_inference: int
+    queued_inference: int
+    max_inference_slots: int
+    server_state: str
+    engine_alive: bool
+
+
+class Usage(_Out):
+    """Use of a resource."""
+
+    active: int
+    max: int
+    utilization_pct: float
+
+
+class InferenceUsage(_Out):
+    """Inference slots."""
+
+    active: int
+    queued: int
+    max_slots: int
+    utilization_pct: float
+
+
+class EngineFigures(_Out):
+    """Engine counts (as of the last poll, at most half a second old)."""
+
+    alive: bool
+    running: int
+    waiting: int
+    steps: int
+    kv_blocks_free: int
+    kv_blocks_total: int
+
+
+class StatusResponse(_Out):
+    """``GET /status``: the seed's fields, then extras."""
+
+    status: str
+    can_accept_requests: bool
+    connections: Usage
+    inference: InferenceUsage
+    engine: EngineFigures
+    reason: str | None = None
+
+
+class ReadyResponse(_Out):
+    """``GET /ready``."""
+
+    ready: bool
+    status: str
+    reason: str | None = None
+
+
+class QueueResponse(_Out):
+    """``GET /queue``."""
+
+    pending_requests: list[str]
+    queue_depth: int
+    active_inference: int
+
+
+class CancelResponse(_Out):
+    """``POST /cancel``."""
+
+    status: Literal["cancelled", "not_found"]
+    request_id: str
+
+
+class FormatDescription(_Out):
+    """One response format."""
+
+    name: str
+    media_type: str
+
+
+class Limits(_Out):
+    """Request limits."""
+
+    max_text_chars: int
+    max_body_bytes: int
+    max_prompt_seconds: float
+    max_model_len: int
+    max_inference_slots: int
+    max_concurrent_connections: int
+    queue_timeout_s: float
+    default_max_generate_length: int | None = None
+
+
+class InfoResponse(_Out):
+    """``GET /info``."""
+
+    model: dict[str, Any]
+    sample_rate: int
+    samples_per_patch: int
+    formats: list[FormatDescription]
+    voices: list[str]
+    limits: Limits
+    fair_queue: bool
+
+
+class VoiceDescription(_Out):
+    """One voice."""
+
+    name: str
+    state: str
+    kinds: list[str]
+    prompt_text: str | None = None
+    prompt_seconds: float | None = None
+    ref_seconds: float | None = None
+    created: str | None = None
+    updated: str | None = None
+
+
+class VoiceList(_Out):
+    """``GET /voices``: ``voices`` is the name list legacy clients read."""
+
+    voices: list[str]
+    details: list[VoiceDescription]
+
+
+class VoiceRemoved(_Out):
+    """``DELETE /voices/{name}``."""
+
+    status: Literal["removed"]
+    name: str
+
+
+class AddPromptResponse(VoiceDescription):
+    """Legacy ``POST /add_prompt``."""
+
+    status: Literal["ok"]
+    prompt_id: str
+
+
+class RemovePromptResponse(_Out):
+    """Legacy ``POST /remove_prompt``."""
+
+    status: Literal["ok"]
+    name: str
+
+
+class LatentsResponse(_Out):
+    """``POST /encode_latents``: latents ``{"dtype", "shape", "data"}`` plus their duration."""
+
+    dtype: Literal["float32"]
+    shape: list[int]
+    data: str
+    seconds: float
+    reference: bool
