@@ -130,7 +130,8 @@ def write_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
         vae = AudioVAE(cfg.audio_vae)
         vae.load_state_dict(random_state_dict(vae, torch.float32, seed + 1))
         normalize_vae_(vae, seed + 2)
-        torch.save(vae.state_dict(), tmp / "audiovae.pth")
+        # Wrapped like the released files (nano-vllm-voxcpm reads ["state_dict"]; our loader takes both).
+        torch.save({"state_dict": vae.state_dict()}, tmp / "audiovae.pth")
         write_tokenizer_files(tmp, cfg.lm.vocab_size)
     return out
 

@@ -28,6 +28,8 @@ def test_official_file_layout_and_dtypes(tiny_v2):
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
     assert not any(k.startswith("audio_vae.") for k in weights)
     vae = torch.load(tiny_v2 / "audiovae.pth", weights_only=True)
+    assert set(vae) == {"state_dict"}  # wrapped like the released files
+    vae = vae["state_dict"]
     assert vae["decoder.sr_bin_boundaries"].dtype == torch.int32
     assert vae["decoder.sr_bin_boundaries"].tolist() == [20000, 30000, 40000]
     assert {t.dtype for k, t in vae.items() if k != "decoder.sr_bin_boundaries"} == {torch.float32}

@@ -1,0 +1,329 @@
+"""Benchmark the VoxCPM engine in process, a running server over HTTP, or nano-vllm-voxcpm beside ours.
+
+Modes (``--mode``; default ``http`` with ``--server``, else ``engine``):
+
+  engine     in-process Engine: a closed-batch concurrency sweep of fixed-length requests started
+             together (warm-up first); per level TTFB p50/p90/p99, RTF mean/p95, audio seconds per
+             wall second, achieved model FLOP/s against the device's bf16 peak, peak memory.
+             --compare also runs nano-vllm-voxcpm on the same checkpoint and device, one after the
+             other, and prints both side by side with ratios ours/peer.
+  peer       the same protocol on nano-vllm-voxcpm alone.
+  open-loop  Poisson arrivals at --rates per second for --duration seconds each (--compare: the peer
+             too): TTFB p50/p99, the largest inter-chunk gap per stream p50/p99, the share of streams
+             that underrun, and the gap-free capacity (highest rate with <= 1% underruns).
+  http       streaming POST /generate against --server (the seed benchmark's flags work), printed in
+             the seed's format, plus 503s counted apart.
+
+--profile runs one level under torch.profiler and prints where a step's time goes by the engine's
+named ranges (host and device ms per step), then the same level through the engine process
+(AsyncEngine) with its IPC cost per step (--ipc alone: only the latter). --json OUT writes every
+number, the configuration, device, torch version, date and command line.
+
+Random-weight checkpoints (--preset) never stop on their own: every request runs exactly --steps
+patches (ours: min_steps = max_steps; the peer: max_generate_length, it has no minimum).
+
+Examples:
+  python benchmark.py --preset voxcpm1.5 --concurrency 1 16 64 128 --steps 50 --compare --json out.json
+  python benchmark.py --preset voxcpm2 --mode open-loop --rates 4 8 16 24 --duration 30 --compare
+  python benchmark.py --preset tiny-v1 --device cpu --concurrency 1 2 --steps 3 --profile
+  python benchmark.py --server http://localhost:8000 --num-requests 64 --concurrency 32 --warmup 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perf import drivers, report
+from perf.drivers import LocalEngine, Sampling
+from perf.flops import audio_seconds_per_patch, format_breakdown, step_flops
+from perf.metrics import gap_free_capacity, summarize_closed
+from perf.system import device_name, peak_tflops, run_metadata
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(
+        prog="benchmark.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--mode", choices=["engine", "peer", "open-loop", "http"], help="what to run (see above)")
+    src = ap.add_argument_group("model")
+    src.add_argument("--model", type=Path, help="checkpoint directory (official layout)")
+    src.add_argument("--preset", help="random-weight checkpoint of this preset (voxcpm1.5, voxcpm2, tiny-v1, ...)")
+    src.add_argument("--cache-dir", type=Path, default=Path("/tmp/voxcpm-bench"), help="where --preset writes")
+    src.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    load = ap.add_argument_group("load")
+    load.add_argument("--concurrency", type=int, nargs="+", help="levels (default 1 16 64 128; http: 16)")
+    load.add_argument(
+        "--requests-per-level",
+        "--num-requests",
+        dest="requests",
+        type=int,
+        help="requests per level (default: the level; http: 2 x the level)",
+    )
+    load.add_argument(
+        "--steps",
+        "--max-generate-length",
+        dest="steps",
+        type=int,
+        default=50,
+        help="patches per request (50 = 8 s of audio; http: max_generate_length)",
+    )
+    load.add_argument("--temperature", type=float, default=1.0, help="initial-noise scale (default 1.0)")
+    load.add_argument("--cfg-value", type=float, default=2.0, help="guidance scale (default 2.0)")
+    load.add_argument("--timesteps", type=int, default=10, help="flow sampler steps per patch (default 10)")
+    load.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="warm-up runs per level before measuring (http: warm-up requests; default 1)",
+    )
+    load.add_argument("--warmup-steps", type=int, default=4, help="patches per warm-up request (default 4)")
+    load.add_argument("--seed", type=int, default=0, help="seed of request 0 and of the Poisson arrivals")
+    ol = ap.add_argument_group("open loop")
+    ol.add_argument("--rates", type=float, nargs="+", default=[4, 8, 16, 24], help="arrivals per second")
+    ol.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate (default 30)")
+    eng = ap.add_argument_group("engine limits (ours and the peer's)")
+    eng.add_argument("--max-num-seqs", type=int, help="running batch cap (default: largest level; open loop 128)")
+    eng.add_argument("--max-model-len", type=int, help="positions per request (default max(512, steps + 256))")
+    eng.add_argument("--max-num-batched-tokens", type=int, default=4096, help="token budget of a step")
+    eng.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="share of the GPU for the engines")
+    eng.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (both engines)")
+    eng.add_argument("--attention-backend", help="force our attention kernels (torch, triton, flash)")
+    ap.add_argument("--compare", action="store_true", help="also run nano-vllm-voxcpm (engine / open-loop modes)")
+    ap.add_argument(
+        "--peer-recompile-limit",
+        type=int,
+        default=64,
+        help="torch._dynamo recompile limit while the peer runs (default 64; 0: torch's own, 8). With 8 the "
+        "peer's compiled VoxCPM2 VAE 'snake' falls back to eager on an H200/torch 2.11 and runs ~1.8x slower",
+    )
+    ap.add_argument("--peak-tflops", type=float, help="device bf16 peak for MFU (default: from the device name)")
+    ap.add_argument("--profile", action="store_true", help="profile one level (and run --ipc)")
+    ap.add_argument("--ipc", action="store_true", help="run one level through AsyncEngine and report IPC per step")
+    ap.add_argument("--profile-concurrency", type=int, help="level to profile (default: the largest)")
+    http = ap.add_argument_group("http")
+    http.add_argument("--server", help="base URL of a running server, e.g. http://localhost:8000")
+    http.add_argument("--min-generate-length", type=int, help="also send min_generate_length (fixes real lengths)")
+    http.add_argument("--timeout", type=float, default=600.0, help="seconds per HTTP request (default 600)")
+    ap.add_argument("--json", type=Path, help="write all results as JSON here")
+    args = ap.parse_args(argv)
+    args.mode = args.mode or ("http" if args.server else "engine")
+    if args.mode == "http" and not args.server:
+        ap.error("--mode http needs --server URL")
+    if args.mode != "http" and not (args.model or args.preset):
+        ap.error(f"--mode {args.mode} needs --model DIR or --preset NAME")
+    if args.model and args.preset:
+        ap.error("give --model or --preset, not both")
+    if args.steps < 1 or args.warmup < 0 or args.warmup_steps < 0:
+        ap.error("--steps must be >= 1 and --warmup/--warmup-steps >= 0")
+    args.concurrency = args.concurrency or ([16] if args.mode == "http" else [1, 16, 64, 128])
+    if min(args.concurrency) < 1:
+        ap.error("--concurrency levels must be >= 1")
+    return args
+
+
+def _jsonable(x: Any) -> Any:
+    """NaN/inf → null, tuples/paths → lists/strings (strict JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    open_loop = args.mode == "open-loop"
+    return {
+        "max_num_seqs": args.max_num_seqs or max([*args.concurrency, 128 if open_loop else 1]),
+        "max_model_len": args.max_model_len or max(512, args.steps + 256),
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "enforce_eager": args.enforce_eager,
+        "timesteps": args.timesteps,
+    }
+
+
+def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
+    config = drivers.engine_config(**_limits(args))
+    return LocalEngine.load(model_dir, args.device, config, attention_backend=args.attention_backend)
+
+
+def _peer(args: argparse.Namespace, model_dir: Path) -> Any:
+    from perf.peer import PeerEngine
+
+    limit = args.peer_recompile_limit or None  # 0: torch's own limit
+    return PeerEngine(model_dir, device=args.device, dynamo_recompile_limit=limit, **_limits(args))
+
+
+def run_engines(args: argparse.Namespace, model_dir: Path, out: dict[str, Any]) -> None:
+    """Engine / peer / open-loop modes: each engine in turn on the same device and checkpoint."""
+    from perf.peer import PEER_NAME, peer_unavailable
+
+    sampling = Sampling(args.steps, args.temperature, args.cfg_value, args.timesteps)
+    names = {"engine": ["ours"], "peer": ["peer"], "open-loop": ["ours"]}[args.mode]
+    if args.compare and args.mode in ("engine", "open-loop"):
+        names.append("peer")
+    if "peer" in names and (why := peer_unavailable()) is not None:
+        sys.exit(f"benchmark.py: cannot run {PEER_NAME}: {why}")
+    peak = peak_tflops(out["meta"]["device_name"], args.peak_tflops)
+    for name in names:
+        print(f"\n== {name}: loading {model_dir} on {args.device}", flush=True)
+        adapter = _ours(args, model_dir) if name == "ours" else _peer(args, model_dir)
+        try:
+            if args.mode == "open-loop":
+                rows = drivers.open_loop_sweep(
+                    adapter,
+                    rates=args.rates,
+                    duration_s=args.duration,
+                    sampling=sampling,
+                    warmup_steps=args.warmup_steps if args.warmup else 0,
+                    seed=args.seed,
+                )
+                out.setdefault("open_loop", {})[name] = rows
+            else:
+                rows = drivers.closed_sweep(
+                    adapter,
+                    levels=args.concurrency,
+                    requests_per_level=args.requests,
+                    sampling=sampling,
+                    warmup=args.warmup,
+                    warmup_steps=args.warmup_steps,
+                    peak_tflops=peak,
+                )
+                out[name] = rows
+            if name == "ours" and args.profile:
+                from perf.profiling import profile_level
+
+                level = args.profile_concurrency or max(args.concurrency)
+                print(f"\n== profiling one level of {level} requests", flush=True)
+                out["profile"] = profile_level(
+                    adapter, concurrency=level, sampling=sampling, warmup_steps=args.warmup_steps
+                )
+        finally:
+            adapter.close()
+    if (args.ipc or args.profile) and "ours" in names:
+        from perf.profiling import ipc_level
+
+        level = args.profile_concurrency or max(args.concurrency)
+        print(f"\n== {level} requests through AsyncEngine (engine process)", flush=True)
+        config = drivers.engine_config(**_limits(args))
+        out["ipc"] = ipc_level(
+            model_dir, config, args.device, concurrency=level, sampling=sampling, warmup_steps=args.warmup_steps
+        )
+        out["ipc"]["concurrency"] = level
+
+
+def print_engines(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Tables for the engine / peer / open-loop results in ``out``."""
+    if "ours" in out or "peer" in out:
+        print("\n## Closed batch: requests of", args.steps, "patches started together\n")
+        print(report.closed_table(out.get("ours", []) + out.get("peer", [])))
+    if "ours" in out and "peer" in out:
+        print("\n## Side by side (ratio = ours / peer)\n")
+        print(report.compare_table(out["ours"], out["peer"]))
+    if "open_loop" in out:
+        rows = [r for engine_rows in out["open_loop"].values() for r in engine_rows]
+        print(f"\n## Open loop: Poisson arrivals of {args.steps}-patch requests, {args.duration:g} s per rate\n")
+        print(report.open_table(rows))
+        per_request = args.steps * out["model"]["audio_s_per_patch"]
+        caps = {}
+        for name, engine_rows in out["open_loop"].items():
+            caps[name] = gap_free_capacity([(r["rate"], r["underrun_share"]) for r in engine_rows])
+            print(report.capacity_line(engine_rows[0]["engine"] if engine_rows else name, caps[name], per_request))
+        out["capacity"] = caps
+    if "profile" in out:
+        p = out["profile"]
+        print(
+            f"\n## Where a step goes: {p['concurrency']} requests, {p['steps']} steps "
+            f"({p['graph_steps']} graph replays), wall {p['wall_ms_per_step']:.2f} ms/step, "
+            f"GPU busy {p['gpu_busy_share']:.0%} of host step time\n"
+        )
+        print(report.profile_table(p))
+    if "ipc" in out:
+        ipc = out["ipc"]
+        s = ipc["summary"]
+        print(
+            f"\n## Engine process (AsyncEngine), {ipc['concurrency']} requests, {ipc['steps']} steps: "
+            f"TTFB p50 {s['ttfb_ms_p50']:.1f} ms, RTF mean {s['rtf_mean']:.3f}, "
+            f"{s['audio_s_per_s']:.1f} audio s/s; send {ipc['send_ms_per_step']:.3f} ms per step"
+        )
+        print("IPC per step message, µs mean / p50 / p99:")
+        print(report.ipc_lines(ipc["ipc"]))
+
+
+def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """HTTP mode: one seed-format block per concurrency level."""
+    from perf.http_client import HttpLoad, http_level
+
+    load = HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout)
+    out["http"] = []
+    for level in args.concurrency:
+        n = args.requests or 2 * level
+        traces, wall = http_level(
+            args.server, num_requests=n, concurrency=level, load=load, warmup=args.warmup, tag=f"c{level}-"
+        )
+        summary = summarize_closed(traces, wall)
+        print(report.seed_block(summary, level, wall), flush=True)
+        errors = sorted({t.error for t in traces if t.error and t.error != "503"})
+        for e in errors[:5]:
+            print("  error:", e)
+        out["http"].append({"concurrency": level, **summary, "error_kinds": errors})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    if args.mode != "http":
+        args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or "cpu")
+    out: dict[str, Any] = {"meta": run_metadata(device, ["benchmark.py", *(sys.argv[1:] if argv is None else argv)])}
+    out["args"] = vars(args)
+    if args.mode == "http":
+        out["meta"]["device_name"] = f"server {args.server}"
+        run_http(args, out)
+    else:
+        from engine.loader import read_config
+
+        model_dir = args.model or drivers.preset_checkpoint(args.preset, args.cache_dir)
+        cfg = read_config(model_dir)
+        flops = step_flops(cfg, inference_timesteps=args.timesteps, context_len=args.steps // 2)
+        out["model"] = {
+            "dir": str(model_dir),
+            "preset": args.preset,
+            "architecture": cfg.architecture,
+            "sample_rate": cfg.sample_rate,
+            "audio_s_per_patch": audio_seconds_per_patch(cfg),
+            "flops_per_patch": flops,
+            "limits": _limits(args),
+        }
+        peak = peak_tflops(device_name(device), args.peak_tflops)
+        print(
+            f"device: {out['meta']['device_name']} (bf16 peak {peak or 'unknown'} TFLOP/s), torch {torch.__version__}"
+        )
+        print(f"model FLOPs per patch ({cfg.architecture}, context {args.steps // 2}):")
+        print(format_breakdown(cfg, flops))
+        run_engines(args, model_dir, out)
+        print_engines(args, out)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_jsonable(out), indent=1, allow_nan=False) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

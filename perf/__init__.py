@@ -1,0 +1,13 @@
+"""Benchmark tooling behind ``benchmark.py``: FLOP model, metrics, drivers, HTTP client, reports, profiling.
+
+Modules:
+    flops: model FLOPs per generated patch from a :class:`~engine.config.ModelConfig`, and the same
+        counted with ``torch.utils.flop_counter`` on the real modules.
+    metrics: per-request timelines and what they give (TTFB, RTF, gaps, underruns, percentiles).
+    system: device name, peak FLOP/s table, peak memory, run metadata.
+    drivers: the in-process closed-batch and open-loop drivers, generic over an engine adapter.
+    peer: the adapter for ``nano-vllm-voxcpm`` (same protocol, when it is importable).
+    http_client: the streaming ``POST /generate`` load generator.
+    report: the printed tables.
+    profiling: where a step's time goes (``--profile``) and the IPC cost of the engine process.
+"""

@@ -1,0 +1,218 @@
+"""Per-request timelines and what they give: TTFB, RTF, inter-chunk gaps, underruns, percentiles.
+
+A :class:`StreamTrace` records when a request was submitted and when each audio chunk arrived
+(with how many seconds of audio it carried). Everything else is derived from it, so the in-process
+drivers, the peer and the HTTP client all report the same quantities the same way.
+
+Playback model for underruns: playback starts when the first chunk arrives and never pauses to
+rebuffer; chunk ``k`` is late when it arrives after ``first_arrival + duration(chunks 0..k-1)``,
+i.e. after the audio before it has finished playing (the listener hears a gap).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NAN = float("nan")
+_EPS = 1e-9  # seconds: arriving exactly when the audio before runs out is on time
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, linear interpolation like ``numpy.percentile``); NaN when empty."""
+    data = [v for v in values if not math.isnan(v)]
+    if not data:
+        return NAN
+    return float(np.percentile(np.asarray(data, dtype=np.float64), q))
+
+
+def mean(values: Iterable[float]) -> float:
+    """Arithmetic mean, NaN when empty."""
+    data = [v for v in values if not math.isnan(v)]
+    return float(sum(data) / len(data)) if data else NAN
+
+
+@dataclass
+class StreamTrace:
+    """The timeline of one streamed request (times in ``time.perf_counter()`` seconds).
+
+    Attributes:
+        request_id: The request.
+        submitted: When it was submitted (open loop: its scheduled arrival time).
+        arrivals: Arrival time of each audio chunk, in order.
+        durations: Seconds of audio in each chunk.
+        error: Why the request failed (``None``: it completed); ``"503"`` for an HTTP rejection.
+    """
+
+    request_id: str
+    submitted: float
+    arrivals: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    def add_chunk(self, at: float, seconds: float) -> None:
+        """Record a chunk of ``seconds`` of audio arriving at ``at``."""
+        self.arrivals.append(at)
+        self.durations.append(seconds)
+
+    @property
+    def ok(self) -> bool:
+        """Completed without error, with at least one chunk."""
+        return self.error is None and bool(self.arrivals)
+
+    @property
+    def ttfb(self) -> float:
+        """Seconds from submission to the first chunk (NaN without chunks)."""
+        return self.arrivals[0] - self.submitted if self.arrivals else NAN
+
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio received."""
+        return float(sum(self.durations))
+
+    @property
+    def latency(self) -> float:
+        """Seconds from submission to the last chunk."""
+        return self.arrivals[-1] - self.submitted if self.arrivals else NAN
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: (last chunk time − submission) / audio seconds (NaN without audio)."""
+        audio = self.audio_s
+        return self.latency / audio if audio > 0 else NAN
+
+    @property
+    def max_gap(self) -> float:
+        """Largest time between two consecutive chunks (0 for a single chunk, NaN without chunks)."""
+        if not self.arrivals:
+            return NAN
+        return max((b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)), default=0.0)
+
+    def late_chunks(self) -> int:
+        """Chunks that arrived after the audio before them finished playing (see the module docstring)."""
+        if not self.arrivals:
+            return 0
+        start, played, late = self.arrivals[0], 0.0, 0
+        for at, seconds in zip(self.arrivals, self.durations, strict=True):
+            if at > start + played + _EPS:
+                late += 1
+            played += seconds
+        return late
+
+    @property
+    def underrun(self) -> bool:
+        """Whether any chunk was late: the listener heard at least one gap."""
+        return self.late_chunks() > 0
+
+    def stall_s(self) -> float:
+        """Total silence heard if playback waits for each late chunk (rebuffering model; 0 if none late)."""
+        if not self.arrivals:
+            return 0.0
+        clock, stalled = self.arrivals[0], 0.0
+        for at, seconds in zip(self.arrivals, self.durations, strict=True):
+            if at > clock + _EPS:
+                stalled += at - clock
+                clock = at
+            clock += seconds
+        return stalled
+
+
+def summarize_closed(traces: Sequence[StreamTrace], wall_s: float) -> dict[str, float | int]:
+    """Closed-batch figures of one level: TTFB and RTF percentiles, throughput.
+
+    Args:
+        traces: Every request of the level.
+        wall_s: Wall time of the level (first submission to last chunk).
+
+    Returns:
+        ``requests``, ``ok``, ``errors``, ``rejected_503``; ``ttfb_ms_{p50,p90,p95,p99}``,
+        ``ttfb_ms_mean``; ``rtf_{mean,p50,p90,p95,p99}``; ``audio_s`` (total), ``wall_s``,
+        ``audio_s_per_s`` (aggregate seconds of audio per wall second); ``max_gap_ms_{p50,p99}``;
+        ``underrun_share``.
+    """
+    ok = [t for t in traces if t.ok]
+    ttfb = [t.ttfb * 1e3 for t in ok]
+    rtf = [t.rtf for t in ok]
+    gaps = [t.max_gap * 1e3 for t in ok]
+    audio = sum(t.audio_s for t in ok)
+    out: dict[str, float | int] = {
+        "requests": len(traces),
+        "ok": len(ok),
+        "errors": sum(1 for t in traces if t.error is not None and t.error != "503"),
+        "rejected_503": sum(1 for t in traces if t.error == "503"),
+        "ttfb_ms_mean": mean(ttfb),
+    }
+    for q in (50, 90, 95, 99):
+        out[f"ttfb_ms_p{q}"] = percentile(ttfb, q)
+    out["rtf_mean"] = mean(rtf)
+    for q in (50, 90, 95, 99):
+        out[f"rtf_p{q}"] = percentile(rtf, q)
+    out["audio_s"] = audio
+    out["wall_s"] = wall_s
+    out["audio_s_per_s"] = audio / wall_s if wall_s > 0 else NAN
+    out["max_gap_ms_p50"] = percentile(gaps, 50)
+    out["max_gap_ms_p99"] = percentile(gaps, 99)
+    out["underrun_share"] = sum(t.underrun for t in ok) / len(ok) if ok else NAN
+    return out
+
+
+def summarize_open(traces: Sequence[StreamTrace], rate: float, duration_s: float) -> dict[str, float | int]:
+    """Open-loop figures at one arrival rate: TTFB, largest gap per stream, share of streams that underrun.
+
+    Args:
+        traces: Every request that arrived (TTFB counts from its scheduled arrival).
+        rate: Offered arrivals per second.
+        duration_s: Length of the arrival window.
+    """
+    ok = [t for t in traces if t.ok]
+    ttfb = [t.ttfb * 1e3 for t in ok]
+    gaps = [t.max_gap * 1e3 for t in ok]
+    return {
+        "rate": rate,
+        "duration_s": duration_s,
+        "requests": len(traces),
+        "ok": len(ok),
+        "errors": len(traces) - len(ok),
+        "ttfb_ms_p50": percentile(ttfb, 50),
+        "ttfb_ms_p99": percentile(ttfb, 99),
+        "max_gap_ms_p50": percentile(gaps, 50),
+        "max_gap_ms_p99": percentile(gaps, 99),
+        "underrun_share": sum(t.underrun for t in ok) / len(ok) if ok else NAN,
+        "stall_s_mean": mean(t.stall_s() for t in ok),
+        "audio_s": sum(t.audio_s for t in ok),
+        "offered_audio_s_per_s": rate * (mean(t.audio_s for t in ok) if ok else NAN),
+    }
+
+
+def gap_free_capacity(results: Sequence[tuple[float, float]], max_underrun: float = 0.01) -> float | None:
+    """Highest tested rate at which it and every lower tested rate kept underruns at or under ``max_underrun``.
+
+    Args:
+        results: ``(rate, underrun_share)`` per tested rate, any order.
+        max_underrun: Largest acceptable share of streams that underrun.
+
+    Returns:
+        The rate, or ``None`` if even the lowest rate underran (or nothing was tested).
+    """
+    best = None
+    for rate, share in sorted(results):
+        if math.isnan(share) or share > max_underrun:
+            break
+        best = rate
+    return best
+
+
+def poisson_arrivals(rate: float, duration_s: float, seed: int) -> list[float]:
+    """Arrival offsets (seconds from the start) of a Poisson process of ``rate`` per second over ``duration_s``."""
+    if rate <= 0 or duration_s <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    times: list[float] = []
+    t = float(rng.exponential(1.0 / rate))
+    while t < duration_s:
+        times.append(t)
+        t += float(rng.exponential(1.0 / rate))
+    return times

@@ -1,0 +1,180 @@
+"""Printed tables: closed-batch sweeps, side-by-side comparisons, open-loop runs, the seed's HTTP block, profiles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+WIDTH = 60
+
+
+def _f(value: Any, spec: str = ".1f", missing: str = "-") -> str:
+    """Format a number, or ``missing`` for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table (reads as text and pastes into docs/PERFORMANCE.md)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def closed_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per (engine, concurrency): TTFB, RTF, throughput, FLOP/s, memory."""
+    header = ["engine", "conc", "reqs", "TTFB p50/p90/p99 ms", "RTF mean/p95", "audio s/s", "TFLOP/s", "MFU", "mem GiB"]
+    out = []
+    for r in rows:
+        out.append(
+            [
+                r["engine"],
+                str(r["concurrency"]),
+                f"{r['ok']}/{r['requests']}",
+                f"{_f(r['ttfb_ms_p50'])} / {_f(r['ttfb_ms_p90'])} / {_f(r['ttfb_ms_p99'])}",
+                f"{_f(r['rtf_mean'], '.3f')} / {_f(r['rtf_p95'], '.3f')}",
+                _f(r["audio_s_per_s"]),
+                _f(r["achieved_tflops"], ".3g"),
+                _f(r["mfu"], ".1%"),
+                _f(r["memory"]["gib"], ".2f"),
+            ]
+        )
+    return _table(header, out)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def compare_table(ours: Sequence[dict[str, Any]], peer: Sequence[dict[str, Any]]) -> str:
+    """Closed-batch levels side by side with ratios ours / peer (below 1 is better for TTFB and RTF)."""
+    by_level = {r["concurrency"]: r for r in peer}
+    header = [
+        "conc",
+        "TTFB p50 ms ours / peer (ratio)",
+        "RTF mean ours / peer (ratio)",
+        "audio s/s ours / peer (ratio)",
+    ]
+    rows = []
+    for r in ours:
+        p = by_level.get(r["concurrency"])
+        if p is None:
+            continue
+        cells = [str(r["concurrency"])]
+        for key, spec in (("ttfb_ms_p50", ".1f"), ("rtf_mean", ".3f"), ("audio_s_per_s", ".1f")):
+            cells.append(f"{_f(r[key], spec)} / {_f(p[key], spec)} ({_ratio(r[key], p[key])})")
+        rows.append(cells)
+    return _table(header, rows)
+
+
+def open_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per (engine, rate): TTFB p50/p99, largest gap per stream p50/p99, share that underran."""
+    header = ["engine", "arrivals/s", "reqs", "TTFB p50 / p99 ms", "max gap p50 / p99 ms", "underrun", "mem GiB"]
+    out = [
+        [
+            r["engine"],
+            _f(r["rate"], "g"),
+            f"{r['ok']}/{r['requests']}",
+            f"{_f(r['ttfb_ms_p50'])} / {_f(r['ttfb_ms_p99'])}",
+            f"{_f(r['max_gap_ms_p50'])} / {_f(r['max_gap_ms_p99'])}",
+            _f(r["underrun_share"], ".1%"),
+            _f(r["memory"]["gib"], ".2f"),
+        ]
+        for r in rows
+    ]
+    return _table(header, out)
+
+
+def capacity_line(engine: str, capacity: float | None, audio_per_request_s: float) -> str:
+    """The gap-free capacity of one engine, in arrivals and audio seconds per second."""
+    if capacity is None:
+        return f"{engine}: gap-free capacity below the lowest tested rate"
+    return (
+        f"{engine}: gap-free capacity (<= 1% of streams underrun) >= {capacity:g} arrivals/s "
+        f"({capacity * audio_per_request_s:.0f} audio s per s)"
+    )
+
+
+def _rule(title: str, fill: str = "-") -> str:
+    return title.center(WIDTH, fill) if title else fill * WIDTH
+
+
+def seed_block(summary: dict[str, Any], concurrency: int, wall_s: float) -> str:
+    """The HTTP result in the layout of the seed's ``benchmark.py`` (two-level-server-readme.md)."""
+    lines = [
+        "=" * WIDTH,
+        "TTS BENCHMARK RESULTS".center(WIDTH),
+        "=" * WIDTH,
+        "",
+        _rule("CONFIGURATION"),
+        f"  Total Requests:      {summary['requests']}",
+        f"  Concurrency:         {concurrency}",
+        f"  Wall Clock Time:     {wall_s:.2f}s",
+    ]
+    if summary.get("rejected_503") or summary.get("errors"):
+        lines.append(f"  Rejected (503):      {summary['rejected_503']}")
+        lines.append(f"  Other errors:        {summary['errors']}")
+    lines += [
+        "",
+        _rule("TIME TO FIRST BYTE (TTFB)"),
+        f"  P50:    {_f(summary['ttfb_ms_p50']):>8} ms",
+        f"  P90:    {_f(summary['ttfb_ms_p90']):>8} ms",
+        f"  P95:    {_f(summary['ttfb_ms_p95']):>8} ms",
+        "",
+        _rule("REAL-TIME FACTOR (RTF) - lower is better"),
+        f"  P50:    {_f(summary['rtf_p50'], '.3f'):>8}x",
+        f"  P90:    {_f(summary['rtf_p90'], '.3f'):>8}x",
+        f"  P95:    {_f(summary['rtf_p95'], '.3f'):>8}x",
+        "",
+        _rule("THROUGHPUT"),
+        f"  Total Audio Generated:  {summary['audio_s']:8.1f} s",
+        f"  Aggregate XRT:          {_f(summary['audio_s_per_s'], '8.2f')}x real-time",
+        "",
+    ]
+    p95 = summary["rtf_p95"]
+    if isinstance(p95, float) and not math.isnan(p95) and p95 < 1.0:
+        lines.append("✅ REAL-TIME CAPABLE: P95 RTF < 1.0")
+    else:
+        lines.append(f"❌ NOT REAL-TIME CAPABLE: P95 RTF = {_f(p95, '.3f')}")
+    lines.append("=" * WIDTH)
+    return "\n".join(lines)
+
+
+def profile_table(profile: dict[str, Any]) -> str:
+    """Per-step host and device milliseconds by named range (see :mod:`perf.profiling`)."""
+    header = ["range", "host ms/step", "host share", "GPU busy ms/step", "GPU busy share", "GPU span ms/step"]
+    host_total = profile["host_ms_per_step"]
+    dev_total = profile["device_ms_per_step"]
+    rows = []
+    for name, r in profile["ranges"].items():
+        rows.append(
+            [
+                name,
+                _f(r["host_ms"], ".3f"),
+                _f(r["host_ms"] / host_total if host_total else None, ".1%"),
+                _f(r["device_ms"], ".3f"),
+                _f(r["device_ms"] / dev_total if dev_total else None, ".1%"),
+                _f(r.get("device_span_ms"), ".3f"),
+            ]
+        )
+    rows.append(
+        ["step (total)", _f(host_total, ".3f"), "100.0%", _f(dev_total, ".3f"), "100.0%" if dev_total else "-", "-"]
+    )
+    return _table(header, rows)
+
+
+def ipc_lines(ipc: dict[str, Any]) -> str:
+    """The engine process's IPC figures per step message (µs: mean / p50 / p99)."""
+    out = []
+    for key in ("latency_us", "send_us", "receive_us", "handoff_us"):
+        s = ipc.get(key, {})
+        if s.get("count"):
+            out.append(f"  {key:<12} {s['mean']:9.1f} / {s['p50']:9.1f} / {s['p99']:9.1f}   ({s['count']} messages)")
+    audio = ipc.get("audio_bytes", {})
+    if audio.get("count"):
+        out.append(f"  audio bytes per message (mean): {audio['mean']:.0f}")
+    return "\n".join(out)
