@@ -97,3 +97,13 @@ def test_config_is_frozen():
     config = load_config(["--model", "m"], {})
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_readme_settings_table_matches_the_code():
+    from pathlib import Path
+
+    from tts_server.config import settings_markdown
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
+    assert table.strip() == settings_markdown().strip(), "README settings table is stale: paste settings_markdown()"
