@@ -159,3 +159,27 @@ def test_errors_come_back_in_openais_shape_naming_the_field(srv):
     assert isinstance(unauthorized, openai.AuthenticationError)
     assert unauthorized.response.json()["error"]["code"] == "unauthorized"
     srv.settled()
+
+
+def test_a_4096_character_input_is_spoken_as_consecutive_segments(srv):
+    from tts_server.segments import SegmentBudget, plan_segments
+    from tts_server.text import clean_text
+
+    sentence = "The quick brown fox jumps over the lazy dog while the band plays on. "
+    text = (sentence * (4096 // len(sentence) + 1))[:4096]
+    svc = srv.services
+    expected = plan_segments(
+        clean_text(text), svc.tokenizer, SegmentBudget(max_model_len=svc.config.max_model_len, max_steps=STEPS)
+    )
+    assert len(expected) > 1  # longer than the test engine's context: it must be split
+
+    async def go():
+        async with client(srv) as oa:
+            response = await oa.audio.speech.create(
+                model="tts-1", voice="alloy", input=text, response_format="pcm", extra_body={"normalize": False}
+            )
+            return response.content
+
+    data = srv.run(go())
+    spp = int(svc.model_info["samples_per_patch"])
+    assert len(data) == 2 * len(expected) * STEPS * spp  # s16le: every segment spoken, back to back
