@@ -37,6 +37,7 @@ from engine.model.sampler import draw_noise
 from engine.paged_kv import BatchLayout, PagedAttention
 
 if TYPE_CHECKING:  # the runner imports this module
+    from engine.request import Request
     from engine.runner import ModelRunner, ScheduledRow
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class _Buffers:
         self.cond = torch.zeros(n, cfg.feat_dim, cfg.patch_size, dtype=dtype, device=dev)
         self.cfg_value = torch.full((n,), 2.0, dtype=torch.float32, device=dev)
         self.lora = torch.zeros(n, dtype=torch.long, device=dev)
+        self.lm_hidden = torch.zeros(n, hidden, dtype=dtype, device=dev)
+        self.res_hidden = torch.zeros(n, cfg.residual_lm_config().hidden_size, dtype=dtype, device=dev)
         self.out_patches = torch.zeros(n, cfg.patch_size, cfg.feat_dim, dtype=dtype, device=dev)
         self.out_embeds = torch.zeros(n, hidden, dtype=dtype, device=dev)
         self.out_stops = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -109,7 +112,7 @@ class DecodeGraphs:
         self.max_blocks = -(-max_model_len // runner.block_size)
         self.bufs = _Buffers(runner, max_batch, self.max_blocks)
         self.capture_enabled = capture
-        self.graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[str, int, int, bool], torch.cuda.CUDAGraph] = {}
         self.capture_s = 0.0
         if capture:
             self._capture_all()
@@ -139,6 +142,11 @@ class DecodeGraphs:
 
     def _forward(self, n: int, steps: int, lora: bool) -> None:
         """The decode step for the first ``n`` buffer rows, outputs written into the output buffers."""
+        self._lm_forward(n, lora)
+        self._sample_forward(n, steps, lora)
+
+    def _lm_forward(self, n: int, lora: bool) -> None:
+        """Both LMs over one position per row; the rows' states go to ``lm_hidden`` / ``res_hidden``."""
         b, runner = self.bufs, self.runner
         model = runner.model
         layout = BatchLayout(
@@ -160,7 +168,17 @@ class DecodeGraphs:
         residual = model.residual_lm(
             residual_in[:, None], positions, PagedAttention(runner.residual_cache, layout, runner.backend)
         )[:, 0]
-        mu = model.dit_condition(hidden, residual)
+        set_lora_rows(None)
+        b.lm_hidden[:n].copy_(hidden)
+        b.res_hidden[:n].copy_(residual)
+
+    def _sample_forward(self, n: int, steps: int, lora: bool) -> None:
+        """DiT sampler, local encoder and stop head for the states in ``lm_hidden`` / ``res_hidden``."""
+        b, model = self.bufs, self.runner.model
+        slots = b.lora[:n] if lora else None
+        hidden = b.lm_hidden[:n]
+        set_lora_rows(slots)
+        mu = model.dit_condition(hidden, b.res_hidden[:n])
         set_lora_rows(torch.cat([slots, slots]) if slots is not None else None)  # the CFG batch [cond | uncond]
         sample = model.sample_patch(b.noise[:n], mu, b.cond[:n], n_timesteps=steps, cfg_value=b.cfg_value[:n])
         set_lora_rows(slots)
@@ -176,8 +194,8 @@ class DecodeGraphs:
 
     def _fill(self, rows: list[ScheduledRow], padded: int) -> bool:
         """Copy the rows' inputs into the buffers (padding rows after them); returns whether any row uses LoRA."""
-        b, runner, model = self.bufs, self.runner, self.runner.model
-        cfg, bs = runner.cfg, runner.block_size
+        b, runner = self.bufs, self.runner
+        bs = runner.block_size
         n = len(rows)
         reqs = [r.request for r in rows]
         positions = [r.start for r in rows] + [0] * (padded - n)
@@ -191,7 +209,13 @@ class DecodeGraphs:
         b.seq_lens[:padded].copy_(torch.tensor([p + 1 for p in positions], dtype=torch.int32), non_blocking=True)
         b.block_tables[:padded].copy_(tables, non_blocking=True)
         b.embed[:n].copy_(torch.stack([req.embed for req in reqs]))
-        b.cond[:n].copy_(torch.stack([req.patches[-1] for req in reqs]).transpose(1, 2))
+        return self._fill_sampling(reqs, padded)
+
+    def _fill_sampling(self, reqs: list[Request], padded: int) -> bool:
+        """Noise, conditioning patch, guidance and LoRA slot of each row; returns whether any row uses LoRA."""
+        b, runner, model = self.bufs, self.runner, self.runner.model
+        cfg, n = runner.cfg, len(reqs)
+        b.cond[:n].copy_(torch.stack([runner.cond_patch(req) for req in reqs]).transpose(1, 2))
         noise = [
             draw_noise(
                 (1, cfg.feat_dim, cfg.patch_size),
@@ -217,11 +241,38 @@ class DecodeGraphs:
         padded = self._bucket(n)
         steps = rows[0].request.params.inference_timesteps
         lora = self._fill(rows, padded)
-        graph = self.graphs.get((padded, steps, lora))
+        graph = self.graphs.get(("decode", padded, steps, lora))
         if graph is not None:
             graph.replay()
         else:
             self._forward(padded, steps, lora)
+        return self._outputs(n)
+
+    def accepts_sampling(self, requests: list[Request]) -> bool:
+        """Whether these rows can sample on static buffers (one captured step count, within the batch limit)."""
+        if not requests or len(requests) > self.max_batch:
+            return False
+        steps = requests[0].params.inference_timesteps
+        return steps in self.timesteps and all(r.params.inference_timesteps == steps for r in requests)
+
+    @torch.inference_mode()
+    def sample(self, requests: list[Request]) -> DecodeOutputs:
+        """Sample the next patch of requests whose LM states are set (e.g. after a prefill chunk, eager LMs)."""
+        n = len(requests)
+        padded = self._bucket(n)
+        steps = requests[0].params.inference_timesteps
+        b = self.bufs
+        b.lm_hidden[:n].copy_(torch.stack([r.lm_hidden for r in requests]))
+        b.res_hidden[:n].copy_(torch.stack([r.residual_hidden for r in requests]))
+        lora = self._fill_sampling(requests, padded)
+        graph = self.graphs.get(("sample", padded, steps, lora))
+        if graph is not None:
+            graph.replay()
+        else:
+            self._sample_forward(padded, steps, lora)
+        return self._outputs(n)
+
+    def _outputs(self, n: int) -> DecodeOutputs:
         b = self.bufs
         return DecodeOutputs(b.out_patches[:n].clone(), b.out_embeds[:n].clone(), b.out_stops[:n].tolist())
 
@@ -237,15 +288,16 @@ class DecodeGraphs:
         for steps in self.timesteps:
             for lora in variants:
                 for size in reversed(self.buckets):
-                    stream.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(stream):
-                        self._forward(size, steps, lora)  # compiles kernels, settles the allocator
-                    torch.cuda.current_stream().wait_stream(stream)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool, stream=stream):
-                        self._forward(size, steps, lora)
-                    pool = graph.pool()
-                    self.graphs[(size, steps, lora)] = graph
+                    for kind, fn in (("decode", self._forward), ("sample", self._sample_forward)):
+                        stream.wait_stream(torch.cuda.current_stream())
+                        with torch.cuda.stream(stream):
+                            fn(size, steps, lora)  # compiles kernels, settles the allocator
+                        torch.cuda.current_stream().wait_stream(stream)
+                        graph = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(graph, pool=pool, stream=stream):
+                            fn(size, steps, lora)
+                        pool = graph.pool()
+                        self.graphs[(kind, size, steps, lora)] = graph
         torch.cuda.synchronize()
         self.capture_s = time.perf_counter() - start
         log.info(

@@ -78,6 +78,7 @@ class ModelRunner:
         self.residual_cache = PagedKVCache(self.cfg.residual_lm_config(), num_blocks, block_size, **kw)
         self.graphs: DecodeGraphs | None = None  # set by the engine on CUDA (engine.cuda_graphs)
         self.graph_steps = 0  # steps served by the static decode path
+        self.graph_samples = 0  # other steps whose sampling ran on the static sampler path
 
     def _inputs(self, rows: list[ScheduledRow]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Packed LM inputs: ``x [N, H]``, ``audio_embed [N, H]``, ``text_mask``, ``audio_mask`` (``[N, 1]``)."""
@@ -170,7 +171,7 @@ class ModelRunner:
         if self.lora_enabled:
             set_lora_rows(None if slots is None or not any(slots) else slots)
 
-    def _cond(self, req: Request) -> Tensor:
+    def cond_patch(self, req: Request) -> Tensor:
         """The patch that conditions the next one: the newest patch, else the prompt's last position."""
         if req.patches:
             return req.patches[-1]
@@ -179,6 +180,12 @@ class ModelRunner:
     def _sample(self, requests: list[Request]) -> list[Sampled]:
         if not requests:
             return []
+        if self.graphs is not None and self.graphs.accepts_sampling(requests):
+            out = self.graphs.sample(requests)
+            self.graph_samples += 1
+            for j, req in enumerate(requests):
+                req.embed = out.embeds[j]
+            return [Sampled(req, out.patches[j], out.stops[j]) for j, req in enumerate(requests)]
         model, cfg = self.model, self.cfg
         out: list[Sampled] = []
         # Rows with different step counts cannot share an Euler schedule; usually there is one group.
@@ -198,7 +205,7 @@ class ModelRunner:
                     for r in group
                 ]
             )
-            cond = torch.stack([self._cond(r) for r in group]).transpose(1, 2).contiguous()
+            cond = torch.stack([self.cond_patch(r) for r in group]).transpose(1, 2).contiguous()
             cfg_value = torch.tensor([r.params.cfg_value for r in group], dtype=torch.float32, device=model.device)
             slots = [r.lora_slot for r in group]
             self._lora_rows(slots)

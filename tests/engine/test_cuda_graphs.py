@@ -54,6 +54,7 @@ def test_static_decode_equals_eager_with_padding_rows(request, name):
     static_engine = _engine(ckpt, static=True)
     static = _crowd(static_engine)
     assert static_engine.runner.graph_steps >= 6  # most steps after the prompts went the static way
+    assert static_engine.runner.graph_samples >= 1  # prompt steps sampled on the static sampler path
     for rid in ("a", "x", "b"):
         np.testing.assert_allclose(static[rid], eager[rid], atol=BATCH_ATOL, rtol=0)
 
@@ -77,8 +78,9 @@ def test_other_timesteps_and_prefill_steps_run_eager(tiny_v1):
     engine = _engine(ckpt, static=True, timesteps=(4,))
     engine.add_request("x", "Steps the graphs do not cover.", params=_params(4, 1, inference_timesteps=6))
     _run(engine)
-    assert engine.runner.graph_steps == 0
+    assert engine.runner.graph_steps == engine.runner.graph_samples == 0
     engine.add_request("y", "Steps they do.", params=_params(4, 1, inference_timesteps=4))
     _run(engine)
-    assert engine.runner.graph_steps == 3  # the first step is the prompt (eager), then three decode steps
+    # The first step is the prompt: eager LMs, then the static sampler; then three static decode steps.
+    assert (engine.runner.graph_steps, engine.runner.graph_samples) == (3, 1)
     assert engine.stats()["graph_steps"] == 3
