@@ -1,0 +1,116 @@
+"""A short real locust run (``loadtests/run.sh``) against ``python -m tts_server`` on the tiny model.
+
+The server runs as a subprocess on loopback with one registered voice, so the run mixes voices,
+formats and cancellations; the run's thresholds must all pass and its CSV and HTML must exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+# Only look for locust: importing it here would gevent-monkey-patch the test process.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust is not installed")
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_SH = ROOT / "loadtests" / "run.sh"
+SLOTS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen[str], timeout_s: float = 120.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited {process.returncode}: {process.stdout.read() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server not ready")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_v1: Path) -> Iterator[str]:
+    """A real server process on the tiny model (connection cap 2 x slots) with one voice; yields its URL."""
+    port = _free_port()
+    args = [
+        sys.executable, "-m", "tts_server", "--model", str(tiny_v1), "--device", "cpu", "--host", "127.0.0.1",
+        "--port", str(port), "--max-num-seqs", str(SLOTS), "--max-num-batched-tokens", "256",
+        "--max-model-len", "1024", "--engine-threads", "1", "--voices-dir", "", "--default-max-generate-length", "5",
+        "--shutdown-grace", "2", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process)
+        wav = io.BytesIO()
+        soundfile.write(wav, (np.random.default_rng(0).standard_normal(16000) * 0.1), 16000, format="WAV")
+        voice = {"name": "alice", "prompt_audio": base64.b64encode(wav.getvalue()).decode(), "prompt_text": "Hello."}
+        assert httpx.post(f"{url}/voices", json=voice, timeout=60).status_code == 201
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_short_locust_run_meets_its_thresholds(server: str, tmp_path: Path) -> None:
+    out = tmp_path / "locust"
+    env = {
+        **os.environ,
+        "LOCUST": f"{sys.executable} -m locust",
+        "PYTHON": sys.executable,
+        "TTFB_P95_MS": "15000",  # a shared 2-core box: the test checks the plumbing, not the speed
+        "MIN_STREAMS": "3",
+        "LOAD_CANCEL_FRACTION": "0.3",
+        "LOAD_MAX_GENERATE_LENGTH": "4",
+        "LOAD_CANCEL_LENGTH": "100",
+    }
+    command = ["bash", str(RUN_SH), "--host", server, "--out", str(out), "--users", "3", "--run-time", "6s"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    report = (out / "thresholds.txt").read_text() if (out / "thresholds.txt").exists() else ""
+    assert result.returncode == 0, f"{report}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert report and "FAIL" not in report
+    for name in ("run_stats.csv", "run_failures.csv", "run_stats_history.csv", "report.html", "run.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert "ttfb" in (out / "run_stats.csv").read_text()
+    entries = {(e["method"], e["name"]): e for e in json.loads((out / "run.json").read_text())}
+    assert entries[("STREAM", "ttfb")]["num_requests"] >= 3
+    assert ("STREAM", "complete") in entries
+    # The server is idle again: every admitted stream ended (completed or cancelled).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{server}/status").json()
+        if status["connections"]["active"] == 0 and status["inference"]["active"] == 0:
+            break
+        time.sleep(0.1)
+    assert status["connections"]["active"] == 0 and status["inference"]["active"] == 0
