@@ -1,0 +1,1 @@
+"""Tests of the deployment recipes under ``deploy/`` (real processes on loopback)."""
