@@ -28,6 +28,18 @@ __all__ = ["build_openapi", "openapi_routes"]
 
 _REF = "#/components/schemas/{model}"
 _AUDIO = {f.media_type: {"schema": {"type": "string", "contentMediaType": f.media_type}} for f in FORMATS.values()}
+# One server-sent event (OpenAPI before 3.2 has the schema of text/event-stream describe each event):
+# ``data`` is a JSON document (speech.audio.delta / speech.audio.done) as text.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 _AUDIO_HEADERS = {
     "X-Request-Id": {"description": "The request's id (for /cancel)", "schema": {"type": "string"}},
     "X-Sample-Rate": {"description": "Sample rate of the audio, Hz", "schema": {"type": "string"}},
@@ -57,7 +69,7 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 def _audio(description: str, sse: bool = False) -> dict[str, Any]:
     content = dict(_AUDIO)
     if sse:
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        content["text/event-stream"] = {"schema": _SSE_EVENT}
     return {"description": description, "headers": _AUDIO_HEADERS, "content": content}
 
 

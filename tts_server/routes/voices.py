@@ -233,14 +233,24 @@ async def encode_latents(request: Request) -> JSONResponse:
     return JSONResponse(out)
 
 
+async def _voices(request: Request) -> JSONResponse:
+    return await (create_voice if request.method == "POST" else list_voices)(request)
+
+
+async def _voice(request: Request) -> JSONResponse:
+    handler = {"PUT": put_voice, "DELETE": delete_voice}.get(request.method, get_voice)
+    return await handler(request)
+
+
 def voice_routes() -> list[Route]:
-    """The voice endpoints, to mount on the app (see the module docstring)."""
+    """The voice endpoints, to mount on the app (see the module docstring).
+
+    One route per path, so that a 405 lists every method of the path in ``Allow`` (separate
+    routes per method would each answer with their own method only).
+    """
     return [
-        Route("/voices", list_voices, methods=["GET"]),
-        Route("/voices", create_voice, methods=["POST"]),
-        Route("/voices/{name}", get_voice, methods=["GET"]),
-        Route("/voices/{name}", put_voice, methods=["PUT"]),
-        Route("/voices/{name}", delete_voice, methods=["DELETE"]),
+        Route("/voices", _voices, methods=["GET", "POST"]),
+        Route("/voices/{name}", _voice, methods=["GET", "PUT", "DELETE"]),
         Route("/add_prompt", add_prompt, methods=["POST"]),
         Route("/remove_prompt", remove_prompt, methods=["POST"]),
         Route("/encode_latents", encode_latents, methods=["POST"]),
