@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # One-shot setup and run.
-#   bash main.sh        set up .venv, get a model, synthesize a demo utterance (out/demo.wav)
+#   bash main.sh        set up .venv, get a model, start the server, wait for /ready, run example.py
+#                       against it (out/example.wav), then keep the server in the foreground
 #   bash main.sh test   set up .venv and run the whole test suite (unit tests, then parity)
 # Re-running is safe and quick: installs happen only when pyproject.toml changed.
-# Environment: MODEL (checkpoint directory; default: a synthetic tiny model, noise voice),
-# VENV (default .venv), PARITY=0 skips the parity tests against the reference implementation.
+# Environment:
+#   MODEL   a checkpoint directory, a Hugging Face repo id (default openbmb/VoxCPM1.5), or
+#           "synthetic"; when the model cannot be downloaded, a SYNTHETIC random-weight checkpoint
+#           is used (its voice is noise; tiny-v1 on CPU, VoxCPM1.5-shaped on a GPU)
+#   PORT    server port (default 8000); HOST (default 0.0.0.0); any TTS_* server setting
+#   VENV    virtual environment (default .venv); PARITY=0 skips the parity tests
+#   FOREGROUND=0   stop the server after the example instead of keeping it running
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
+
+has_gpu() {
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
+}
 
 setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
@@ -16,10 +26,13 @@ setup() {
     stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
     [ -f "$stamp" ] && return 0
     "$PY" -m pip install -q --upgrade pip
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    if has_gpu; then
         echo "main.sh: NVIDIA GPU found: installing the CUDA build of torch"
         "$PY" -m pip install -q torch
         "$PY" -m pip install -q -e ".[dev,gpu]"
+        if ! "$PY" -m pip install -q flash-attn --no-build-isolation; then
+            echo "main.sh: flash-attn could not be installed: the engine uses its own Triton attention kernels instead"
+        fi
     else
         echo "main.sh: no GPU: installing the CPU build of torch"
         "$PY" -m pip install -q torch==2.13.0
@@ -28,17 +41,77 @@ setup() {
     touch "$stamp"
 }
 
+synthetic_model() {
+    local preset=tiny-v1
+    has_gpu && preset=voxcpm1.5
+    local dir="out/models/synthetic-$preset"
+    {
+        echo "main.sh: ##################################################################"
+        echo "main.sh: NOTICE: using a SYNTHETIC random-weight checkpoint ($preset): its voice is NOISE"
+        echo "main.sh: set MODEL=/path/to/checkpoint (or a Hugging Face repo id) for real speech"
+        echo "main.sh: ##################################################################"
+    } >&2
+    [ -f "$dir/config.json" ] || "$PY" -m engine.synthetic --preset "$preset" "$dir" >&2
+    echo "$dir"
+}
+
 model_dir() {
-    if [ -n "${MODEL:-}" ]; then
-        echo "$MODEL"
+    local model=${MODEL:-openbmb/VoxCPM1.5}
+    if [ "$model" = synthetic ]; then
+        synthetic_model
+    elif [ -d "$model" ]; then
+        echo "$model"
+    else
+        local dir="out/models/${model//\//--}"
+        if [ -f "$dir/config.json" ]; then
+            echo "$dir"
+            return
+        fi
+        echo "main.sh: downloading $model from Hugging Face" >&2
+        if "$PY" -m pip install -q huggingface_hub >&2 &&
+            timeout 1800 "$PY" -c 'import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1], local_dir=sys.argv[2])' "$model" "$dir" >&2; then
+            echo "$dir"
+        else
+            echo "main.sh: could not download $model" >&2
+            synthetic_model
+        fi
+    fi
+}
+
+run_server() {
+    local dir port pid
+    dir=$(model_dir)
+    port=${PORT:-8000}
+    mkdir -p out
+    "$PY" -m tts_server --model "$dir" --host "${HOST:-0.0.0.0}" --port "$port" --voices-dir "${TTS_VOICES_DIR:-out/voices}" &
+    pid=$!
+    # Signals go to the server, which drains and exits on its own.
+    trap 'kill -TERM "$pid" 2>/dev/null || true' INT TERM
+    echo "main.sh: waiting for the server (pid $pid) on port $port to be ready"
+    until "$PY" -c 'import sys, httpx; sys.exit(httpx.get(sys.argv[1], timeout=2).status_code != 200)' \
+        "http://127.0.0.1:$port/ready" 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" || true
+            echo "main.sh: the server exited before it was ready" >&2
+            exit 1
+        fi
+        sleep 1
+    done
+    "$PY" example.py --server "http://127.0.0.1:$port" --text "Hello from VoxCPM." --out out/example.wav \
+        --max-generate-length 25
+    if [ "${FOREGROUND:-1}" = 0 ]; then
+        kill -TERM "$pid"
+        wait "$pid"
         return
     fi
-    local dir=out/models/tiny-v1
-    if [ ! -f "$dir/config.json" ]; then
-        echo "main.sh: NOTICE: no MODEL given: making a SYNTHETIC random-weight checkpoint; its voice is noise" >&2
-        "$PY" -m engine.synthetic --preset tiny-v1 "$dir" >&2
+    echo "main.sh: server running on port $port (Ctrl-C stops it)"
+    local rc=0
+    wait "$pid" || rc=$?
+    # A signal interrupts the first wait; the server is still draining.
+    if kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" || rc=$?
     fi
-    echo "$dir"
+    exit "$rc"
 }
 
 case "${1:-run}" in
@@ -51,9 +124,7 @@ case "${1:-run}" in
         ;;
     run)
         setup
-        dir=$(model_dir)
-        mkdir -p out
-        "$PY" -m engine.say --model "$dir" --text "Hello from VoxCPM." --max-steps 25 --out out/demo.wav
+        run_server
         ;;
     *)
         echo "usage: bash main.sh [run|test]" >&2
