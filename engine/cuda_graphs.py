@@ -33,7 +33,6 @@ import torch
 from torch import Tensor
 
 from engine.lora import set_lora_rows
-from engine.model.sampler import draw_noise
 from engine.paged_kv import BatchLayout, PagedAttention
 
 if TYPE_CHECKING:  # the runner imports this module
@@ -213,20 +212,9 @@ class DecodeGraphs:
 
     def _fill_sampling(self, reqs: list[Request], padded: int) -> bool:
         """Noise, conditioning patch, guidance and LoRA slot of each row; returns whether any row uses LoRA."""
-        b, runner, model = self.bufs, self.runner, self.runner.model
-        cfg, n = runner.cfg, len(reqs)
+        b, runner, n = self.bufs, self.runner, len(reqs)
         b.cond[:n].copy_(torch.stack([runner.cond_patch(req) for req in reqs]).transpose(1, 2))
-        noise = [
-            draw_noise(
-                (1, cfg.feat_dim, cfg.patch_size),
-                generator=req.generator,
-                dtype=model.dtype,
-                device=model.device,
-                temperature=req.params.temperature,
-            )
-            for req in reqs
-        ]
-        b.noise[:n].copy_(torch.cat(noise))
+        b.noise[:n].copy_(runner.noise(reqs))
         b.cfg_value[:n].copy_(torch.tensor([req.params.cfg_value for req in reqs], dtype=torch.float32))
         lora_slots = [req.lora_slot for req in reqs]
         uses_lora = runner.lora_enabled and any(lora_slots)

@@ -171,6 +171,22 @@ class ModelRunner:
         if self.lora_enabled:
             set_lora_rows(None if slots is None or not any(slots) else slots)
 
+    def noise(self, requests: list[Request]) -> Tensor:
+        """``[B, D, P]`` starting noise of the sampler: one draw from each request's own generator."""
+        cfg, model = self.cfg, self.model
+        return torch.cat(
+            [
+                draw_noise(
+                    (1, cfg.feat_dim, cfg.patch_size),
+                    generator=r.generator,
+                    dtype=model.dtype,
+                    device=model.device,
+                    temperature=r.params.temperature,
+                )
+                for r in requests
+            ]
+        )
+
     def cond_patch(self, req: Request) -> Tensor:
         """The patch that conditions the next one: the newest patch, else the prompt's last position."""
         if req.patches:
@@ -186,25 +202,14 @@ class ModelRunner:
             for j, req in enumerate(requests):
                 req.embed = out.embeds[j]
             return [Sampled(req, out.patches[j], out.stops[j]) for j, req in enumerate(requests)]
-        model, cfg = self.model, self.cfg
+        model = self.model
         out: list[Sampled] = []
         # Rows with different step counts cannot share an Euler schedule; usually there is one group.
         for steps in sorted({r.params.inference_timesteps for r in requests}):
             group = [r for r in requests if r.params.inference_timesteps == steps]
             lm_hidden = torch.stack([r.lm_hidden for r in group])
             residual_hidden = torch.stack([r.residual_hidden for r in group])
-            noise = torch.cat(
-                [
-                    draw_noise(
-                        (1, cfg.feat_dim, cfg.patch_size),
-                        generator=r.generator,
-                        dtype=model.dtype,
-                        device=model.device,
-                        temperature=r.params.temperature,
-                    )
-                    for r in group
-                ]
-            )
+            noise = self.noise(group)
             cond = torch.stack([self.cond_patch(r) for r in group]).transpose(1, 2).contiguous()
             cfg_value = torch.tensor([r.params.cfg_value for r in group], dtype=torch.float32, device=model.device)
             slots = [r.lora_slot for r in group]
