@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,59 +15,26 @@ import numpy as np
 import pytest
 import soundfile
 
+from tests.server_process import free_port, running
+
 ROOT = Path(__file__).resolve().parents[1]
 VOICE = "alice"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(url: str, process: subprocess.Popen[str], timeout_s: float = 120.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"server exited {process.returncode}: {process.stdout.read() if process.stdout else ''}"
-            )
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server not ready")
-
-
 @pytest.fixture(scope="module")
-def server(tiny_v1: Path) -> Iterator[str]:
+def server(tiny_v1: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real server process on the tiny VoxCPM1.5-layout model, with one prompt voice; yields its URL."""
-    port = _free_port()
-    args = [
-        sys.executable, "-m", "tts_server", "--model", str(tiny_v1), "--device", "cpu", "--host", "127.0.0.1",
-        "--port", str(port), "--max-num-seqs", "4", "--max-num-batched-tokens", "256", "--max-model-len", "1024",
-        "--engine-threads", "1", "--voices-dir", "", "--default-max-generate-length", "5", "--shutdown-grace", "2",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process)
+    extra = (
+        "--max-num-seqs", "4", "--max-num-batched-tokens", "256", "--max-model-len", "1024",
+        "--voices-dir", "", "--default-max-generate-length", "5", "--shutdown-grace", "2", "--log-level", "warning",
+    )  # fmt: skip
+    with running(tiny_v1, tmp_path_factory.mktemp("server") / "server.log", *extra) as proc:
+        url = proc.url
         wav = io.BytesIO()
         soundfile.write(wav, (np.random.default_rng(0).standard_normal(16000) * 0.1), 16000, format="WAV")
         voice = {"name": VOICE, "prompt_audio": base64.b64encode(wav.getvalue()).decode(), "prompt_text": "Hello."}
         assert httpx.post(f"{url}/voices", json=voice, timeout=60).status_code == 201
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def run_example(server: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -130,5 +94,5 @@ def test_http_error_exits_non_zero_with_the_server_message(server: str, tmp_path
 
 
 def test_unreachable_server_exits_non_zero(tmp_path: Path) -> None:
-    result = run_example(f"http://127.0.0.1:{_free_port()}", "--out", str(tmp_path / "x.wav"))
+    result = run_example(f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "x.wav"))
     assert result.returncode == 1 and "cannot talk to" in result.stderr

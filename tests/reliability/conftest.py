@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.server import Server, running
+from tests.server_process import Server, running
 
 API_KEY = "sk-reliability-api-4f7c1e9a2b"
 ADMIN_KEY = "sk-reliability-admin-8d3b6a0f5e"

@@ -16,7 +16,7 @@ import struct
 import pytest
 
 from tests.reliability.conftest import MAX_BODY, MAX_PROMPT_SECONDS
-from tests.reliability.server import Server, idle
+from tests.server_process import Server, idle
 from tests.tts_server.serving import sine_wav
 
 

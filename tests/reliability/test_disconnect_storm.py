@@ -16,7 +16,7 @@ import time
 
 import httpx
 
-from tests.reliability.server import Server, idle
+from tests.server_process import Server, idle
 
 CLIENTS = 200
 LONG = 200  # patches: far longer than any client stays

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.reliability.server import start
+from tests.server_process import start
 
 LONG = 200
 STREAMS = 4  # = inference slots: all running

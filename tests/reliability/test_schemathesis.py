@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from tests.reliability.conftest import ADMIN_KEY
-from tests.reliability.server import Server
+from tests.server_process import Server
 
 MAX_EXAMPLES = 8
 # field: (cap, the schema's maximum); values above the maximum are invalid input and stay as they are

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.reliability.conftest import ADMIN_KEY, API_KEY, MAX_BODY, MAX_VOICE_BODY
-from tests.reliability.server import Server
+from tests.server_process import Server
 
 WRONG_KEY = "sk-wrong-key-5a9e0c7d31"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.reliability.server import start
+from tests.server_process import start
 
 STEPS = 12
 RUNNING = 4

@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from tests.reliability.server import Server, idle, rss_kb
+from tests.server_process import Server, idle, rss_kb
 from tests.tts_server.serving import sine_wav
 
 SOAK_S = 40.0

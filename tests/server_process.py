@@ -1,6 +1,6 @@
-"""Helpers for the reliability tests: a real ``python -m tts_server`` subprocess on the tiny model.
+"""Tests that need a real ``python -m tts_server`` subprocess on the tiny model.
 
-Every reliability test talks to the server over loopback HTTP, exactly like a client would; the
+Every such test talks to the server over loopback HTTP, exactly like a client would; the
 server runs its own engine process. The log goes to a file (a pipe would fill up and stall the
 server under load) so tests can inspect it afterwards.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 # Test-sized engine: 4 inference slots, a short context, one torch thread.
 BASE_ARGS = (
