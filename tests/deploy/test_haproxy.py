@@ -201,7 +201,12 @@ def test_rendered_config_matches_the_instances(cluster: Cluster) -> None:
     assert "option httpchk GET /ready" in text and "http-check expect status 200" in text
     assert f"maxconn {CAP}" in text and "option http-buffer-request" in text
     assert re.search(r"retry-on .*\b503\b", text) and "option redispatch 1" in text
-    rows = stats(cluster)
+    end = time.monotonic() + 20  # the first health check of each instance may still be on its way
+    while True:
+        rows = stats(cluster)
+        if all(rows[n]["check_status"] == "L7OK" for n in NAMES) or time.monotonic() > end:
+            break
+        time.sleep(0.2)
     assert all(rows[n]["slim"] == str(CAP) and rows[n]["check_status"] == "L7OK" for n in NAMES), rows
 
 
