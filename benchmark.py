@@ -41,8 +41,9 @@ from typing import Any
 import torch
 
 from perf import drivers, report
-from perf.drivers import LocalEngine, Sampling
+from perf.drivers import Sampling
 from perf.flops import audio_seconds_per_patch, format_breakdown, step_flops
+from perf.local_engine import LocalEngine, engine_config
 from perf.metrics import gap_free_capacity, summarize_closed
 from perf.system import device_name, peak_tflops, run_metadata
 
@@ -158,7 +159,7 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
-    config = drivers.engine_config(**_limits(args))
+    config = engine_config(**_limits(args))
     return LocalEngine.load(model_dir, args.device, config, attention_backend=args.attention_backend)
 
 
@@ -220,7 +221,7 @@ def run_engines(args: argparse.Namespace, model_dir: Path, out: dict[str, Any]) 
 
         level = args.profile_concurrency or max(args.concurrency)
         print(f"\n== {level} requests through AsyncEngine (engine process)", flush=True)
-        config = drivers.engine_config(**_limits(args))
+        config = engine_config(**_limits(args))
         out["ipc"] = ipc_level(
             model_dir, config, args.device, concurrency=level, sampling=sampling, warmup_steps=args.warmup_steps
         )

@@ -1,10 +1,8 @@
 """``AsyncEngine``: the asyncio face of one engine-core process, for the HTTP server.
 
 The engine runs in a spawned process (``engine.core``); this side never runs model code. Two
-daemon threads keep the event loop free of blocking pipe I/O: a reader that waits on the pipe and
-the process sentinel together, unpickles each message and hands it to the loop with
-``call_soon_threadsafe``; and a writer that sends what the loop queued (a big add, e.g. with prompt
-latents, must not stall the loop while the engine is mid-step and not reading). On the loop,
+daemon threads keep the event loop free of blocking pipe I/O (:mod:`engine.client_io`): a reader
+that hands each message to the loop, and a writer that sends what the loop queued. On the loop,
 outputs are routed to one ``asyncio.Queue`` per request.
 
 Process death (crash, SIGKILL, OOM killer) is seen by the reader as the sentinel or EOF firing,
@@ -19,11 +17,13 @@ import logging
 import queue
 import threading
 import time
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from engine.client_base import EngineClientBase
+from engine.client_io import start_pipe_threads
 from engine.core import reap, spawn_engine_core, wait_first_message
 from engine.engine_config import EngineConfig
 from engine.ipc import (
@@ -38,7 +38,6 @@ from engine.ipc import (
     StartFailed,
     StepOutputs,
     dumps,
-    recv_message,
 )
 from engine.pipeline import GenerationParams, Voice
 from engine.stream import (
@@ -71,7 +70,7 @@ class EngineStartError(EngineError):
     """The engine process could not load its model (the message is the loader's) or died before READY."""
 
 
-class AsyncEngine:
+class AsyncEngine(EngineClientBase):
     """One engine-core process on one device, driven from an asyncio event loop.
 
     Args:
@@ -147,10 +146,16 @@ class AsyncEngine:
             raise EngineStartError(f"{where} failed to start: {first}")
         self.ready = first
         self._alive = True
-        for target, name in ((self._read_loop, "reader"), (self._write_loop, "writer")):
-            thread = threading.Thread(target=target, name=f"engine-client-{name}[{self.device}]", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._threads = start_pipe_threads(
+            self._conn,
+            self._process,
+            self._loop,
+            self._outbox,
+            dispatch=self._dispatch,
+            on_exit=self._on_exit,
+            receive=self._ipc.receive,
+            label=self.device,
+        )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Shut the engine down: open requests end as cancelled; terminate/kill if it does not exit in time."""
@@ -168,13 +173,6 @@ class AsyncEngine:
             await asyncio.to_thread(thread.join, 2.0)
         if self._conn is not None:
             self._conn.close()
-
-    async def __aenter__(self) -> AsyncEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # --- properties ---------------------------------------------------------------------------
 
@@ -332,41 +330,6 @@ class AsyncEngine:
         if not self._alive:
             raise EngineDeadError(self._death or f"engine on {self.device} is not running")
         self._outbox.put(dumps(message))  # pickled here, so a bad argument raises to the caller
-
-    def _write_loop(self) -> None:
-        assert self._conn is not None
-        while (data := self._outbox.get()) is not None:
-            try:
-                self._conn.send_bytes(data)
-            except OSError:  # the engine is gone; the reader reports it
-                return
-
-    def _read_loop(self) -> None:
-        assert self._conn is not None and self._process is not None and self._loop is not None
-        conn, process, loop = self._conn, self._process, self._loop
-        try:
-            # Read while the pipe is readable, even once the sentinel fired: a dying engine's last
-            # words (its failed outputs, the Fatal message) are in there; EOF ends the loop.
-            while conn in wait([conn, process.sentinel]):
-                t0 = time.monotonic()
-                message = recv_message(conn)
-                received = time.monotonic()
-                self._ipc.receive.add(received - t0)
-                loop.call_soon_threadsafe(self._dispatch, message, received)
-        except (EOFError, OSError):
-            pass
-        except Exception:
-            if not loop.is_closed():  # a closed loop means nobody is listening: quietly let the engine go
-                log.exception("engine client reader failed; treating the engine as dead")
-        # Reap here, not on the loop: after EOF the process may still be tearing down for a moment.
-        process.join(2.0)
-        if process.exitcode is None:  # only the pipe broke; a process we cannot talk to is dead to us
-            process.kill()
-            process.join(2.0)
-        try:
-            loop.call_soon_threadsafe(self._on_exit)
-        except RuntimeError:  # the event loop is closed: nobody left to tell
-            pass
 
     def _dispatch(self, message: object, received: float) -> None:
         if isinstance(message, StepOutputs):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.client import AsyncEngine
+from engine.client_base import EngineClientBase
 from engine.engine_config import EngineConfig
 from engine.pipeline import GenerationParams, Voice
 from engine.stream import EngineDeadError, RequestStream
@@ -20,7 +21,7 @@ from engine.stream import EngineDeadError, RequestStream
 _SUMMED = ("running", "waiting", "unfinished", "kv_blocks_total", "kv_blocks_free", "steps")
 
 
-class AsyncEngineGroup:
+class AsyncEngineGroup(EngineClientBase):
     """Several engine processes serving the same model, one per device.
 
     Args:
@@ -62,13 +63,6 @@ class AsyncEngineGroup:
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop every engine (concurrently)."""
         await asyncio.gather(*(e.stop(timeout_s) for e in self.engines))
-
-    async def __aenter__(self) -> AsyncEngineGroup:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     @property
     def is_alive(self) -> bool:

@@ -6,6 +6,7 @@ Modules:
     metrics: per-request timelines and what they give (TTFB, RTF, gaps, underruns, percentiles).
     system: device name, peak FLOP/s table, peak memory, run metadata.
     drivers: the in-process closed-batch and open-loop drivers, generic over an engine adapter.
+    local_engine: the adapter for our in-process engine, and the engine limits of a benchmark run.
     peer: the adapter for ``nano-vllm-voxcpm`` (same protocol, when it is importable).
     http_client: the streaming ``POST /generate`` load generator.
     report: the printed tables.

@@ -1,7 +1,7 @@
 """In-process drivers: a closed-batch concurrency sweep and open-loop Poisson arrivals.
 
-Both drive an :class:`EngineAdapter` (our :class:`~engine.engine.Engine` here, ``nano-vllm-voxcpm``
-in :mod:`perf.peer`) step by step on the calling thread, so the two engines see exactly the same
+Both drive an :class:`EngineAdapter` (our :class:`~engine.engine.Engine` in :mod:`perf.local_engine`,
+``nano-vllm-voxcpm`` in :mod:`perf.peer`) step by step on the calling thread, so the two engines see exactly the same
 protocol. A chunk's arrival time is taken when the step that produced it returns (the step copies
 the audio to the host, so it is there by then).
 
@@ -27,7 +27,6 @@ from typing import Any, Protocol
 import torch
 
 from engine.config import ModelConfig
-from engine.engine_config import EngineConfig
 from perf.flops import achieved_figures
 from perf.metrics import StreamTrace, poisson_arrivals, summarize_closed, summarize_open
 from perf.system import peak_memory, reset_peak_memory
@@ -93,83 +92,6 @@ class EngineAdapter(Protocol):
     def close(self) -> None:
         """Release the engine (and its device memory)."""
         ...
-
-
-class LocalEngine:
-    """Our in-process :class:`~engine.engine.Engine` as an :class:`EngineAdapter`.
-
-    Args:
-        engine: The engine.
-    """
-
-    name = "ours"
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.sample_rate: int = engine.sample_rate
-        self.model_config: ModelConfig = engine.model_config
-        self.device: torch.device = engine.runner.model.device
-
-    @classmethod
-    def load(
-        cls, model_dir: str | Path, device: str, config: EngineConfig, attention_backend: str | None = None
-    ) -> LocalEngine:
-        """Load a checkpoint and build the engine (CUDA graphs are captured here on CUDA)."""
-        from engine.engine import Engine
-        from engine.loader import load_checkpoint
-
-        return cls(Engine(load_checkpoint(model_dir, device=device), config, attention_backend=attention_backend))
-
-    def add(self, request_id: str, text: str, sampling: Sampling, seed: int) -> None:
-        from engine.pipeline import GenerationParams
-
-        params = GenerationParams(
-            cfg_value=sampling.cfg_value,
-            inference_timesteps=sampling.timesteps,
-            min_steps=sampling.steps,
-            max_steps=sampling.steps,
-            temperature=sampling.temperature,
-            seed=seed,
-        )
-        self.engine.add_request(request_id, text, params=params)
-
-    def step(self) -> list[Chunk]:
-        from engine.request import RequestStatus
-
-        out = []
-        for o in self.engine.step():
-            bad = o.status in (RequestStatus.CANCELLED, RequestStatus.FAILED)
-            samples = 0 if o.audio is None else int(o.audio.shape[0])
-            out.append(Chunk(o.request_id, samples, o.finished, o.status.name if bad else None))
-        return out
-
-    def has_unfinished(self) -> bool:
-        return self.engine.has_unfinished()
-
-    def close(self) -> None:
-        del self.engine
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def engine_config(
-    *,
-    max_num_seqs: int,
-    max_model_len: int,
-    max_num_batched_tokens: int,
-    gpu_memory_utilization: float = 0.85,
-    enforce_eager: bool = False,
-    timesteps: int = 10,
-) -> EngineConfig:
-    """Our engine's limits for a benchmark run (graphs captured for ``timesteps``)."""
-    return EngineConfig(
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max(max_num_batched_tokens, max_num_seqs),
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        enforce_eager=enforce_eager,
-        cuda_graph_timesteps=(timesteps,),
-    )
 
 
 def preset_checkpoint(preset: str, cache_dir: str | Path = "/tmp/voxcpm-bench", seed: int = 0) -> Path:

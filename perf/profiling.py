@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from engine.engine_config import EngineConfig
-from perf.drivers import Chunk, LocalEngine, Sampling, request_text, run_closed
+from perf.drivers import Chunk, Sampling, request_text, run_closed
+from perf.local_engine import LocalEngine
 from perf.metrics import StreamTrace, summarize_closed
 
 STEP_RANGE = "benchmark.step"

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from tts_server.audio_formats import FORMATS
+from tts_server.audio_encoder import FORMATS
 from tts_server.errors import JSONResponse
 from tts_server.routes import schemas as s
 from tts_server.routes.generate import GenerateRequest

@@ -20,7 +20,8 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from tts_server.audio_formats import FORMATS, AudioEncoder, make_encoder
+from tts_server.audio_encoder import FORMATS, AudioEncoder
+from tts_server.audio_formats import make_encoder
 from tts_server.jobs import Job
 from tts_server.metrics import Outcome
 

@@ -1,10 +1,11 @@
 """Named voices: a LoRA adapter, a stored prompt (latents + transcript), a VoxCPM2 reference, or a mix.
 
 :class:`VoiceStore` keeps every voice in three places: on disk (``voices_dir``, the format and its
-crash safety: :mod:`tts_server.voice_files`), in memory (the latents requests use) and in the
-engine (the LoRA adapter). Each name moves through :class:`VoiceState`; changes to one name are
-serialised by a per-name lock while other names proceed, and run to completion even if the request
-that started them is cancelled.
+crash safety: :mod:`tts_server.voice_files`), in memory (the latents requests use; the records:
+:mod:`tts_server.voice_entry`) and in the engine (the LoRA adapter). Each name moves through
+:class:`~tts_server.voice_entry.VoiceState`; changes to one name are serialised by a per-name lock
+while other names proceed, and run to completion even if the request that started them is
+cancelled (:mod:`tts_server.change_locks`).
 
 A replace keeps the old voice serving until the new one is encoded, registered and committed; the
 engine's adapter registry switches versions atomically and lets running requests finish with the
@@ -21,75 +22,25 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import Tensor
 
 from engine.pipeline import Voice
 from engine.stream import EngineError
 from tts_server import voice_files as vf
+from tts_server.change_locks import ChangeLocks
 from tts_server.errors import ApiError
+from tts_server.voice_entry import ResolvedVoice, VoiceEntry, VoiceState, entry_from_files
 from tts_server.voice_inputs import VoiceSpec, audio_seconds, bad, check_inputs, check_latents
 
-__all__ = ["ResolvedVoice", "VoiceEntry", "VoiceState", "VoiceStore"]
+__all__ = ["VoiceStore"]
 
 log = logging.getLogger(__name__)
 
 _LORA_CONFIG_FILE = "lora_config.json"
-T = TypeVar("T")
-
-
-class VoiceState(Enum):
-    """Lifecycle of a name: ``LOADING → READY → REMOVING → (gone)``; ``FAILED``: on disk but unusable."""
-
-    LOADING = "loading"
-    READY = "ready"
-    REMOVING = "removing"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ResolvedVoice:
-    """What a request needs: the latents (``voice``) and the engine's LoRA name (``lora``), if any."""
-
-    voice: Voice
-    lora: str | None = None
-
-
-@dataclass(frozen=True)
-class VoiceEntry:
-    """One voice as the store holds it (replaced, never mutated)."""
-
-    name: str
-    state: VoiceState
-    voice: Voice = Voice()
-    lora: bool = False
-    prompt_seconds: float | None = None
-    ref_seconds: float | None = None
-    created: str | None = None
-    updated: str | None = None
-    error: str | None = None
-
-    @property
-    def kinds(self) -> list[str]:
-        """Which of ``lora``, ``prompt``, ``reference`` the voice has."""
-        has = (self.lora, self.voice.prompt_latents is not None, self.voice.ref_latents is not None)
-        return [k for k, on in zip(("lora", "prompt", "reference"), has, strict=True) if on]
-
-    def describe(self) -> dict[str, Any]:
-        """The public description (``GET /voices``)."""
-        out = {"name": self.name, "state": self.state.value, "kinds": self.kinds}
-        out.update(prompt_text=self.voice.prompt_text, prompt_seconds=self.prompt_seconds)
-        out.update(ref_seconds=self.ref_seconds, created=self.created, updated=self.updated)
-        if self.error is not None:
-            out["error"] = self.error
-        return out
 
 
 def _now() -> str:
@@ -148,8 +99,7 @@ class VoiceStore:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
         self._entries: dict[str, VoiceEntry] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._changes = ChangeLocks(_report_orphan)
         self._loaded = False
 
     # --- geometry --------------------------------------------------------------------------------
@@ -276,7 +226,7 @@ class VoiceStore:
             model_version=self.model_version,
             **self._dims(),
         )
-        return await self._complete(self._add(name, path, spec, replace))
+        return await self._changes.complete(self._add(name, path, spec, replace))
 
     async def remove(self, name: str) -> None:
         """Remove a voice: unusable at once, its directory deleted, its adapter unregistered.
@@ -288,7 +238,7 @@ class VoiceStore:
             ApiError: 400 for an invalid name; 404 when there is no such voice.
         """
         path = self.check_name(name)
-        await self._complete(self._remove(name, path))
+        await self._changes.complete(self._remove(name, path))
 
     async def load_all(self) -> list[str]:
         """Load every voice on disk (at start, after the engine started); returns the names loaded.
@@ -308,12 +258,12 @@ class VoiceStore:
             return []
         loaded = []
         for name in await asyncio.to_thread(vf.recover, self.root):
-            async with self._locked(name):
+            async with self._changes.locked(name):
                 if name in self._entries:
                     continue
                 try:
                     files = await asyncio.to_thread(vf.read_voice, self.root / name, self._model())
-                    entry = self._entry(name, files)
+                    entry = entry_from_files(name, files, **self._dims())
                     if files.lora_dir is not None:
                         await self.engine.register_voice(name, files.lora_dir)
                 except EngineError:
@@ -336,38 +286,11 @@ class VoiceStore:
 
     # --- internals -------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _locked(self, name: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(name, (None, 0))
-        lock = lock or asyncio.Lock()
-        self._locks[name] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[name]
-            if users == 1:
-                del self._locks[name]  # no waiters left: keep the table as small as the live names
-            else:
-                self._locks[name] = (lock, users - 1)
-
-    async def _complete(self, work: Awaitable[T]) -> T:
-        """Run a change to its end even if the caller is cancelled (a client hung up mid-upload):
-        a change abandoned between the engine and the disk would leave them disagreeing."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)  # a strong reference until it ends
-        task.add_done_callback(self._background.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(_report_orphan)  # nobody awaits it any more: its end goes to the log
-            raise
-
     def _dims(self) -> dict[str, int]:
         return {"patch_size": self.patch_size, "latent_dim": self.latent_dim, "max_patches": self.max_patches}
 
     async def _add(self, name: str, path: Path, spec: VoiceSpec, replace: bool) -> dict[str, Any]:
-        async with self._locked(name):
+        async with self._changes.locked(name):
             old = self._entries.get(name)
             if old is not None and not replace:
                 why = f" but cannot be loaded ({old.error})" if old.state is VoiceState.FAILED else ""
@@ -402,7 +325,7 @@ class VoiceStore:
             created=old.created if old is not None and old.created else now, updated=now,
         )  # fmt: skip
         latents = {k: t for k, t in (("prompt", prompt), ("reference", ref)) if t is not None}
-        staging = await asyncio.to_thread(vf.stage, self.root, name, self._document(entry), latents, spec.lora)
+        staging = await asyncio.to_thread(vf.stage, self.root, name, entry.document(self._model()), latents, spec.lora)
         try:
             if spec.lora is not None:
                 await self._register(name, staging / vf.LORA_DIR, old, path)
@@ -418,12 +341,6 @@ class VoiceStore:
 
     def _model(self) -> dict[str, int]:
         return {"version": self.model_version, "patch_size": self.patch_size, "latent_dim": self.latent_dim}
-
-    def _document(self, entry: VoiceEntry) -> dict[str, Any]:
-        kinds = {k: k in entry.kinds for k in ("lora", "prompt", "reference")}
-        return {"format": vf.FORMAT_VERSION, "name": entry.name, "kinds": kinds, "prompt_text": entry.voice.prompt_text,
-                "prompt_seconds": entry.prompt_seconds, "ref_seconds": entry.ref_seconds,
-                "created": entry.created, "updated": entry.updated, "model": self._model()}  # fmt: skip
 
     async def _register(self, name: str, lora_dir: Path, old: VoiceEntry | None, path: Path) -> None:
         # The registry reads and validates the files during this call, so the staging directory
@@ -455,7 +372,7 @@ class VoiceStore:
                 log.warning("voices: the engine had no adapter %r to unregister", name)
 
     async def _remove(self, name: str, path: Path) -> None:
-        async with self._locked(name):
+        async with self._changes.locked(name):
             entry = self._entries.get(name)
             if entry is None or entry.state is VoiceState.LOADING:
                 raise ApiError(404, f"voice {name!r} not found", field="name", type="not_found")
@@ -469,18 +386,3 @@ class VoiceStore:
             del self._entries[name]
             if entry.lora:
                 await self._unregister(name)
-
-    def _entry(self, name: str, files: vf.VoiceFiles) -> VoiceEntry:
-        doc, latents = files.doc, {}
-        for field, t in (("prompt_latents", files.prompt_latents), ("ref_latents", files.ref_latents)):
-            try:  # the length limit is for new input: a voice stored under a larger one still loads
-                latents[field] = check_latents(t, field, **self._dims(), limit=False) if t is not None else None
-            except ApiError as exc:
-                raise vf.VoiceFileError(exc.message) from exc
-        prompt = latents["prompt_latents"]
-        voice = Voice(doc["prompt_text"] if prompt is not None else None, prompt, latents["ref_latents"])
-        number = {
-            k: doc.get(k) if isinstance(doc.get(k), (int, float)) else None for k in ("prompt_seconds", "ref_seconds")
-        }
-        return VoiceEntry(name, VoiceState.READY, voice, lora=files.lora_dir is not None, **number,
-                          created=doc.get("created"), updated=doc.get("updated"))  # fmt: skip

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from engine.engine_config import EngineConfig
-from perf.drivers import Chunk, LocalEngine, Sampling, closed_sweep, run_closed, run_open_loop
+from perf.drivers import Chunk, Sampling, closed_sweep, run_closed, run_open_loop
+from perf.local_engine import LocalEngine
 from perf.metrics import poisson_arrivals
 
 STEPS = 4

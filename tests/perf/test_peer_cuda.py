@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from engine.loader import read_config
-from perf.drivers import LocalEngine, Sampling, closed_sweep, engine_config, run_closed, run_open_loop
+from perf.drivers import Sampling, closed_sweep, run_closed, run_open_loop
+from perf.local_engine import LocalEngine, engine_config
 from perf.peer import PeerEngine, peer_unavailable
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

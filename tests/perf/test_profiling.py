@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine.engine_config import EngineConfig
-from perf.drivers import LocalEngine, Sampling
+from perf.drivers import Sampling
+from perf.local_engine import LocalEngine
 from perf.profiling import RANGES, STEP_RANGE, ipc_level, profile_level, split_events
 
 CPU = torch.autograd.DeviceType.CPU

@@ -20,7 +20,8 @@ from engine.pipeline import GenerationParams
 from engine.synthetic_lora import write_lora
 from tests.tts_server.serving import LoopRunner, sine_wav
 from tts_server.errors import ApiError
-from tts_server.voices_store import VoiceState, VoiceStore
+from tts_server.voice_entry import VoiceState
+from tts_server.voices_store import VoiceStore
 
 CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
 TEXT = "A voice under test."
@@ -285,7 +286,7 @@ def test_concurrent_adds(runner, store):
     assert [d["name"] for d in both] == ["one", "two"] and store.names() == ["dup", "kept", "one", "two"]
     assert isinstance(same[0], dict) and isinstance(same[1], ApiError) and same[1].status == 409
     assert same[1].field == "name" and same[1].type == "conflict"
-    assert store._locks == {}  # per-name locks do not outlive their users
+    assert len(store._changes) == 0  # per-name locks do not outlive their users
 
 
 def test_invalid_inputs_name_the_field(runner, engine, store, model, lora_files):

@@ -23,7 +23,7 @@ from tts_server.routes._body import decode_base64
 from tts_server.segments import SegmentBudget, plan_segments
 from tts_server.services import Services
 from tts_server.text import clean_text, normalize_text
-from tts_server.voices_store import ResolvedVoice
+from tts_server.voice_entry import ResolvedVoice
 
 __all__ = ["REQUEST_ID_PATTERN", "InlineVoice", "client_id", "prepare_segments", "request_id", "resolve_voice"]
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tts_server.audio_formats import FORMATS
+from tts_server.audio_encoder import FORMATS
 from tts_server.errors import JSONResponse
 from tts_server.inflight import CancelReason
 from tts_server.lifecycle import ServerState

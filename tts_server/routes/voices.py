@@ -41,7 +41,8 @@ from starlette.routing import Route
 from tts_server.errors import ApiError, JSONResponse
 from tts_server.latents import latents_from_json, latents_to_json
 from tts_server.routes._body import decode_base64, parse_body
-from tts_server.voices_store import VoiceState, VoiceStore
+from tts_server.voice_entry import VoiceState
+from tts_server.voices_store import VoiceStore
 
 __all__ = ["voice_routes"]
 

@@ -1,0 +1,97 @@
+"""Our in-process :class:`~engine.engine.Engine` as an :class:`~perf.drivers.EngineAdapter`, and its limits.
+
+The counterpart of :mod:`perf.peer` (``nano-vllm-voxcpm`` behind the same protocol): the drivers in
+:mod:`perf.drivers` are generic over the adapter, so what is specific to our engine (loading it,
+mapping :class:`~perf.drivers.Sampling` to its ``GenerationParams``, reading its outputs, the
+:class:`~engine.engine_config.EngineConfig` of a benchmark run) lives here, apart from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import ModelConfig
+from engine.engine_config import EngineConfig
+from perf.drivers import Chunk, Sampling
+
+__all__ = ["LocalEngine", "engine_config"]
+
+
+class LocalEngine:
+    """Our in-process :class:`~engine.engine.Engine` as an :class:`~perf.drivers.EngineAdapter`.
+
+    Args:
+        engine: The engine.
+    """
+
+    name = "ours"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.sample_rate: int = engine.sample_rate
+        self.model_config: ModelConfig = engine.model_config
+        self.device: torch.device = engine.runner.model.device
+
+    @classmethod
+    def load(
+        cls, model_dir: str | Path, device: str, config: EngineConfig, attention_backend: str | None = None
+    ) -> LocalEngine:
+        """Load a checkpoint and build the engine (CUDA graphs are captured here on CUDA)."""
+        from engine.engine import Engine
+        from engine.loader import load_checkpoint
+
+        return cls(Engine(load_checkpoint(model_dir, device=device), config, attention_backend=attention_backend))
+
+    def add(self, request_id: str, text: str, sampling: Sampling, seed: int) -> None:
+        from engine.pipeline import GenerationParams
+
+        params = GenerationParams(
+            cfg_value=sampling.cfg_value,
+            inference_timesteps=sampling.timesteps,
+            min_steps=sampling.steps,
+            max_steps=sampling.steps,
+            temperature=sampling.temperature,
+            seed=seed,
+        )
+        self.engine.add_request(request_id, text, params=params)
+
+    def step(self) -> list[Chunk]:
+        from engine.request import RequestStatus
+
+        out = []
+        for o in self.engine.step():
+            bad = o.status in (RequestStatus.CANCELLED, RequestStatus.FAILED)
+            samples = 0 if o.audio is None else int(o.audio.shape[0])
+            out.append(Chunk(o.request_id, samples, o.finished, o.status.name if bad else None))
+        return out
+
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def close(self) -> None:
+        del self.engine
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def engine_config(
+    *,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    gpu_memory_utilization: float = 0.85,
+    enforce_eager: bool = False,
+    timesteps: int = 10,
+) -> EngineConfig:
+    """Our engine's limits for a benchmark run (graphs captured for ``timesteps``)."""
+    return EngineConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max(max_num_batched_tokens, max_num_seqs),
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enforce_eager=enforce_eager,
+        cuda_graph_timesteps=(timesteps,),
+    )
