@@ -100,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     eng.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="share of the GPU for the engines")
     eng.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (both engines)")
     eng.add_argument("--attention-backend", help="force our attention kernels (torch, triton, flash)")
+    eng.add_argument(
+        "--no-fused-kernels", dest="fused_kernels", action="store_false", help="ours: op-by-op torch, no Triton fusion"
+    )
+    eng.add_argument("--loras", type=int, default=0, help="ours: N random LoRA voices, requests cycle through them")
+    eng.add_argument("--lora-rank", type=int, default=32, help="rank of the --loras adapters (default 32)")
     ap.add_argument("--compare", action="store_true", help="also run nano-vllm-voxcpm (engine / open-loop modes)")
     ap.add_argument(
         "--peer-recompile-limit",
@@ -159,8 +164,14 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
-    config = engine_config(**_limits(args))
-    return LocalEngine.load(model_dir, args.device, config, attention_backend=args.attention_backend)
+    lora = {"max_loras": args.loras, "max_lora_rank": max(32, args.lora_rank)} if args.loras else {}
+    config = engine_config(**_limits(args), fused_kernels=args.fused_kernels, **lora)
+    engine = LocalEngine.load(model_dir, args.device, config, attention_backend=args.attention_backend)
+    if args.loras:
+        engine.use_loras(
+            model_dir, args.loras, args.lora_rank, Path(model_dir).parent / f"{Path(model_dir).name}-loras"
+        )
+    return engine
 
 
 def _peer(args: argparse.Namespace, model_dir: Path) -> Any:

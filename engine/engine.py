@@ -75,6 +75,9 @@ class Engine:
         self.vae = checkpoint.vae
         num_blocks = self.config.num_kv_blocks or self._default_blocks(checkpoint)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        fused = self.config.fused_kernels
+        if fused or (fused is None and checkpoint.device.type == "cuda"):
+            checkpoint.model.use_fused_kernels()
         self.adapters: AdapterRegistry | None = None
         if self.config.max_loras:
             slots = enable_lora(checkpoint.model, self.config.max_loras + 1, self.config.max_lora_rank)

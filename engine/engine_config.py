@@ -27,6 +27,9 @@ class EngineConfig:
         enforce_eager: On CUDA, never use CUDA graphs (every step runs eagerly).
         cuda_graph_timesteps: Sampler step counts whose pure-decode steps are captured as CUDA
             graphs (one graph per padded batch size each); requests with other counts run eagerly.
+        fused_kernels: Run the transformer stacks and the sampler with the fused Triton kernels of
+            :mod:`engine.kernels.fused`. ``None``: on CUDA only; ``True`` also forces them on the CPU
+            (needs ``TRITON_INTERPRET=1``; tests); ``False``: never.
     """
 
     max_num_seqs: int = 16
@@ -40,6 +43,7 @@ class EngineConfig:
     max_lora_rank: int = 32
     enforce_eager: bool = False
     cuda_graph_timesteps: tuple[int, ...] = (10,)
+    fused_kernels: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [

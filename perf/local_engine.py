@@ -34,6 +34,20 @@ class LocalEngine:
         self.sample_rate: int = engine.sample_rate
         self.model_config: ModelConfig = engine.model_config
         self.device: torch.device = engine.runner.model.device
+        self.voices: list[str] = []  # LoRA voices the requests cycle through (use_loras)
+        self._added = 0
+
+    def use_loras(self, model_dir: str | Path, count: int, rank: int, work_dir: str | Path) -> None:
+        """Register ``count`` random LoRA voices of ``rank`` (files under ``work_dir``); requests cycle through them."""
+        from engine.synthetic_lora import write_lora
+
+        for i in range(count):
+            name = f"lora{i}"
+            path = Path(work_dir) / name
+            if not (path / "lora_config.json").exists():
+                write_lora(model_dir, path, rank=rank, seed=i)
+            self.engine.register_voice(name, path)
+            self.voices.append(name)
 
     @classmethod
     def load(
@@ -56,7 +70,9 @@ class LocalEngine:
             temperature=sampling.temperature,
             seed=seed,
         )
-        self.engine.add_request(request_id, text, params=params)
+        lora = self.voices[self._added % len(self.voices)] if self.voices else None
+        self._added += 1
+        self.engine.add_request(request_id, text, params=params, lora=lora)
 
     def step(self) -> list[Chunk]:
         from engine.request import RequestStatus
@@ -85,9 +101,15 @@ def engine_config(
     gpu_memory_utilization: float = 0.85,
     enforce_eager: bool = False,
     timesteps: int = 10,
+    fused_kernels: bool = True,
+    max_loras: int = 0,
+    max_lora_rank: int = 32,
 ) -> EngineConfig:
     """Our engine's limits for a benchmark run (graphs captured for ``timesteps``)."""
     return EngineConfig(
+        fused_kernels=None if fused_kernels else False,
+        max_loras=max_loras,
+        max_lora_rank=max_lora_rank,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max(max_num_batched_tokens, max_num_seqs),
         max_model_len=max_model_len,

@@ -1,11 +1,12 @@
 """Decode step time with and without CUDA graphs, on full-size random-weight checkpoints.
 
 Usage (GPU machine, repo root): python3 scripts/bench_decode_graphs.py [--presets voxcpm1.5 voxcpm2]
-    [--batches 1 16 64 128] [--steps 40] [--json OUT.json]
+    [--batches 1 16 64 128] [--variants fused graphs eager] [--steps 40] [--json OUT.json]
 
-For each preset and batch size, B requests of ``--steps`` patches start together in an engine with
-CUDA graphs and in one with ``enforce_eager``; the figure is the median wall time of the steps in
-which every row decodes (the engine's own step: LMs, sampler, VAE decode, outputs to the host).
+For each preset, variant and batch size, B requests of ``--steps`` patches start together; the
+figure is the median wall time of the steps in which every row decodes (the engine's own step:
+LMs, sampler, VAE decode, outputs to the host). Variants: ``fused`` (CUDA graphs + the fused
+Triton kernels, the default), ``graphs`` (graphs, op-by-op torch), ``eager`` (neither).
 """
 
 from __future__ import annotations
@@ -45,10 +46,18 @@ def decode_step_ms(engine: Engine, batch: int, steps: int) -> tuple[float, float
     return statistics.median(times) * 1e3, audio_s / wall
 
 
+VARIANTS = {
+    "fused": {},  # the default on CUDA: graphs + fused Triton kernels
+    "graphs": {"fused_kernels": False},  # graphs, op-by-op torch inside
+    "eager": {"enforce_eager": True, "fused_kernels": False},  # neither
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["voxcpm1.5", "voxcpm2"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64, 128])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -58,40 +67,24 @@ def main() -> None:
         ckpt_dir = Path("/tmp/ckpt") / preset
         if not (ckpt_dir / "config.json").exists():
             write_checkpoint(preset, ckpt_dir, seed=0)
-        ckpt = load_checkpoint(ckpt_dir, device="cuda")
         max_b = max(args.batches)
         common = dict(max_num_seqs=max_b, max_num_batched_tokens=max(4096, max_b), max_model_len=512)
         blocks = max_b * 8  # 128 positions per request: prompt + steps
-        t0 = time.perf_counter()
-        graphed = Engine(ckpt, EngineConfig(**common, num_kv_blocks=blocks))
-        capture_s = time.perf_counter() - t0
-        eager = Engine(ckpt, EngineConfig(**common, num_kv_blocks=blocks, enforce_eager=True))
-        print(
-            f"{preset}: engine with graphs built in {capture_s:.1f} s "
-            f"({len(graphed.runner.graphs.graphs)} graphs, capture {graphed.runner.graphs.capture_s:.1f} s)"
-        )
-        for b in args.batches:
-            decode_step_ms(eager, min(b, 4), 4)  # warm-up (allocator, autotune)
-            decode_step_ms(graphed, min(b, 4), 4)
-            e_ms, e_rate = decode_step_ms(eager, b, args.steps)
-            g_ms, g_rate = decode_step_ms(graphed, b, args.steps)
-            row = dict(
-                preset=preset,
-                batch=b,
-                eager_ms=e_ms,
-                graph_ms=g_ms,
-                speedup=e_ms / g_ms,
-                eager_audio_s_per_s=e_rate,
-                graph_audio_s_per_s=g_rate,
-            )
-            results.append(row)
-            print(
-                f"  B={b:4d}  eager {e_ms:7.2f} ms  graphs {g_ms:7.2f} ms  x{e_ms / g_ms:4.2f}   "
-                f"audio s/s eager {e_rate:7.1f}  graphs {g_rate:7.1f}",
-                flush=True,
-            )
-        del graphed, eager, ckpt
-        torch.cuda.empty_cache()
+        for variant in args.variants:
+            # One checkpoint per variant: the fused path regroups the model's weights in place.
+            ckpt = load_checkpoint(ckpt_dir, device="cuda")
+            t0 = time.perf_counter()
+            engine = Engine(ckpt, EngineConfig(**common, num_kv_blocks=blocks, **VARIANTS[variant]))
+            graphs = engine.runner.graphs
+            built = f"{len(graphs.graphs)} graphs, capture {graphs.capture_s:.1f} s" if graphs else "eager"
+            print(f"{preset} [{variant}]: engine built in {time.perf_counter() - t0:.1f} s ({built})", flush=True)
+            decode_step_ms(engine, 4, 4)  # warm-up (allocator, autotune)
+            for b in args.batches:
+                ms, rate = decode_step_ms(engine, b, args.steps)
+                results.append(dict(preset=preset, variant=variant, batch=b, step_ms=ms, audio_s_per_s=rate))
+                print(f"  B={b:4d}  {variant:7s} step {ms:7.2f} ms   audio s/s {rate:7.1f}", flush=True)
+            del engine, ckpt, graphs
+            torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

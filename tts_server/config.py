@@ -110,6 +110,11 @@ class ServerConfig:
         "values run eagerly (slower).",
         parse=_int_tuple,
     )
+    fused_kernels: bool = _setting(
+        True,
+        "On CUDA, run the transformer stacks and the sampler with fused Triton kernels (off: op-by-op torch).",
+        parse=_bool,
+    )
     engine_threads: int | None = _setting(
         None, "torch CPU threads in each engine process; default: torch's choice.", parse=_optional_int
     )
@@ -244,6 +249,7 @@ class ServerConfig:
             max_lora_rank=self.max_lora_rank,
             enforce_eager=self.enforce_eager,
             cuda_graph_timesteps=self.cuda_graph_timesteps,
+            fused_kernels=None if self.fused_kernels else False,
         )
 
     def resolved_devices(self) -> list[str]:

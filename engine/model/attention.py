@@ -38,13 +38,23 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
 
 
 class DenseAttention:
-    """Cache-less :class:`AttentionFn` (local encoder, DiT, or a causal pass without decoding)."""
+    """Cache-less :class:`AttentionFn` (local encoder, DiT, or a causal pass without decoding).
 
-    def __init__(self, causal: bool) -> None:
+    Args:
+        causal: Causal mask.
+        strided: Hand strided q/k/v views straight to SDPA (the fused CUDA path) instead of
+            making them contiguous first (the CPU path, whose kernels' bits depend on layout).
+    """
+
+    def __init__(self, causal: bool, *, strided: bool = False) -> None:
         self.causal = causal
+        self.strided = strided
 
     def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return dense_attention(q, k, v, causal=self.causal)
+        if not self.strided:
+            return dense_attention(q, k, v, causal=self.causal)
+        gqa = q.size(1) != k.size(1)  # without GQA, SDPA may pick its fused kernels for any strides
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, enable_gqa=gqa)
 
 
 class KVCache:

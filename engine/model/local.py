@@ -100,6 +100,7 @@ class LocalDiT(nn.Module):
         self.time_mlp = TimestepMLP(hidden)
         self.delta_time_mlp = TimestepMLP(hidden)
         self.decoder = MiniCPM(cfg, causal=False, max_positions=mu_tokens + 1 + 2 * patch_size)
+        self._time_tables: dict[int, Tensor] = {}  # fused path: per step count, see time_table()
 
     def forward(self, x: Tensor, mu: Tensor, t: Tensor, cond: Tensor, dt: Tensor) -> Tensor:
         """Velocity ``[N, D, P]`` for noisy ``x`` ``[N, D, P]`` at time ``t`` ``[N]``.
@@ -122,3 +123,59 @@ class LocalDiT(nn.Module):
             prefix = [(mu + time).unsqueeze(1)]
         hidden = self.decoder(torch.cat([*prefix, cond, x], dim=1))
         return self.out_proj(hidden[:, -x.size(1) :]).transpose(1, 2).contiguous()
+
+    # --- fused sampler path (CUDA): the loop-invariant work is done once per sampler call --------
+
+    def time_table(self, n_timesteps: int, times: Tensor) -> Tensor | None:
+        """``[K, hidden]`` time-token contributions for the sampler's ``K`` estimator calls.
+
+        ``time_mlp(t) + delta_time_mlp(dt = 0)`` depends only on the step count, so it is computed
+        once per count (from ``times``, the ``K`` flow times of the calls) and cached. ``None`` when
+        an adapter patches the time MLPs (their output then depends on the row's voice).
+        """
+        linears = (self.time_mlp.linear_1, self.time_mlp.linear_2, self.delta_time_mlp.linear_1)
+        if any(type(m) is not nn.Linear for m in (*linears, self.delta_time_mlp.linear_2)):
+            return None
+        table = self._time_tables.get(n_timesteps)
+        if table is None:
+            dtype = self.in_proj.weight.dtype
+            times = times.to(self.in_proj.weight.device)
+            table = self.time_mlp(timestep_embedding(times, self.hidden).to(dtype))
+            table = table + self.delta_time_mlp(timestep_embedding(torch.zeros_like(times), self.hidden).to(dtype))
+            self._time_tables[n_timesteps] = table
+        return table
+
+    def time_row(self, t: Tensor, rows: int) -> Tensor:
+        """The time-token contribution ``[rows, hidden]`` at flow time ``t`` (0-dim, on the model's device)."""
+        dtype = self.in_proj.weight.dtype
+        t = t.expand(rows)
+        time = self.time_mlp(timestep_embedding(t, self.hidden).to(dtype))
+        return time + self.delta_time_mlp(timestep_embedding(torch.zeros_like(t), self.hidden).to(dtype))
+
+    def prepare(self, mu: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Loop invariants of a sampler call: ``mu`` as tokens ``[N, m, hidden]``, the projected cond ``[N, P, H]``.
+
+        Args:
+            mu: ``[N, mu_tokens * hidden]`` (v2) or ``[N, hidden]`` (v1; one token, the time is added later).
+            cond: Previous patch ``[N, P, D]`` (contiguous).
+        """
+        tokens = mu.view(mu.size(0), max(self.mu_tokens, 1), self.hidden)
+        return tokens, self.cond_proj(cond)
+
+    def velocity(self, x: Tensor, mu_tokens: Tensor, cond: Tensor, time: Tensor) -> Tensor:
+        """:meth:`forward` on the fused path: ``x`` ``[N, P, D]`` in, velocity ``[N, P, D]`` out.
+
+        Args:
+            x: Noisy patch ``[N, P, D]`` (frames first: no transposes inside the loop).
+            mu_tokens: From :meth:`prepare`.
+            cond: Projected cond from :meth:`prepare`.
+            time: ``[1, hidden]`` or ``[N, hidden]`` time-token contribution.
+        """
+        x_h = self.in_proj(x)
+        n = x.size(0)
+        if self.mu_tokens:
+            prefix = [mu_tokens, time.unsqueeze(1).expand(n, 1, self.hidden)]
+        else:
+            prefix = [mu_tokens + time.unsqueeze(1)]
+        hidden = self.decoder(torch.cat([*prefix, cond, x_h], dim=1))
+        return self.out_proj(hidden[:, -x.size(1) :])

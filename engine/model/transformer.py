@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.config import LMConfig
+from engine.lora import get_lora_rows
 from engine.model.attention import AttentionFn, DenseAttention, KVCache
+
+# The fused path (engine.kernels.fused) is imported lazily: it needs Triton, the CPU path does not.
 
 
 class RMSNorm(nn.Module):
@@ -139,6 +142,31 @@ class Attention(nn.Module):
         out = attention(self.layer_idx, q, k, v)
         return self.o_proj(out.transpose(1, 2).contiguous().reshape(bsz, seq, self.num_heads * self.head_dim))
 
+    def fuse_projections(self) -> None:
+        """Store q/k/v weights as views of one ``[q + k + v, hidden]`` tensor (one GEMM on the fused path)."""
+        self.qkv_weight = _fuse_weights(self.q_proj, self.k_proj, self.v_proj)
+
+    def forward_fused(
+        self, x: Tensor, positions: Tensor | None, rotary: RotaryEmbedding | None, attention: AttentionFn
+    ) -> Tensor:
+        """:meth:`forward` with one q/k/v GEMM (when no LoRA rows are set) and the RoPE kernel."""
+        from engine.kernels.fused import rope_
+
+        bsz, seq, _ = x.shape
+        q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if getattr(self, "qkv_weight", None) is not None and get_lora_rows() is None:
+            qkv = F.linear(x, self.qkv_weight)
+            q, k, v = qkv[..., :q_dim], qkv[..., q_dim : q_dim + kv_dim], qkv[..., q_dim + kv_dim :]
+        else:  # adapters patch the separate projections
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(bsz, seq, self.num_heads, self.head_dim)
+        k = k.view(bsz, seq, self.num_kv_heads, self.head_dim)
+        v = v.view(bsz, seq, self.num_kv_heads, self.head_dim)
+        if rotary is not None:
+            rope_(q, k, rotary.cos, rotary.sin, positions)
+        out = attention(self.layer_idx, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o_proj(out.transpose(1, 2).reshape(bsz, seq, q_dim))
+
 
 class MLP(nn.Module):
     """SwiGLU feed-forward without biases."""
@@ -151,6 +179,37 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def fuse_projections(self) -> None:
+        """Store gate/up weights as views of one ``[2 * intermediate, hidden]`` tensor."""
+        self.gate_up_weight = _fuse_weights(self.gate_proj, self.up_proj)
+
+    def forward_fused(self, x: Tensor) -> Tensor:
+        """:meth:`forward` with one gate/up GEMM (when no LoRA rows are set) and the SwiGLU kernel."""
+        from engine.kernels.fused import silu_mul
+
+        if getattr(self, "gate_up_weight", None) is not None and get_lora_rows() is None:
+            gate_up = F.linear(x, self.gate_up_weight)
+            width = gate_up.shape[-1] // 2
+            gate, up = gate_up[..., :width], gate_up[..., width:]
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(silu_mul(gate, up))
+
+
+def _fuse_weights(*linears: nn.Linear) -> Tensor:
+    """Concatenate bias-free weights along the output dim and make each layer's weight a view of it.
+
+    The parameters stay the same objects (state-dict keys, LoRA wrappers sharing them) and no memory
+    is added: only their storage moves into the fused tensor.
+    """
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight.data = fused[start : start + rows]
+        start += rows
+    return fused
 
 
 class DecoderLayer(nn.Module):
@@ -190,6 +249,7 @@ class MiniCPM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = None if cfg.no_rope else RotaryEmbedding(cfg, max_positions)
         self._dense_attention = DenseAttention(causal)
+        self.fused = False  # set by use_fused_kernels (CUDA fast path)
 
     def embed(self, ids: Tensor) -> Tensor:
         """Token embeddings, multiplied by ``scale_emb`` only under muP."""
@@ -210,15 +270,40 @@ class MiniCPM(nn.Module):
         Returns:
             Final-normed hidden states ``[B, T, hidden]``.
         """
+        attention = attention or self._dense_attention
+        if self.fused:
+            return self._forward_fused(x, positions, attention)
         rope = None
         if self.rotary is not None:
             if positions is None:
                 positions = torch.arange(x.size(1), device=x.device)
             rope = self.rotary(positions)
-        attention = attention or self._dense_attention
         for layer in self.layers:
             x = layer(x, rope, attention)
         return self.norm(x)
+
+    def use_fused_kernels(self) -> None:
+        """Switch to the fused path: Triton kernels for norms, RoPE and SwiGLU, fused q/k/v and gate/up GEMMs."""
+        for layer in self.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
+        self._dense_attention = DenseAttention(self.causal, strided=True)
+        self.fused = True
+
+    def _forward_fused(self, x: Tensor, positions: Tensor | None, attention: AttentionFn) -> Tensor:
+        # Every residual add is fused with the norm that follows it (the last one with the final norm).
+        from engine.kernels.fused import add_rms_norm, rms_norm
+
+        eps = self.cfg.rms_norm_eps
+        layers = self.layers
+        h = rms_norm(x, layers[0].input_layernorm.weight, eps)
+        for i, layer in enumerate(layers):
+            branch = layer.self_attn.forward_fused(h, positions, self.rotary, attention)
+            x, h = add_rms_norm(x, branch, layer.branch_scale, layer.post_attention_layernorm.weight, eps)
+            branch = layer.mlp.forward_fused(h)
+            after = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.norm
+            x, h = add_rms_norm(x, branch, layer.branch_scale, after.weight, eps)
+        return h
 
     def new_kv_cache(self, capacity: int, *, batch_size: int = 1) -> KVCache:
         """A zeroed contiguous cache for this stack on its device and dtype."""

@@ -136,6 +136,19 @@ class VoxCPMModel(nn.Module):
         """``[B, 2]`` logits; index 1 means stop."""
         return self.stop_head(nn.functional.silu(self.stop_proj(lm_hidden)))
 
+    def use_fused_kernels(self) -> None:
+        """Switch every stack and the sampler to the fused Triton path (:mod:`engine.kernels.fused`).
+
+        Call after the weights are loaded (q/k/v and gate/up weights are regrouped into fused
+        tensors) and before CUDA graphs are captured. Needs Triton and a CUDA model (or
+        ``TRITON_INTERPRET=1`` on the CPU). Calling it again does nothing.
+        """
+        if self.feat_decoder.fused:
+            return
+        for stack in (self.base_lm, self.residual_lm, self.feat_encoder.encoder, self.feat_decoder.estimator.decoder):
+            stack.use_fused_kernels()
+        self.feat_decoder.fused = True
+
     def sample_patch(
         self, noise: Tensor, mu: Tensor, cond: Tensor, *, n_timesteps: int, cfg_value: float | Tensor
     ) -> Tensor:

@@ -72,3 +72,15 @@ def test_bf16_crowd_through_graphs_with_arrivals_and_aborts(tiny_v2):
         assert sum(len(c) for c in chunks[f"r{i}"]) == (6 + i % 5) * ckpt.config.samples_per_patch
     assert all(np.isfinite(np.concatenate(c)).all() for c in chunks.values())
     _run(engine)
+
+
+@pytest.mark.parametrize("name", ["tiny_v1", "tiny_v2"])
+def test_fused_kernels_equal_the_op_by_op_engine(request, name):
+    path = request.getfixturevalue(name)
+    plain = _crowd(_engine(load_checkpoint(path, device="cuda", dtype="float32"), fused_kernels=False))
+    fused_engine = _engine(load_checkpoint(path, device="cuda", dtype="float32"))
+    assert fused_engine.runner.model.feat_decoder.fused  # the default on CUDA
+    fused = _crowd(fused_engine)
+    assert fused_engine.runner.graph_steps >= 6
+    for rid in ("a", "x", "b"):
+        np.testing.assert_allclose(fused[rid], plain[rid], atol=GPU_ATOL, rtol=0)

@@ -57,6 +57,8 @@ def test_help_documents_every_mode_and_flag(capsys):
         "--requests-per-level",
         "--steps",
         "--duration",
+        "--loras",
+        "--no-fused-kernels",
     ):
         assert word in out, word
 
@@ -76,6 +78,17 @@ def test_engine_mode_tiny_preset_writes_strict_json(tmp_path):
         assert r["ttfb_ms_p50"] > 0 and r["rtf_mean"] > 0 and r["achieved_tflops"] > 0
         assert r["mfu"] is None  # no peak known for a CPU
     assert "| ours | 2 |" in proc.stdout
+
+
+def test_engine_mode_with_lora_voices_on_every_row(tmp_path):
+    out = tmp_path / "out.json"
+    args = ["--preset", "tiny-v2", "--device", "cpu", "--concurrency", "2", "--steps", "2", "--loras", "2"]
+    proc = _run(*args, "--lora-rank", "4", "--json", str(out), "--cache-dir", str(tmp_path / "ckpt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = _strict(out.read_text())
+    assert data["args"]["loras"] == 2 and data["args"]["fused_kernels"] is True
+    assert data["ours"][0]["ok"] == 2
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*-loras/*")) == ["lora0", "lora1"]
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -1,0 +1,75 @@
+"""The engine on the fused path (``EngineConfig.fused_kernels``) equals the op-by-op engine.
+
+On the CPU the Triton kernels run in the interpreter; the static decode step (what CUDA graphs
+capture) runs eagerly, so the fused q/k/v views through the paged caches, padding rows and the
+fused sampler are all exercised in one crowd. fp32, the batch tolerance of ``test_engine.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import triton
+
+from engine.cuda_graphs import DecodeGraphs
+from engine.engine import Engine
+from engine.engine_config import EngineConfig
+from engine.kernels import fused
+from engine.loader import load_checkpoint
+from engine.pipeline import GenerationParams
+from tests.engine.test_engine import BATCH_ATOL, _run
+
+if not torch.cuda.is_available() and isinstance(fused._rms_norm_kernel, triton.runtime.JITFunction):
+    pytest.skip("Triton kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
+
+STEPS = 2  # sampler steps: the interpreter is slow
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ATOL = BATCH_ATOL if DEVICE == "cpu" else 2e-3  # CUDA: the tolerance of test_engine_cuda.py
+
+
+def _engine(path, fused_kernels):
+    ckpt = load_checkpoint(path, device=DEVICE, dtype="float32")
+    engine = Engine(
+        ckpt,
+        EngineConfig(
+            max_num_seqs=4,
+            max_num_batched_tokens=64,
+            max_model_len=128,
+            fused_kernels=fused_kernels,
+            cuda_graph_timesteps=(STEPS,),
+        ),
+    )
+    if fused_kernels and DEVICE == "cpu":  # on CUDA the engine captures its graphs itself
+        engine.runner.graphs = DecodeGraphs(engine.runner, 4, 128, (STEPS,), capture=False)
+    return engine
+
+
+def _crowd(engine):
+    for rid, text, n, seed in (
+        ("a", "A longer request that keeps going.", 5, 1),
+        ("b", "Short.", 3, 2),
+        ("c", "Hi.", 4, 3),
+    ):
+        params = GenerationParams(min_steps=n, max_steps=n, seed=seed, inference_timesteps=STEPS)
+        engine.add_request(rid, text, params=params)
+    return _run(engine)[0]
+
+
+@pytest.mark.parametrize("name", ["tiny_v1", "tiny_v2"])
+def test_fused_engine_equals_the_op_by_op_engine(request, name):
+    path = request.getfixturevalue(name)
+    plain = _crowd(_engine(path, fused_kernels=False))
+    fast_engine = _engine(path, fused_kernels=True)
+    assert fast_engine.runner.model.feat_decoder.fused
+    fast = _crowd(fast_engine)
+    assert fast_engine.runner.graph_steps >= 3
+    for rid in plain:
+        np.testing.assert_allclose(fast[rid], plain[rid], atol=ATOL, rtol=0)
