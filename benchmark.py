@@ -103,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     eng.add_argument(
         "--no-fused-kernels", dest="fused_kernels", action="store_false", help="ours: op-by-op torch, no Triton fusion"
     )
+    eng.add_argument("--vae-tf32", action="store_true", help="ours: the AudioVAE's convolutions in TF32")
     eng.add_argument("--loras", type=int, default=0, help="ours: N random LoRA voices, requests cycle through them")
     eng.add_argument("--lora-rank", type=int, default=32, help="rank of the --loras adapters (default 32)")
     ap.add_argument("--compare", action="store_true", help="also run nano-vllm-voxcpm (engine / open-loop modes)")
@@ -165,7 +166,7 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
     lora = {"max_loras": args.loras, "max_lora_rank": max(32, args.lora_rank)} if args.loras else {}
-    config = engine_config(**_limits(args), fused_kernels=args.fused_kernels, **lora)
+    config = engine_config(**_limits(args), fused_kernels=args.fused_kernels, vae_tf32=args.vae_tf32, **lora)
     engine = LocalEngine.load(model_dir, args.device, config, attention_backend=args.attention_backend)
     if args.loras:
         engine.use_loras(

@@ -78,6 +78,8 @@ class Engine:
         fused = self.config.fused_kernels
         if fused or (fused is None and checkpoint.device.type == "cuda"):
             checkpoint.model.use_fused_kernels()
+            checkpoint.vae.use_fused_kernels()
+        checkpoint.vae.tf32_convs = self.config.vae_tf32
         self.adapters: AdapterRegistry | None = None
         if self.config.max_loras:
             slots = enable_lora(checkpoint.model, self.config.max_loras + 1, self.config.max_lora_rank)

@@ -29,7 +29,10 @@ class EngineConfig:
             graphs (one graph per padded batch size each); requests with other counts run eagerly.
         fused_kernels: Run the transformer stacks and the sampler with the fused Triton kernels of
             :mod:`engine.kernels.fused`. ``None``: on CUDA only; ``True`` also forces them on the CPU
-            (needs ``TRITON_INTERPRET=1``; tests); ``False``: never.
+            (needs ``TRITON_INTERPRET=1``; tests); ``False``: never. Covers the VAE's Snake too.
+        vae_tf32: Let cuDNN run the AudioVAE's convolutions in TF32 (PyTorch's own default, so the
+            reference's numerics on a GPU) instead of true fp32: faster at large batches, but a
+            streamed decode then drifts from the whole decode (see ``engine.model.audio_vae.conv_flags``).
     """
 
     max_num_seqs: int = 16
@@ -44,6 +47,7 @@ class EngineConfig:
     enforce_eager: bool = False
     cuda_graph_timesteps: tuple[int, ...] = (10,)
     fused_kernels: bool | None = None
+    vae_tf32: bool = False
 
     def __post_init__(self) -> None:
         checks = [

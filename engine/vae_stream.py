@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from engine.cuda_graphs import batch_buckets
-from engine.model.audio_vae import AudioVAE, StreamingDecoderState, full_fp32_convs
+from engine.model.audio_vae import AudioVAE, StreamingDecoderState, conv_flags
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class VaeStreams:
             views.append(self._state[:n, offsets : offsets + size].view(n, c, ctx))
             offsets += size
         stream = list(views)
-        with full_fp32_convs():
+        with conv_flags(self.vae.tf32_convs):
             y = self.vae.decoder(self._z[:n], self._bucket, stream)
         for view, tail in zip(views, stream, strict=True):
             view.copy_(tail)

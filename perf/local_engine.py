@@ -102,12 +102,14 @@ def engine_config(
     enforce_eager: bool = False,
     timesteps: int = 10,
     fused_kernels: bool = True,
+    vae_tf32: bool = False,
     max_loras: int = 0,
     max_lora_rank: int = 32,
 ) -> EngineConfig:
     """Our engine's limits for a benchmark run (graphs captured for ``timesteps``)."""
     return EngineConfig(
         fused_kernels=None if fused_kernels else False,
+        vae_tf32=vae_tf32,
         max_loras=max_loras,
         max_lora_rank=max_lora_rank,
         max_num_seqs=max_num_seqs,

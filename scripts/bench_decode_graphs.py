@@ -6,7 +6,8 @@ Usage (GPU machine, repo root): python3 scripts/bench_decode_graphs.py [--preset
 For each preset, variant and batch size, B requests of ``--steps`` patches start together; the
 figure is the median wall time of the steps in which every row decodes (the engine's own step:
 LMs, sampler, VAE decode, outputs to the host). Variants: ``fused`` (CUDA graphs + the fused
-Triton kernels, the default), ``graphs`` (graphs, op-by-op torch), ``eager`` (neither).
+Triton kernels, the default), ``tf32`` (``fused`` + TF32 VAE convs), ``graphs`` (graphs,
+op-by-op torch), ``eager`` (neither).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def decode_step_ms(engine: Engine, batch: int, steps: int) -> tuple[float, float
 
 
 VARIANTS = {
+    "tf32": {"vae_tf32": True},  # fused + the VAE's convolutions in TF32
     "fused": {},  # the default on CUDA: graphs + fused Triton kernels
     "graphs": {"fused_kernels": False},  # graphs, op-by-op torch inside
     "eager": {"enforce_eager": True, "fused_kernels": False},  # neither
@@ -57,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["voxcpm1.5", "voxcpm2"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64, 128])
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["fused", "graphs", "eager"])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

@@ -115,6 +115,12 @@ class ServerConfig:
         "On CUDA, run the transformer stacks and the sampler with fused Triton kernels (off: op-by-op torch).",
         parse=_bool,
     )
+    vae_tf32: bool = _setting(
+        False,
+        "On CUDA, run the AudioVAE's convolutions in TF32 (faster at large batches; not bit-stable between "
+        "streamed and whole decodes).",
+        parse=_bool,
+    )
     engine_threads: int | None = _setting(
         None, "torch CPU threads in each engine process; default: torch's choice.", parse=_optional_int
     )
@@ -250,6 +256,7 @@ class ServerConfig:
             enforce_eager=self.enforce_eager,
             cuda_graph_timesteps=self.cuda_graph_timesteps,
             fused_kernels=None if self.fused_kernels else False,
+            vae_tf32=self.vae_tf32,
         )
 
     def resolved_devices(self) -> list[str]:

@@ -3,7 +3,8 @@
 A graphed decode step is bound by the number of kernels it launches, not by FLOPs: written op by
 op, one MiniCPM layer issues ~35 kernels (RMSNorm alone is seven: cast, square, mean, add, rsqrt,
 multiply, weight) and one Euler step of the sampler another ~20 for CFG-Zero*. These kernels do
-each of those elementwise chains in one pass over the data, keeping the reference's numerics: fp32
+each of those elementwise chains in one pass over the data (and the AudioVAE's Snake activation,
+five full-tensor passes op by op, in one), keeping the reference's numerics: fp32
 statistics and rotation, and rounding to the model dtype at the same points as the op-by-op code
 (so the results differ from it only by fp32 rounding order and FMA contraction).
 
@@ -14,9 +15,13 @@ output (q/k/v, gate/up) go in without copies. They run on CUDA, or on the CPU un
 
 from __future__ import annotations
 
+import os
+
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import libdevice
 
 
 @triton.jit
@@ -255,3 +260,33 @@ def cfg_euler_(x: Tensor, velocity: Tensor, cfg_value: Tensor, dt: float) -> Non
     b = x.shape[0] // 2
     n = x[0].numel()
     _cfg_euler_kernel[(b,)](x, velocity, cfg_value, b, n, float(dt), BLOCK=triton.next_power_of_2(n))
+
+
+@triton.jit
+def _snake_kernel(x_ptr, alpha_ptr, y_ptr, n, channels, length, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    alpha = tl.load(alpha_ptr + (offs // length) % channels, mask=ok, other=1.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0)
+    xf = x.to(tl.float32)
+    if LIBDEVICE:
+        s = libdevice.sin(alpha * xf)  # accurate at any argument; tl.sin may be the approximate PTX one
+    else:
+        s = tl.sin(alpha * xf)  # the interpreter (numpy) has no libdevice
+    tl.store(y_ptr + offs, (xf + (1.0 / (alpha + 1e-9)) * (s * s)).to(x.dtype), mask=ok)
+
+
+def snake(x: Tensor, alpha: Tensor) -> Tensor:
+    """Snake ``x + sin(alpha * x)^2 / (alpha + 1e-9)`` in one pass (the op-by-op form makes five).
+
+    Args:
+        x: ``[B, C, T]`` activations (made contiguous if they are not).
+        alpha: ``[1, C, 1]`` per-channel parameter.
+    """
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    n = x.numel()
+    block = 1024
+    libdevice_ok = os.environ.get("TRITON_INTERPRET") != "1"
+    _snake_kernel[(triton.cdiv(n, block),)](x, alpha, y, n, x.shape[1], x.shape[2], BLOCK=block, LIBDEVICE=libdevice_ok)
+    return y

@@ -198,17 +198,18 @@ class StreamingDecoderState:
         return StreamingDecoderState([b.to(device) for b in self.buffers])
 
 
-def full_fp32_convs() -> contextlib.AbstractContextManager:
-    """cuDNN convolutions in true fp32 (no TF32) for the VAE.
+def conv_flags(tf32: bool = False) -> contextlib.AbstractContextManager:
+    """cuDNN convolutions for the VAE: true fp32 by default, TF32 when asked.
 
-    With TF32 (PyTorch's default for cuDNN) each of the decoder's ~40 random-feature convs rounds
-    its inputs to 10 mantissa bits; on VoxCPM2 shapes a streamed decode then drifted up to 0.017
-    from the whole decode on an H200, against 1e-6 on the CPU. The VAE is a small share of a
-    step's FLOPs, so exactness wins here.
+    With TF32 (PyTorch's default for cuDNN, so what the reference does on a GPU) each of the
+    decoder's ~40 random-feature convs rounds its inputs to 10 mantissa bits; on VoxCPM2 shapes a
+    streamed decode then drifted up to 0.017 from the whole decode on an H200, against 1e-6 on the
+    CPU. So exactness is the default; ``EngineConfig.vae_tf32`` trades it for speed at large batches,
+    where the fp32 VAE is the biggest part of a step.
     """
     cudnn = torch.backends.cudnn
     return cudnn.flags(
-        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=tf32
     )
 
 
@@ -239,6 +240,13 @@ class AudioVAE(nn.Module):
             conv.stream_slot = slot
         # Shapes only (channels, context); the modules themselves stay reachable through `decoder`.
         self._stream_shapes = [(conv.in_channels, conv.context) for conv in stateful]
+        self.tf32_convs = False  # see conv_flags
+
+    def use_fused_kernels(self) -> None:
+        """Run every Snake activation as one Triton kernel (:func:`engine.kernels.fused.snake`)."""
+        for module in self.modules():
+            if isinstance(module, Snake1d):
+                module.fused = True
 
     @property
     def encode_hop(self) -> int:
@@ -298,7 +306,7 @@ class AudioVAE(nn.Module):
         hop = self.encode_hop
         length = wav.shape[-1]
         wav = F.pad(wav.to(self.dtype), (0, math.ceil(length / hop) * hop - length))
-        with full_fp32_convs():
+        with conv_flags(self.tf32_convs):
             return self.encoder(wav)
 
     def sample_rate_bucket(self, sample_rate: int | Tensor | None, device: torch.device) -> Tensor | None:
@@ -329,7 +337,7 @@ class AudioVAE(nn.Module):
         Returns:
             ``[B, 1, F * decode_hop]``.
         """
-        with full_fp32_convs():
+        with conv_flags(self.tf32_convs):
             return self.decoder(z.to(self.dtype), self.sample_rate_bucket(sample_rate, z.device))
 
     def new_stream_state(
@@ -364,7 +372,7 @@ class AudioVAE(nn.Module):
         if z_chunk.shape[-1] == 0:  # nothing to emit; convs reject empty inputs and the state must not move
             return z_chunk.new_zeros(z_chunk.shape[0], 1, 0, dtype=self.dtype)
         bucket = self.sample_rate_bucket(sample_rate, z_chunk.device)
-        with full_fp32_convs():
+        with conv_flags(self.tf32_convs):
             return self.decoder(z_chunk.to(self.dtype), bucket, state.buffers)
 
     def fold_weight_norm(self) -> None:

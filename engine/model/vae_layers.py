@@ -50,8 +50,13 @@ class Snake1d(StreamableModule):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+        self.fused = False  # AudioVAE.use_fused_kernels: one Triton kernel instead of five passes
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        if self.fused:
+            from engine.kernels.fused import snake as fused_snake
+
+            return fused_snake(x, self.alpha)
         return snake(x, self.alpha)
 
 

@@ -21,8 +21,11 @@ import triton
 
 from engine.kernels import fused
 from engine.kernels.fused import add_rms_norm, cfg_euler_, rms_norm, rope_, silu_mul
+from engine.model.audio_vae import AudioVAE
 from engine.model.sampler import guided_velocity
 from engine.model.transformer import RMSNorm, apply_rotary
+from engine.model.vae_layers import snake as vae_snake
+from tests.engine.model.vae_configs import TINY, randomize
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and isinstance(fused._rms_norm_kernel, triton.runtime.JITFunction):
@@ -133,3 +136,22 @@ def test_cfg_euler_rejects_mismatched_buffers():
     x = _randn(4, 2, 8)
     with pytest.raises(ValueError, match="contiguous"):
         cfg_euler_(x, _randn(4, 8, 2).transpose(1, 2), torch.ones(2, device=DEVICE), 0.1)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 37), (1, 3, 2048), (4, 64, 28)])
+def test_snake_matches_the_op_by_op_activation(shape):
+    x = _randn(*shape) * 4
+    alpha = (torch.rand(1, shape[1], 1, generator=torch.Generator().manual_seed(1)) * 1.5 + 0.25).to(DEVICE)
+    _close(fused.snake(x, alpha), vae_snake(x, alpha), torch.float32)
+    _close(fused.snake(x.transpose(1, 2).contiguous().transpose(1, 2), alpha), vae_snake(x, alpha), torch.float32)
+
+
+@pytest.mark.parametrize("name", ["v1-1.5", "v2"])
+@torch.no_grad()
+def test_vae_with_fused_snake_decodes_like_the_op_by_op_vae(name):
+    plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
+    fast = AudioVAE(TINY[name]).eval().to(DEVICE)
+    fast.load_state_dict(plain.state_dict())
+    fast.use_fused_kernels()
+    z = _randn(2, TINY[name].latent_dim, 3)
+    torch.testing.assert_close(fast.decode(z), plain.decode(z), atol=1e-5, rtol=1e-5)
