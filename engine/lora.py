@@ -45,6 +45,15 @@ class LoRARows:
         self.uniform = uniform
         self.slot_ids = slot_ids
         self._on: dict[torch.device, Tensor] = {} if slot_ids is None else {slot_ids.device: slot_ids}
+        self._one_hot: dict[tuple[torch.device, int, torch.dtype], Tensor] = {}
+
+    def one_hot_on(self, device: torch.device, num_slots: int, dtype: torch.dtype) -> Tensor:
+        """``[N, num_slots]`` one-hot rows of the slot ids (made once per step, shared by every layer)."""
+        key = (device, num_slots, dtype)
+        hot = self._one_hot.get(key)
+        if hot is None:
+            hot = self._one_hot[key] = F.one_hot(self.ids_on(device), num_slots).to(dtype)
+        return hot
 
     def ids_on(self, device: torch.device) -> Tensor:
         """The slot ids on ``device`` (int64 ``[N]``)."""
@@ -121,6 +130,7 @@ class LoRALinear(nn.Linear):
         self.register_buffer("lora_a", torch.zeros(num_slots, max_rank, self.in_features, **kw), persistent=False)
         self.register_buffer("lora_b", torch.zeros(num_slots, self.out_features, max_rank, **kw), persistent=False)
         self.register_buffer("lora_scaling", torch.zeros(num_slots, **kw), persistent=False)
+        self.register_buffer("lora_b_cat", torch.zeros(self.out_features, num_slots * max_rank, **kw), persistent=False)
         self.slot_ranks = [0] * num_slots  # host copy: 0 = nothing loaded for this layer in that slot
         # Per-slot (A [r, in], B [out, r], scaling) views: slicing on every call costs more host time
         # than the LoRA kernels themselves in eager mode.
@@ -148,6 +158,7 @@ class LoRALinear(nn.Linear):
         self.lora_b[slot, :, :r].copy_(b)
         # fp32 first, then the buffer dtype: the reference's fp32 scaling buffer cast with the model.
         self.lora_scaling[slot].copy_(torch.tensor(scaling, dtype=torch.float32))
+        self._sync_b_cat(slot)
         self.slot_ranks[slot] = r
         self._refresh_views()
 
@@ -157,31 +168,43 @@ class LoRALinear(nn.Linear):
         self.lora_a[slot].zero_()
         self.lora_b[slot].zero_()
         self.lora_scaling[slot].zero_()
+        self._sync_b_cat(slot)
         self.slot_ranks[slot] = 0
         self._refresh_views()
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.weight, self.bias)
+        delta = self.delta(x)
+        return out if delta is None else out + delta.view(out.shape)
+
+    def delta(self, x: Tensor) -> Tensor | None:
+        """The adapter term of the current rows (``None`` when no row has one); add it to the base output."""
         rows = _ROWS
         if rows is None:
-            return out
+            return None
         if rows.uniform is not None:
             views = self._views[rows.uniform]
             if views is None:  # slot 0, or an adapter that does not target this layer
-                return out
+                return None
             a, b, scaling = views
             # The reference formula on the slot's own rank: bit-exact with its LoRALinear.
-            return out + F.linear(F.linear(x, a), b) * scaling
+            return F.linear(F.linear(x, a), b) * scaling
         ids = rows.ids_on(x.device)
         n = ids.numel()
         if x.dim() < 2 or x.size(0) != n:
             raise ValueError(f"LoRA rows: {n} slot ids for an input of shape {tuple(x.shape)} (rows = dim 0)")
+        # Mixed slots without gathering per-row weights: project onto every slot's A at once, keep
+        # each row's own slot (one-hot), one GEMM with every slot's B side by side, then the row's
+        # scaling (after B, in the reference's order).
+        slots, rank = self.lora_a.shape[0], self.lora_a.shape[1]
         x3 = x.reshape(n, -1, self.in_features)
-        a = self.lora_a.index_select(0, ids)  # [N, r_max, in]
-        b = self.lora_b.index_select(0, ids)  # [N, out, r_max]
-        lora = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
-        lora = lora * self.lora_scaling.index_select(0, ids).view(n, 1, 1)
-        return out + lora.view(out.shape)
+        h = F.linear(x3, self.lora_a.view(slots * rank, self.in_features)).view(n, -1, slots, rank)
+        h = (h * rows.one_hot_on(x.device, slots, h.dtype).view(n, 1, slots, 1)).view(n, -1, slots * rank)
+        return F.linear(h, self.lora_b_cat) * self.lora_scaling.index_select(0, ids).view(n, 1, 1)
+
+    def _sync_b_cat(self, slot: int) -> None:
+        # lora_b_cat [out, slots * r] holds every slot's B side by side for the mixed-slot path.
+        self.lora_b_cat.view(self.out_features, -1, self.lora_b.shape[2])[:, slot].copy_(self.lora_b[slot])
 
 
 def _plain_linear(module: nn.Linear) -> nn.Linear:

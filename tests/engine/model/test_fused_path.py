@@ -1,8 +1,8 @@
 """The fused path of the model (``VoxCPMModel.use_fused_kernels``) against the op-by-op path.
 
 fp32 tiny models of every kind, Triton kernels in the interpreter on the CPU: each stack, the local
-encoder and the sampler agree up to fp32 rounding order; LoRA rows fall back to the separate
-projections (and the time MLPs to per-call evaluation) and still agree.
+encoder and the sampler agree up to fp32 rounding order; LoRA rows add their adapter terms to
+the fused GEMMs' slices (and the time MLPs fall back to per-call evaluation) and still agree.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _load_same_adapters(models, seed=0):
 
 
 @torch.inference_mode()
-def test_lora_rows_use_the_separate_projections_and_per_call_time_tokens():
+def test_lora_rows_on_fused_gemms_and_per_call_time_tokens():
     plain, fast = _pair("v2")
     targets = [
         n
