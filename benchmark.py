@@ -103,7 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     eng.add_argument(
         "--no-fused-kernels", dest="fused_kernels", action="store_false", help="ours: op-by-op torch, no Triton fusion"
     )
-    eng.add_argument("--vae-tf32", action="store_true", help="ours: the AudioVAE's convolutions in TF32")
+    eng.add_argument(
+        "--vae-fp32", dest="vae_tf32", action="store_false", help="ours: the AudioVAE's convolutions in true fp32"
+    )
     eng.add_argument("--loras", type=int, default=0, help="ours: N random LoRA voices, requests cycle through them")
     eng.add_argument("--lora-rank", type=int, default=32, help="rank of the --loras adapters (default 32)")
     ap.add_argument("--compare", action="store_true", help="also run nano-vllm-voxcpm (engine / open-loop modes)")

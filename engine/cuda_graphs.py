@@ -73,15 +73,23 @@ class _Buffers:
         hidden = cfg.base_lm_config().hidden_size
         n = max_batch
         self.embed = torch.zeros(n, hidden, dtype=dtype, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
-        self.slots = torch.full((n,), -1, dtype=torch.long, device=dev)
+        # The integer inputs live in two flat tensors, filled on the host in a (pinned) mirror and
+        # uploaded with one copy each per step: positions | slots | LoRA ids, and seq_lens | tables.
+        pin = dev.type == "cuda"
+        self.host_i64 = torch.zeros(3, n, dtype=torch.long, pin_memory=pin)
+        self.host_i32 = torch.zeros(n + n * max_blocks, dtype=torch.int32, pin_memory=pin)
+        self.host_i64[1].fill_(-1)
+        self.host_i32[:n].fill_(1)
+        self.i64 = self.host_i64.to(dev)
+        self.i32 = self.host_i32.to(dev)
+        self.positions, self.slots, self.lora = self.i64[0], self.i64[1], self.i64[2]
+        self.seq_lens = self.i32[:n]
+        self.block_tables = self.i32[n:].view(n, max_blocks)
+        self.uploaded: torch.cuda.Event | None = None  # the last upload (the host mirror is reused)
         self.cu_seqlens_q = torch.arange(n + 1, dtype=torch.int32, device=dev)
-        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
-        self.block_tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=dev)
         self.noise = torch.zeros(n, cfg.feat_dim, cfg.patch_size, dtype=dtype, device=dev)
         self.cond = torch.zeros(n, cfg.feat_dim, cfg.patch_size, dtype=dtype, device=dev)
         self.cfg_value = torch.full((n,), 2.0, dtype=torch.float32, device=dev)
-        self.lora = torch.zeros(n, dtype=torch.long, device=dev)
         self.lm_hidden = torch.zeros(n, hidden, dtype=dtype, device=dev)
         self.res_hidden = torch.zeros(n, cfg.residual_lm_config().hidden_size, dtype=dtype, device=dev)
         self.out_patches = torch.zeros(n, cfg.patch_size, cfg.feat_dim, dtype=dtype, device=dev)
@@ -191,35 +199,56 @@ class DecodeGraphs:
     def _bucket(self, n: int) -> int:
         return next(s for s in self.buckets if s >= n)
 
+    def _host_mirror(self) -> tuple:
+        """numpy views of the host mirror, once the previous upload from it has finished."""
+        b = self.bufs
+        if b.uploaded is not None:
+            b.uploaded.synchronize()
+        return b.host_i64.numpy(), b.host_i32.numpy()
+
+    def _upload(self) -> None:
+        b = self.bufs
+        b.i64.copy_(b.host_i64, non_blocking=True)
+        b.i32.copy_(b.host_i32, non_blocking=True)
+        if b.i64.is_cuda:
+            b.uploaded = torch.cuda.Event()
+            b.uploaded.record()
+
     def _fill(self, rows: list[ScheduledRow], padded: int) -> bool:
         """Copy the rows' inputs into the buffers (padding rows after them); returns whether any row uses LoRA."""
-        b, runner = self.bufs, self.runner
-        bs = runner.block_size
-        n = len(rows)
+        b, bs = self.bufs, self.runner.block_size
+        n, size = len(rows), self.max_batch
         reqs = [r.request for r in rows]
-        positions = [r.start for r in rows] + [0] * (padded - n)
-        slots = [req.block_table[p // bs] * bs + p % bs for req, p in zip(reqs, positions, strict=False)]
-        slots += [-1] * (padded - n)
-        tables = torch.zeros(padded, self.max_blocks, dtype=torch.int32)
+        i64, i32 = self._host_mirror()
+        positions = [r.start for r in rows]
+        i64[0, :n] = positions
+        i64[0, n:padded] = 0
+        i64[1, :n] = [req.block_table[p // bs] * bs + p % bs for req, p in zip(reqs, positions, strict=True)]
+        i64[1, n:padded] = -1  # padding rows store no K/V
+        i32[:n] = [p + 1 for p in positions]
+        i32[n:padded] = 1
+        tables = i32[size:].reshape(size, self.max_blocks)
+        tables[:padded] = 0
         for i, req in enumerate(reqs):
-            tables[i, : len(req.block_table)] = torch.tensor(req.block_table, dtype=torch.int32)
-        b.positions[:padded].copy_(torch.tensor(positions, dtype=torch.long), non_blocking=True)
-        b.slots[:padded].copy_(torch.tensor(slots, dtype=torch.long), non_blocking=True)
-        b.seq_lens[:padded].copy_(torch.tensor([p + 1 for p in positions], dtype=torch.int32), non_blocking=True)
-        b.block_tables[:padded].copy_(tables, non_blocking=True)
+            tables[i, : len(req.block_table)] = req.block_table
         b.embed[:n].copy_(torch.stack([req.embed for req in reqs]))
-        return self._fill_sampling(reqs, padded)
+        return self._fill_sampling(reqs, padded, mirror=(i64, i32))
 
-    def _fill_sampling(self, reqs: list[Request], padded: int) -> bool:
-        """Noise, conditioning patch, guidance and LoRA slot of each row; returns whether any row uses LoRA."""
+    def _fill_sampling(self, reqs: list[Request], padded: int, mirror: tuple | None = None) -> bool:
+        """Noise, conditioning patch, guidance and LoRA slot of each row, then the upload of the integer inputs.
+
+        Returns whether any row uses LoRA.
+        """
         b, runner, n = self.bufs, self.runner, len(reqs)
         b.cond[:n].copy_(torch.stack([runner.cond_patch(req) for req in reqs]).transpose(1, 2))
         b.noise[:n].copy_(runner.noise(reqs))
         b.cfg_value[:n].copy_(torch.tensor([req.params.cfg_value for req in reqs], dtype=torch.float32))
         lora_slots = [req.lora_slot for req in reqs]
         uses_lora = runner.lora_enabled and any(lora_slots)
-        if uses_lora:
-            b.lora[:padded].copy_(torch.tensor(lora_slots + [0] * (padded - n), dtype=torch.long))
+        i64, _ = mirror if mirror is not None else self._host_mirror()
+        i64[2, :n] = lora_slots
+        i64[2, n:padded] = 0
+        self._upload()
         return uses_lora
 
     @torch.inference_mode()

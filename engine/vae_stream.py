@@ -107,7 +107,7 @@ class VaeStreams:
             views.append(self._state[:n, offsets : offsets + size].view(n, c, ctx))
             offsets += size
         stream = list(views)
-        with conv_flags(self.vae.tf32_convs):
+        with conv_flags(self.vae.tf32_convs, benchmark=True):  # static shapes: let cuDNN pick
             y = self.vae.decoder(self._z[:n], self._bucket, stream)
         for view, tail in zip(views, stream, strict=True):
             view.copy_(tail)

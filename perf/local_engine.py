@@ -102,7 +102,7 @@ def engine_config(
     enforce_eager: bool = False,
     timesteps: int = 10,
     fused_kernels: bool = True,
-    vae_tf32: bool = False,
+    vae_tf32: bool = True,
     max_loras: int = 0,
     max_lora_rank: int = 32,
 ) -> EngineConfig:

@@ -6,8 +6,8 @@ Usage (GPU machine, repo root): python3 scripts/bench_decode_graphs.py [--preset
 For each preset, variant and batch size, B requests of ``--steps`` patches start together; the
 figure is the median wall time of the steps in which every row decodes (the engine's own step:
 LMs, sampler, VAE decode, outputs to the host). Variants: ``fused`` (CUDA graphs + the fused
-Triton kernels, the default), ``tf32`` (``fused`` + TF32 VAE convs), ``graphs`` (graphs,
-op-by-op torch), ``eager`` (neither).
+Triton kernels, VAE in true fp32), ``tf32`` (``fused`` + TF32 VAE convs: the default),
+``graphs`` (graphs, op-by-op torch), ``eager`` (neither).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def decode_step_ms(engine: Engine, batch: int, steps: int) -> tuple[float, float
 
 
 VARIANTS = {
-    "tf32": {"vae_tf32": True},  # fused + the VAE's convolutions in TF32
-    "fused": {},  # the default on CUDA: graphs + fused Triton kernels
-    "graphs": {"fused_kernels": False},  # graphs, op-by-op torch inside
-    "eager": {"enforce_eager": True, "fused_kernels": False},  # neither
+    "tf32": {},  # the default on CUDA: graphs + fused Triton kernels + the VAE's convolutions in TF32
+    "fused": {"vae_tf32": False},  # graphs + fused kernels, VAE in true fp32
+    "graphs": {"fused_kernels": False, "vae_tf32": False},  # graphs, op-by-op torch inside
+    "eager": {"enforce_eager": True, "fused_kernels": False, "vae_tf32": False},  # neither
 }
 
 

@@ -116,9 +116,9 @@ class ServerConfig:
         parse=_bool,
     )
     vae_tf32: bool = _setting(
-        False,
-        "On CUDA, run the AudioVAE's convolutions in TF32 (faster at large batches; not bit-stable between "
-        "streamed and whole decodes).",
+        True,
+        "On CUDA, run the AudioVAE's convolutions in TF32 like PyTorch's default (faster at large batches); "
+        "off: true fp32, bit-stable between streamed and whole decodes.",
         parse=_bool,
     )
     engine_threads: int | None = _setting(

@@ -198,8 +198,11 @@ class StreamingDecoderState:
         return StreamingDecoderState([b.to(device) for b in self.buffers])
 
 
-def conv_flags(tf32: bool = False) -> contextlib.AbstractContextManager:
+def conv_flags(tf32: bool = False, *, benchmark: bool | None = None) -> contextlib.AbstractContextManager:
     """cuDNN convolutions for the VAE: true fp32 by default, TF32 when asked.
+
+    ``benchmark=True`` lets cuDNN time its algorithms per input shape (worth it where shapes are
+    static, e.g. the engine's captured decode buckets); ``None`` keeps the global setting.
 
     With TF32 (PyTorch's default for cuDNN, so what the reference does on a GPU) each of the
     decoder's ~40 random-feature convs rounds its inputs to 10 mantissa bits; on VoxCPM2 shapes a

@@ -24,7 +24,9 @@ def _params(n, seed):
 
 
 def _engine(ckpt, backend=None, **kw):
-    cfg = EngineConfig(**{"max_num_seqs": 8, "max_num_batched_tokens": 32, "max_model_len": 256, **kw})
+    cfg = EngineConfig(
+        **{"max_num_seqs": 8, "max_num_batched_tokens": 32, "max_model_len": 256, "vae_tf32": False, **kw}
+    )
     return Engine(ckpt, cfg, attention_backend=backend)
 
 

@@ -45,6 +45,7 @@ def _engine(path, fused_kernels):
             max_model_len=128,
             fused_kernels=fused_kernels,
             cuda_graph_timesteps=(STEPS,),
+            vae_tf32=False,
         ),
     )
     if fused_kernels and DEVICE == "cpu":  # on CUDA the engine captures its graphs itself

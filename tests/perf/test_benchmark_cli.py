@@ -59,6 +59,7 @@ def test_help_documents_every_mode_and_flag(capsys):
         "--duration",
         "--loras",
         "--no-fused-kernels",
+        "--vae-fp32",
     ):
         assert word in out, word
 
