@@ -246,9 +246,11 @@ class AudioVAE(nn.Module):
         self.tf32_convs = False  # see conv_flags
 
     def use_fused_kernels(self) -> None:
-        """Run every Snake activation as one Triton kernel (:func:`engine.kernels.fused.snake`)."""
+        """The CUDA fast paths: Snake as one Triton kernel (:func:`engine.kernels.fused.snake`), and in
+        streaming decodes the depthwise convs as one kernel over context and input and the transposed
+        convs as a GEMM with an overlap-add."""
         for module in self.modules():
-            if isinstance(module, Snake1d):
+            if isinstance(module, Snake1d | CausalConv1d | CausalConvTranspose1d):
                 module.fused = True
 
     @property

@@ -14,8 +14,9 @@ like the reference (zero left padding).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,7 @@ class _WeightNormConv(StreamableModule):
         self.register_buffer("folded_weight", None, persistent=False)
         self.context = context
         self.stream_slot: int | None = None
+        self.fused = False  # AudioVAE.use_fused_kernels: streaming fast paths (depthwise kernel, GEMM)
         if self.weight_v.device.type != "meta":  # shape-only builds (loader checks) skip the init: it is slow there
             self._reset_parameters()
 
@@ -158,8 +160,25 @@ class CausalConv1d(_WeightNormConv):
         return self.weight_v.shape[1] * self.groups
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
+        if self.fused and stream is not None and self.stream_slot is not None and self._depthwise:
+            return self._depthwise_stream(x, stream)
         x = self._with_context(x, stream)
         return F.conv1d(x, self.weight(), self.bias, self.stride, 0, self.dilation, self.groups)
+
+    @property
+    def _depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.weight_v.shape[0] and self.stride == 1
+
+    def _depthwise_stream(self, x: Tensor, stream: StreamBuffers) -> Tensor:
+        # The fused path: one kernel reads the context and the new samples in place (no cat, and
+        # torch's generic depthwise kernel is slow), then the new context is the tail of [context | x].
+        from engine.kernels.fused import depthwise_causal_conv
+
+        context = stream[self.stream_slot]
+        y = depthwise_causal_conv(context, x, self.weight(), self.bias, self.dilation)
+        n = self.context
+        stream[self.stream_slot] = x[..., -n:] if x.shape[-1] >= n else torch.cat([context, x], dim=-1)[..., -n:]
+        return y
 
 
 class CausalConvTranspose1d(_WeightNormConv):
@@ -189,8 +208,35 @@ class CausalConvTranspose1d(_WeightNormConv):
         if stream is None or self.stream_slot is None:
             return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., :-s]
         x = self._with_context(x, stream)
+        if self.fused:
+            return self._as_gemm(x)
         # The first s samples belong to the previous frame and were emitted by the previous call.
         return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., s:-s]
+
+    def _as_gemm(self, x: Tensor) -> Tensor:
+        """The streaming transposed conv as one GEMM plus an overlap-add (cuDNN's kernel for it is slow).
+
+        With kernel ``2s``, output block j of the ``T`` new frames is ``W[..., :s]`` applied to frame
+        j plus ``W[..., s:]`` applied to the frame before it (``x`` starts with the context frame).
+        """
+        s, (bsz, _, frames) = self.stride, x.shape
+        out_ch = self.weight_v.shape[1]
+        w = self.weight().reshape(self.in_channels, out_ch * 2 * s)
+        with _matmul_tf32(torch.backends.cudnn.allow_tf32):  # the conv precision conv_flags chose
+            y = torch.matmul(x.transpose(1, 2), w).view(bsz, frames, out_ch, 2, s)
+        blocks = y[:, 1:, :, 0] + y[:, :-1, :, 1]  # [B, T, out, s]
+        return (blocks.permute(0, 2, 1, 3) + self.bias.view(1, -1, 1, 1)).reshape(bsz, out_ch, (frames - 1) * s)
+
+
+@contextlib.contextmanager
+def _matmul_tf32(enabled: bool) -> Iterator[None]:
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = before
 
 
 class ResidualUnit(StreamableModule):

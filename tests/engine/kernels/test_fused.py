@@ -155,3 +155,31 @@ def test_vae_with_fused_snake_decodes_like_the_op_by_op_vae(name):
     fast.use_fused_kernels()
     z = _randn(2, TINY[name].latent_dim, 3)
     torch.testing.assert_close(fast.decode(z), plain.decode(z), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dilation", "length"), [(1, 5), (3, 40), (9, 28), (9, 70)])
+def test_depthwise_causal_conv_equals_conv1d_over_the_concatenation(dilation, length):
+    channels, ctx = 6, 6 * dilation
+    flat = _randn(3, channels * ctx + 5)  # context rows as strided views of a wider slot tensor
+    context = flat[:, : channels * ctx].view(3, channels, ctx)
+    x = _randn(3, channels, length, seed=1)
+    weight, bias = _randn(channels, 1, 7, seed=2), _randn(channels, seed=3)
+    want = F.conv1d(torch.cat([context, x], dim=-1), weight, bias, groups=channels, dilation=dilation)
+    _close(fused.depthwise_causal_conv(context, x, weight, bias, dilation), want, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["v1-0.5b", "v1-1.5", "v2"])
+@torch.no_grad()
+def test_streamed_vae_decode_with_fused_paths_equals_the_op_by_op_stream(name):
+    plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
+    fast = AudioVAE(TINY[name]).eval().to(DEVICE)
+    fast.load_state_dict(plain.state_dict())
+    fast.use_fused_kernels()
+    z = _randn(2, TINY[name].latent_dim, 5)
+    states = [vae.new_stream_state(2, DEVICE) for vae in (plain, fast)]
+    for start, end in ((0, 1), (1, 5)):  # chunks shorter and longer than the contexts
+        want = plain.decode_stream(z[..., start:end], states[0])
+        got = fast.decode_stream(z[..., start:end], states[1])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(states[0].buffers, states[1].buffers, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
