@@ -262,7 +262,7 @@ def cfg_euler_(x: Tensor, velocity: Tensor, cfg_value: Tensor, dt: float) -> Non
     _cfg_euler_kernel[(b,)](x, velocity, cfg_value, b, n, float(dt), BLOCK=triton.next_power_of_2(n))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "channels", "length"])
 def _snake_kernel(x_ptr, alpha_ptr, y_ptr, n, channels, length, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
@@ -292,7 +292,7 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
     return y
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["length", "ctx_len", "dilation", "stride_ctx_b"])
 def _depthwise_conv_kernel(
     ctx_ptr,
     x_ptr,
