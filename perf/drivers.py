@@ -51,6 +51,19 @@ class Sampling:
     cfg_value: float = 2.0
     timesteps: int = 10
 
+    def params(self, seed: int) -> Any:
+        """Our engine's ``GenerationParams`` for one request of this run."""
+        from engine.pipeline import GenerationParams
+
+        return GenerationParams(
+            cfg_value=self.cfg_value,
+            inference_timesteps=self.timesteps,
+            min_steps=self.steps,
+            max_steps=self.steps,
+            temperature=self.temperature,
+            seed=seed,
+        )
+
 
 @dataclass
 class Chunk:

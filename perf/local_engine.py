@@ -60,16 +60,7 @@ class LocalEngine:
         return cls(Engine(load_checkpoint(model_dir, device=device), config, attention_backend=attention_backend))
 
     def add(self, request_id: str, text: str, sampling: Sampling, seed: int) -> None:
-        from engine.pipeline import GenerationParams
-
-        params = GenerationParams(
-            cfg_value=sampling.cfg_value,
-            inference_timesteps=sampling.timesteps,
-            min_steps=sampling.steps,
-            max_steps=sampling.steps,
-            temperature=sampling.temperature,
-            seed=seed,
-        )
+        params = sampling.params(seed)
         lora = self.voices[self._added % len(self.voices)] if self.voices else None
         self._added += 1
         self.engine.add_request(request_id, text, params=params, lora=lora)

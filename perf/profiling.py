@@ -149,20 +149,11 @@ def profile_level(adapter: LocalEngine, *, concurrency: int, sampling: Sampling,
 
 
 async def _stream_all(engine: Any, n: int, sampling: Sampling, tag: str) -> tuple[list[StreamTrace], float]:
-    from engine.pipeline import GenerationParams
-
     rate = engine.sample_rate
 
     async def one(i: int) -> StreamTrace:
         rid = f"{tag}a{i}"
-        params = GenerationParams(
-            cfg_value=sampling.cfg_value,
-            inference_timesteps=sampling.timesteps,
-            min_steps=sampling.steps,
-            max_steps=sampling.steps,
-            temperature=sampling.temperature,
-            seed=i,
-        )
+        params = sampling.params(i)
         trace = StreamTrace(rid, time.perf_counter())
         try:
             async for chunk in engine.generate(rid, request_text(i, tag), params=params):

@@ -146,13 +146,19 @@ def test_snake_matches_the_op_by_op_activation(shape):
     _close(fused.snake(x.transpose(1, 2).contiguous().transpose(1, 2), alpha), vae_snake(x, alpha), torch.float32)
 
 
-@pytest.mark.parametrize("name", ["v1-1.5", "v2"])
-@torch.no_grad()
-def test_vae_with_fused_snake_decodes_like_the_op_by_op_vae(name):
+def _vae_pair(name):
+    """The same random tiny VAE twice: op by op, and on the fused paths."""
     plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
     fast = AudioVAE(TINY[name]).eval().to(DEVICE)
     fast.load_state_dict(plain.state_dict())
     fast.use_fused_kernels()
+    return plain, fast
+
+
+@pytest.mark.parametrize("name", ["v1-1.5", "v2"])
+@torch.no_grad()
+def test_vae_with_fused_snake_decodes_like_the_op_by_op_vae(name):
+    plain, fast = _vae_pair(name)
     z = _randn(2, TINY[name].latent_dim, 3)
     torch.testing.assert_close(fast.decode(z), plain.decode(z), atol=1e-5, rtol=1e-5)
 
@@ -171,10 +177,7 @@ def test_depthwise_causal_conv_equals_conv1d_over_the_concatenation(dilation, le
 @pytest.mark.parametrize("name", ["v1-0.5b", "v1-1.5", "v2"])
 @torch.no_grad()
 def test_streamed_vae_decode_with_fused_paths_equals_the_op_by_op_stream(name):
-    plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
-    fast = AudioVAE(TINY[name]).eval().to(DEVICE)
-    fast.load_state_dict(plain.state_dict())
-    fast.use_fused_kernels()
+    plain, fast = _vae_pair(name)
     z = _randn(2, TINY[name].latent_dim, 5)
     states = [vae.new_stream_state(2, DEVICE) for vae in (plain, fast)]
     for start, end in ((0, 1), (1, 5)):  # chunks shorter and longer than the contexts
