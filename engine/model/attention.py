@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+SHORT_ATTENTION_MAX = 32  # longest sequence of engine.kernels.fused.short_attention (DiT: 9-11, encoder: 3-5)
+
 
 class AttentionFn(Protocol):
     """Computes attention for one layer.
@@ -42,8 +44,9 @@ class DenseAttention:
 
     Args:
         causal: Causal mask.
-        strided: Hand strided q/k/v views straight to SDPA (the fused CUDA path) instead of
-            making them contiguous first (the CPU path, whose kernels' bits depend on layout).
+        strided: The fused CUDA path: short bidirectional sequences (DiT, local encoder) go to
+            :func:`engine.kernels.fused.short_attention`, others straight to SDPA as strided views;
+            otherwise q/k/v are made contiguous first (the CPU path, whose bits depend on layout).
     """
 
     def __init__(self, causal: bool, *, strided: bool = False) -> None:
@@ -53,6 +56,10 @@ class DenseAttention:
     def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if not self.strided:
             return dense_attention(q, k, v, causal=self.causal)
+        if not self.causal and q.size(2) <= SHORT_ATTENTION_MAX:
+            from engine.kernels.fused import short_attention  # the fused path only (needs Triton)
+
+            return short_attention(q, k, v)
         gqa = q.size(1) != k.size(1)  # without GQA, SDPA may pick its fused kernels for any strides
         return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, enable_gqa=gqa)
 

@@ -186,3 +186,24 @@ def test_streamed_vae_decode_with_fused_paths_equals_the_op_by_op_stream(name):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for a, b in zip(states[0].buffers, states[1].buffers, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "seq", "dim"), [(16, 16, 9, 64), (4, 2, 11, 32), (2, 2, 5, 64), (2, 1, 32, 16)]
+)
+def test_short_attention_on_views_of_a_fused_qkv_output(heads, kv_heads, seq, dim, dtype):
+    qkv = _randn(3, seq, (heads + 2 * kv_heads) * dim, dtype=dtype)
+    q = qkv[..., : heads * dim].view(3, seq, heads, dim).transpose(1, 2)
+    k = qkv[..., heads * dim : (heads + kv_heads) * dim].view(3, seq, kv_heads, dim).transpose(1, 2)
+    v = qkv[..., (heads + kv_heads) * dim :].view(3, seq, kv_heads, dim).transpose(1, 2)
+    want = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), enable_gqa=True)
+    got = fused.short_attention(q, k, v)
+    _close(got, want, dtype)
+    assert got.transpose(1, 2).is_contiguous()  # [B, S, heads, d] memory: the o_proj input without a copy
+
+
+def test_short_attention_refuses_long_sequences():
+    q = _randn(1, 2, 33, 16)
+    with pytest.raises(ValueError, match="unsupported"):
+        fused.short_attention(q, q, q)
