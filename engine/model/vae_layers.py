@@ -55,7 +55,7 @@ class Snake1d(StreamableModule):
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
         if self.fused:
-            from engine.kernels.fused import snake as fused_snake
+            from engine.kernels.fused_vae import snake as fused_snake
 
             return fused_snake(x, self.alpha)
         return snake(x, self.alpha)
@@ -172,7 +172,7 @@ class CausalConv1d(_WeightNormConv):
     def _depthwise_stream(self, x: Tensor, stream: StreamBuffers) -> Tensor:
         # The fused path: one kernel reads the context and the new samples in place (no cat, and
         # torch's generic depthwise kernel is slow), then the new context is the tail of [context | x].
-        from engine.kernels.fused import depthwise_causal_conv
+        from engine.kernels.fused_vae import depthwise_causal_conv
 
         context = stream[self.stream_slot]
         y = depthwise_causal_conv(context, x, self.weight(), self.bias, self.dilation)

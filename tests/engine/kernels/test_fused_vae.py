@@ -1,0 +1,69 @@
+"""The VAE kernels of ``engine.kernels.fused_vae`` and the VAE's fused paths against the op-by-op code.
+
+Runs in Triton's interpreter without CUDA (set up by ``tests.engine.kernels.interpret``), compiled
+with CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.kernels import fused_vae
+from engine.model.audio_vae import AudioVAE
+from engine.model.vae_layers import snake as vae_snake
+from tests.engine.kernels.interpret import DEVICE, close, randn, skip_if_compiled
+from tests.engine.model.vae_configs import TINY, randomize
+
+skip_if_compiled(fused_vae._snake_kernel)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 37), (1, 3, 2048), (4, 64, 28)])
+def test_snake_matches_the_op_by_op_activation(shape):
+    x = randn(*shape) * 4
+    alpha = (torch.rand(1, shape[1], 1, generator=torch.Generator().manual_seed(1)) * 1.5 + 0.25).to(DEVICE)
+    close(fused_vae.snake(x, alpha), vae_snake(x, alpha), torch.float32)
+    close(fused_vae.snake(x.transpose(1, 2).contiguous().transpose(1, 2), alpha), vae_snake(x, alpha), torch.float32)
+
+
+def _vae_pair(name):
+    """The same random tiny VAE twice: op by op, and on the fused paths."""
+    plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
+    fast = AudioVAE(TINY[name]).eval().to(DEVICE)
+    fast.load_state_dict(plain.state_dict())
+    fast.use_fused_kernels()
+    return plain, fast
+
+
+@pytest.mark.parametrize("name", ["v1-1.5", "v2"])
+@torch.no_grad()
+def test_vae_with_fused_snake_decodes_like_the_op_by_op_vae(name):
+    plain, fast = _vae_pair(name)
+    z = randn(2, TINY[name].latent_dim, 3)
+    torch.testing.assert_close(fast.decode(z), plain.decode(z), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dilation", "length"), [(1, 5), (3, 40), (9, 28), (9, 70)])
+def test_depthwise_causal_conv_equals_conv1d_over_the_concatenation(dilation, length):
+    channels, ctx = 6, 6 * dilation
+    flat = randn(3, channels * ctx + 5)  # context rows as strided views of a wider slot tensor
+    context = flat[:, : channels * ctx].view(3, channels, ctx)
+    x = randn(3, channels, length, seed=1)
+    weight, bias = randn(channels, 1, 7, seed=2), randn(channels, seed=3)
+    want = F.conv1d(torch.cat([context, x], dim=-1), weight, bias, groups=channels, dilation=dilation)
+    close(fused_vae.depthwise_causal_conv(context, x, weight, bias, dilation), want, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["v1-0.5b", "v1-1.5", "v2"])
+@torch.no_grad()
+def test_streamed_vae_decode_with_fused_paths_equals_the_op_by_op_stream(name):
+    plain, fast = _vae_pair(name)
+    z = randn(2, TINY[name].latent_dim, 5)
+    states = [vae.new_stream_state(2, DEVICE) for vae in (plain, fast)]
+    for start, end in ((0, 1), (1, 5)):  # chunks shorter and longer than the contexts
+        want = plain.decode_stream(z[..., start:end], states[0])
+        got = fast.decode_stream(z[..., start:end], states[1])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(states[0].buffers, states[1].buffers, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
