@@ -115,8 +115,7 @@ class LocalDiT(nn.Module):
         # Transpose to [N, P, D] and make contiguous BEFORE the biased linears (bit parity, §4.6).
         x = self.in_proj(x.transpose(1, 2).contiguous())
         cond = self.cond_proj(cond.transpose(1, 2).contiguous())
-        time = self.time_mlp(timestep_embedding(t, self.hidden).to(x.dtype))
-        time = time + self.delta_time_mlp(timestep_embedding(dt, self.hidden).to(x.dtype))
+        time = self._time_token(t, dt)
         if self.mu_tokens:
             prefix = [mu.view(x.size(0), self.mu_tokens, self.hidden), time.unsqueeze(1)]
         else:
@@ -133,24 +132,30 @@ class LocalDiT(nn.Module):
         once per count (from ``times``, the ``K`` flow times of the calls) and cached. ``None`` when
         an adapter patches the time MLPs (their output then depends on the row's voice).
         """
-        linears = (self.time_mlp.linear_1, self.time_mlp.linear_2, self.delta_time_mlp.linear_1)
-        if any(type(m) is not nn.Linear for m in (*linears, self.delta_time_mlp.linear_2)):
+        mlps = (
+            self.time_mlp.linear_1,
+            self.time_mlp.linear_2,
+            self.delta_time_mlp.linear_1,
+            self.delta_time_mlp.linear_2,
+        )
+        if any(type(m) is not nn.Linear for m in mlps):
             return None
         table = self._time_tables.get(n_timesteps)
         if table is None:
-            dtype = self.in_proj.weight.dtype
             times = times.to(self.in_proj.weight.device)
-            table = self.time_mlp(timestep_embedding(times, self.hidden).to(dtype))
-            table = table + self.delta_time_mlp(timestep_embedding(torch.zeros_like(times), self.hidden).to(dtype))
-            self._time_tables[n_timesteps] = table
+            table = self._time_tables[n_timesteps] = self._time_token(times, torch.zeros_like(times))
         return table
 
     def time_row(self, t: Tensor, rows: int) -> Tensor:
         """The time-token contribution ``[rows, hidden]`` at flow time ``t`` (0-dim, on the model's device)."""
-        dtype = self.in_proj.weight.dtype
         t = t.expand(rows)
+        return self._time_token(t, torch.zeros_like(t))
+
+    def _time_token(self, t: Tensor, dt: Tensor) -> Tensor:
+        """``time_mlp(emb(t)) + delta_time_mlp(emb(dt))``, ``[N, hidden]`` (the reference's op order)."""
+        dtype = self.in_proj.weight.dtype
         time = self.time_mlp(timestep_embedding(t, self.hidden).to(dtype))
-        return time + self.delta_time_mlp(timestep_embedding(torch.zeros_like(t), self.hidden).to(dtype))
+        return time + self.delta_time_mlp(timestep_embedding(dt, self.hidden).to(dtype))
 
     def prepare(self, mu: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """Loop invariants of a sampler call: ``mu`` as tokens ``[N, m, hidden]``, the projected cond ``[N, P, H]``.

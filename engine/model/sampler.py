@@ -7,6 +7,7 @@ own noise, conditioning and guidance scale; all rows share the number of timeste
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -117,11 +118,13 @@ def sample_euler(
     return x
 
 
+@functools.lru_cache(maxsize=16)
 def euler_schedule(n_timesteps: int, dtype: torch.dtype) -> tuple[Tensor, list[float]]:
     """The flow times and step sizes of the estimator calls of :func:`sample_euler`, in its arithmetic.
 
     Computed on the CPU in ``dtype`` exactly as the loop computes them on the device (same ops, same
-    rounding), so a fused sampler can bake them in as constants.
+    rounding), so a fused sampler can bake them in as constants; cached per step count (treat the
+    result as read-only).
 
     Returns:
         ``(times [K], steps)``: the time of each of the ``K`` calls and the ``dt`` that follows it.

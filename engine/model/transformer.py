@@ -149,20 +149,18 @@ class Attention(nn.Module):
     def forward_fused(
         self, x: Tensor, positions: Tensor | None, rotary: RotaryEmbedding | None, attention: AttentionFn
     ) -> Tensor:
-        """:meth:`forward` with one q/k/v GEMM (LoRA terms added to its slices) and the RoPE kernel."""
+        """:meth:`forward` with one q/k/v GEMM (LoRA terms added to its slices) and the RoPE kernel.
+
+        Needs :meth:`fuse_projections` first (:meth:`MiniCPM.use_fused_kernels` does both).
+        """
         from engine.kernels.fused import rope_
 
         bsz, seq, _ = x.shape
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        if getattr(self, "qkv_weight", None) is not None:
-            qkv = F.linear(x, self.qkv_weight)
-            q, k, v = qkv[..., :q_dim], qkv[..., q_dim : q_dim + kv_dim], qkv[..., q_dim + kv_dim :]
-            if get_lora_rows() is not None:  # adapters add their terms to the fused GEMM's slices
-                q, k, v = (
-                    _with_adapter(lin, x, y) for lin, y in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v))
-                )
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qkv = F.linear(x, self.qkv_weight)
+        q, k, v = qkv[..., :q_dim], qkv[..., q_dim : q_dim + kv_dim], qkv[..., q_dim + kv_dim :]
+        if get_lora_rows() is not None:  # adapters add their terms to the fused GEMM's slices
+            q, k, v = (_with_adapter(lin, x, y) for lin, y in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
         q = q.view(bsz, seq, self.num_heads, self.head_dim)
         k = k.view(bsz, seq, self.num_kv_heads, self.head_dim)
         v = v.view(bsz, seq, self.num_kv_heads, self.head_dim)
@@ -189,17 +187,17 @@ class MLP(nn.Module):
         self.gate_up_weight = _fuse_weights(self.gate_proj, self.up_proj)
 
     def forward_fused(self, x: Tensor) -> Tensor:
-        """:meth:`forward` with one gate/up GEMM (LoRA terms added to its slices) and the SwiGLU kernel."""
+        """:meth:`forward` with one gate/up GEMM (LoRA terms added to its slices) and the SwiGLU kernel.
+
+        Needs :meth:`fuse_projections` first.
+        """
         from engine.kernels.fused import silu_mul
 
-        if getattr(self, "gate_up_weight", None) is not None:
-            gate_up = F.linear(x, self.gate_up_weight)
-            width = gate_up.shape[-1] // 2
-            gate, up = gate_up[..., :width], gate_up[..., width:]
-            if get_lora_rows() is not None:
-                gate, up = _with_adapter(self.gate_proj, x, gate), _with_adapter(self.up_proj, x, up)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+        gate_up = F.linear(x, self.gate_up_weight)
+        width = gate_up.shape[-1] // 2
+        gate, up = gate_up[..., :width], gate_up[..., width:]
+        if get_lora_rows() is not None:
+            gate, up = _with_adapter(self.gate_proj, x, gate), _with_adapter(self.up_proj, x, up)
         return self.down_proj(silu_mul(gate, up))
 
 
