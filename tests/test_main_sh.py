@@ -21,7 +21,11 @@ def test_main_sh_brings_up_the_server_and_writes_the_examples_audio(tmp_path):
     # A venv view of the interpreter running the tests, marked as set up for this pyproject.toml.
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: a symlinked interpreter outside its venv finds no pyvenv.cfg and
+    # starts as the base Python without the venv's packages (seen with pyenv's CPython 3.11).
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     digest = subprocess.run(
         "cat pyproject.toml | sha1sum | cut -c1-12", shell=True, cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -72,7 +72,8 @@ def test_streaming_equals_whole_utterance(synth_v2, prompt_wav):
         whole = synth_v2.generate("Streaming test.", voice, _params(6))
         chunks = list(synth_v2.stream("Streaming test.", voice, _params(6)))
         assert [len(c) for c in chunks] == [synth_v2.config.samples_per_patch] * 6
-        np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-5, rtol=0)
+        # fp32 VAE, different conv lengths: rounding only (measured up to 2.1e-5 on an AMD EPYC host)
+        np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4, rtol=0)
 
 
 def test_v1_streaming_equals_whole_utterance(synth_v1, prompt_wav):

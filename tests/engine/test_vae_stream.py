@@ -13,8 +13,12 @@ def vae_and_patch(request):
     return ckpt.vae, ckpt.config.patch_size
 
 
-def _check_against_decode_stream(vae, patch, streams, device="cpu", atol=1e-6):
-    """Streams join and leave between steps; every chunk equals the model's own streaming decode of that stream."""
+def _check_against_decode_stream(vae, patch, streams, device="cpu", atol=5e-5):
+    """Streams join and leave between steps; every chunk equals the model's own streaming decode of that stream.
+
+    fp32 up to rounding: CPU conv kernels may round a padded batch of 4 differently from one
+    stream (up to 1.4e-5 measured on an AMD EPYC host); a slot or state bug is an O(0.1) difference.
+    """
     torch.manual_seed(0)
     z = {name: torch.randn(1, vae.latent_dim, patch * 6, device=device) for name in "abcde"}
     ref_state = {name: vae.new_stream_state(1, device=device) for name in z}
