@@ -19,18 +19,30 @@ from torch import Tensor
 from triton.language.extra import libdevice
 
 
-@triton.jit(do_not_specialize=["n", "channels", "length"])
-def _snake_kernel(x_ptr, alpha_ptr, y_ptr, n, channels, length, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n
-    alpha = tl.load(alpha_ptr + (offs // length) % channels, mask=ok, other=1.0).to(tl.float32)
-    x = tl.load(x_ptr + offs, mask=ok, other=0.0)
-    xf = x.to(tl.float32)
+@triton.jit
+def _snake(x, alpha, LIBDEVICE: tl.constexpr):
+    """Snake of fp32 ``x`` with fp32 ``alpha`` (broadcastable), in the reference's op order."""
     if LIBDEVICE:
-        s = libdevice.sin(alpha * xf)  # accurate at any argument; tl.sin may be the approximate PTX one
+        s = libdevice.sin(alpha * x)  # accurate at any argument; tl.sin may be the approximate PTX one
     else:
-        s = tl.sin(alpha * xf)  # the interpreter (numpy) has no libdevice
-    tl.store(y_ptr + offs, (xf + (1.0 / (alpha + 1e-9)) * (s * s)).to(x.dtype), mask=ok)
+        s = tl.sin(alpha * x)  # the interpreter (numpy) has no libdevice
+    return x + (1.0 / (alpha + 1e-9)) * (s * s)
+
+
+def _libdevice() -> bool:
+    return os.environ.get("TRITON_INTERPRET") != "1"
+
+
+@triton.jit(do_not_specialize=["length"])
+def _snake_kernel(x_ptr, alpha_ptr, y_ptr, channels, length, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
+    # One (batch, channel) row per program row: alpha is loaded once, no per-element index division.
+    row = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = t < length
+    alpha = tl.load(alpha_ptr + row % channels).to(tl.float32)
+    offs = row.to(tl.int64) * length + t
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0)
+    tl.store(y_ptr + offs, _snake(x.to(tl.float32), alpha, LIBDEVICE).to(x.dtype), mask=ok)
 
 
 def snake(x: Tensor, alpha: Tensor) -> Tensor:
@@ -42,10 +54,10 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
     """
     x = x.contiguous()
     y = torch.empty_like(x)
-    n = x.numel()
-    block = 1024
-    libdevice_ok = os.environ.get("TRITON_INTERPRET") != "1"
-    _snake_kernel[(triton.cdiv(n, block),)](x, alpha, y, n, x.shape[1], x.shape[2], BLOCK=block, LIBDEVICE=libdevice_ok)
+    bsz, channels, length = x.shape
+    block = min(1024, triton.next_power_of_2(length))
+    grid = (bsz * channels, triton.cdiv(length, block))
+    _snake_kernel[grid](x, alpha, y, channels, length, BLOCK=block, LIBDEVICE=_libdevice())
     return y
 
 
@@ -55,6 +67,7 @@ def _depthwise_conv_kernel(
     x_ptr,
     w_ptr,
     b_ptr,
+    alpha_ptr,
     y_ptr,
     channels,
     length,
@@ -64,6 +77,8 @@ def _depthwise_conv_kernel(
     stride_ctx_c,
     KSIZE: tl.constexpr,
     BLOCK: tl.constexpr,
+    SNAKE: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // channels
@@ -76,14 +91,17 @@ def _depthwise_conv_kernel(
     for k in tl.static_range(KSIZE):
         # Tap k of output t reads sample t + k * dilation of [context | x]: context first, then x.
         src = t + k * dilation - ctx_len
-        from_x = tl.load(x_row + src, mask=ok & (src >= 0), other=0.0)
-        from_ctx = tl.load(ctx_row + ctx_len + src, mask=ok & (src < 0), other=0.0)
+        ptr = tl.where(src >= 0, x_row + src, ctx_row + ctx_len + src)
         w = tl.load(w_ptr + c * KSIZE + k).to(tl.float32)
-        acc += w * tl.where(src >= 0, from_x, from_ctx).to(tl.float32)
+        acc += w * tl.load(ptr, mask=ok, other=0.0).to(tl.float32)
+    if SNAKE:  # the activation that follows the conv, applied before the store (one pass saved)
+        acc = _snake(acc, tl.load(alpha_ptr + c).to(tl.float32), LIBDEVICE)
     tl.store(y_ptr + row.to(tl.int64) * length + t, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def depthwise_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
+def depthwise_causal_conv(
+    context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, dilation: int, snake_alpha: Tensor | None = None
+) -> Tensor:
     """Depthwise dilated conv over ``[context | x]`` without concatenating them (the streaming VAE's k=7 convs).
 
     Args:
@@ -92,6 +110,7 @@ def depthwise_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tens
         weight: ``[C, 1, k]`` effective weight.
         bias: ``[C]``.
         dilation: Tap spacing.
+        snake_alpha: ``[1, C, 1]``: apply the Snake activation with this alpha to the output.
 
     Returns:
         ``[B, C, T]``: the output for the new samples only.
@@ -104,7 +123,147 @@ def depthwise_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tens
     y = torch.empty_like(x)
     block = min(512, triton.next_power_of_2(length))
     _depthwise_conv_kernel[(bsz * channels, triton.cdiv(length, block))](
-        context, x, weight.contiguous(), bias, y, channels, length, context.shape[-1], dilation,
-        context.stride(0), context.stride(1), KSIZE=ksize, BLOCK=block,
+        context, x, weight.contiguous(), bias, bias if snake_alpha is None else snake_alpha, y, channels, length,
+        context.shape[-1], dilation, context.stride(0), context.stride(1), KSIZE=ksize, BLOCK=block,
+        SNAKE=snake_alpha is not None, LIBDEVICE=_libdevice(),
     )  # fmt: skip
+    return y
+
+
+@triton.jit(do_not_specialize=["channels", "length", "ctx_len", "dilation", "stride_ctx_b"])
+def _mono_conv_kernel(
+    ctx_ptr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    channels,
+    length,
+    ctx_len,
+    dilation,
+    stride_ctx_b,
+    stride_ctx_c,
+    KSIZE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    bat = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]
+    acc = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
+    for c0 in range(0, channels, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)[:, None]
+        ok = (t < length) & (c < channels)
+        x_row = x_ptr + (bat * channels + c).to(tl.int64) * length
+        ctx_row = ctx_ptr + bat.to(tl.int64) * stride_ctx_b + c.to(tl.int64) * stride_ctx_c
+        for k in tl.static_range(KSIZE):
+            src = t + k * dilation - ctx_len  # as in _depthwise_conv_kernel
+            ptr = tl.where(src >= 0, x_row + src, ctx_row + ctx_len + src)
+            w = tl.load(w_ptr + c * KSIZE + k, mask=c < channels, other=0.0).to(tl.float32)
+            acc += w * tl.load(ptr, mask=ok, other=0.0).to(tl.float32)
+    out = tl.sum(acc, axis=0) + tl.load(b_ptr).to(tl.float32)
+    t1 = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tl.store(y_ptr + bat.to(tl.int64) * length + t1, out.to(y_ptr.dtype.element_ty), mask=t1 < length)
+
+
+def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
+    """A conv from C channels to one over ``[context | x]`` without concatenating them (the VAE's output conv).
+
+    cuDNN runs this shape as a layout change plus an implicit GEMM with one output column; one
+    pass over the input is all it needs.
+
+    Args:
+        context: ``[B, C, (k - 1) * dilation]`` left context (last dim contiguous).
+        x: ``[B, C, T]`` new samples (made contiguous).
+        weight: ``[1, C, k]`` effective weight.
+        bias: ``[1]``.
+        dilation: Tap spacing.
+
+    Returns:
+        ``[B, 1, T]``: the output for the new samples only.
+    """
+    x = x.contiguous()
+    bsz, channels, length = x.shape
+    ksize = weight.shape[-1]
+    if context.shape[-1] != (ksize - 1) * dilation or context.stride(-1) != 1:
+        raise ValueError("mono_causal_conv: context must hold (k - 1) * dilation contiguous samples")
+    y = x.new_empty(bsz, 1, length)
+    block_c, block_t = min(64, triton.next_power_of_2(channels)), 128
+    _mono_conv_kernel[(bsz, triton.cdiv(length, block_t))](
+        context, x, weight.contiguous(), bias, y, channels, length, context.shape[-1], dilation,
+        context.stride(0), context.stride(1), KSIZE=ksize, BLOCK_C=block_c, BLOCK_T=block_t,
+    )  # fmt: skip
+    return y
+
+
+@triton.jit(do_not_specialize=["frames"])
+def _overlap_add_kernel(
+    y_ptr, b_ptr, out_ptr, out_ch, frames, STRIDE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    # y is [B, frames + 1, 2, STRIDE, out_ch] (channels fastest: loads coalesce along c); out is
+    # [B, out_ch, frames * STRIDE] (samples fastest: stores coalesce along n); Triton converts
+    # the tile's layout in between.
+    bat = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+    n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]  # output sample
+    length = frames * STRIDE
+    ok = (c < out_ch) & (n < length)
+    t = n // STRIDE
+    j = n % STRIDE
+    frame = 2 * STRIDE * out_ch
+    y_b = y_ptr + bat.to(tl.int64) * (frames + 1) * frame
+    # Sample j of output frame t: tap j of input frame t + 1 plus tap STRIDE + j of frame t.
+    cur = tl.load(y_b + (t + 1) * frame + j * out_ch + c, mask=ok, other=0.0)
+    prev = tl.load(y_b + t * frame + (STRIDE + j) * out_ch + c, mask=ok, other=0.0)
+    bias = tl.load(b_ptr + c, mask=c < out_ch, other=0.0)
+    out_b = out_ptr + bat.to(tl.int64) * out_ch * length
+    tl.store(out_b + c.to(tl.int64) * length + n, (cur + prev) + bias, mask=ok)
+
+
+def overlap_add(y: Tensor, bias: Tensor, stride: int) -> Tensor:
+    """The overlap-add of a streaming transposed conv (kernel ``2 * stride``) computed as a GEMM.
+
+    Args:
+        y: ``[B, F + 1, 2, stride, C]``: every input frame (the context frame first) times both
+            kernel halves, contiguous.
+        bias: ``[C]``.
+        stride: Upsampling factor.
+
+    Returns:
+        ``[B, C, F * stride]``: output sample ``t * stride + j`` is ``y[t + 1, 0, j] + y[t, 1, j] + bias``.
+    """
+    bsz, frames1, _, _, channels = y.shape
+    frames = frames1 - 1
+    out = torch.empty(bsz, channels, frames * stride, dtype=y.dtype, device=y.device)
+    block_c, block_n = 32, 128
+    grid = (bsz, triton.cdiv(channels, block_c), triton.cdiv(frames * stride, block_n))
+    _overlap_add_kernel[grid](
+        y.contiguous(), bias, out, channels, frames, STRIDE=stride, BLOCK_C=block_c, BLOCK_N=block_n
+    )
+    return out
+
+
+@triton.jit(do_not_specialize=["length"])
+def _bias_residual_kernel(y_ptr, b_ptr, x_ptr, out_ptr, channels, length, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = t < length
+    offs = row.to(tl.int64) * length + t
+    bias = tl.load(b_ptr + row % channels)
+    y = tl.load(y_ptr + offs, mask=ok, other=0.0)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, x + (y + bias), mask=ok)
+
+
+def bias_residual_add(y: Tensor, bias: Tensor, x: Tensor) -> Tensor:
+    """``x + (y + bias)`` in one pass (a bias-free 1x1 conv's output, its bias, the residual); written into ``y``.
+
+    Args:
+        y: ``[B, C, T]`` contiguous, overwritten with the result.
+        bias: ``[C]``.
+        x: ``[B, C, T]`` residual (made contiguous).
+    """
+    x = x.contiguous()
+    bsz, channels, length = y.shape
+    block = min(1024, triton.next_power_of_2(length))
+    _bias_residual_kernel[(bsz * channels, triton.cdiv(length, block))](y, bias, x, y, channels, length, BLOCK=block)
     return y

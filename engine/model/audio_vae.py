@@ -246,12 +246,15 @@ class AudioVAE(nn.Module):
         self.tf32_convs = False  # see conv_flags
 
     def use_fused_kernels(self) -> None:
-        """The CUDA fast paths: Snake as one Triton kernel (:func:`engine.kernels.fused.snake`), and in
-        streaming decodes the depthwise convs as one kernel over context and input and the transposed
-        convs as a GEMM with an overlap-add."""
+        """The CUDA fast paths of :mod:`engine.kernels.fused_vae`, with the conv weights folded.
+
+        Snake in one pass; residual units' 1x1 convs as GEMMs with bias and residual fused; in
+        streaming decodes the depthwise convs as one kernel over context and input (the next Snake
+        fused in) and the transposed convs as one GEMM plus an overlap-add kernel."""
         for module in self.modules():
             if isinstance(module, Snake1d | CausalConv1d | CausalConvTranspose1d):
                 module.fused = True
+        self.fold_weight_norm()  # inference only: no weight norm recomputed per call
 
     @property
     def encode_hop(self) -> int:

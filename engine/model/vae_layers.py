@@ -160,8 +160,10 @@ class CausalConv1d(_WeightNormConv):
         return self.weight_v.shape[1] * self.groups
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
-        if self.fused and stream is not None and self.stream_slot is not None and self._depthwise:
+        if self.streams_depthwise(stream):
             return self._depthwise_stream(x, stream)
+        if self._streams_to_mono(stream):
+            return self._mono_stream(x, stream)
         x = self._with_context(x, stream)
         return F.conv1d(x, self.weight(), self.bias, self.stride, 0, self.dilation, self.groups)
 
@@ -169,16 +171,55 @@ class CausalConv1d(_WeightNormConv):
     def _depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.in_channels == self.weight_v.shape[0] and self.stride == 1
 
-    def _depthwise_stream(self, x: Tensor, stream: StreamBuffers) -> Tensor:
+    def streams_depthwise(self, stream: StreamBuffers | None) -> bool:
+        """Whether a call with ``stream`` takes the fused depthwise kernel."""
+        return self.fused and stream is not None and self.stream_slot is not None and self._depthwise
+
+    @property
+    def pointwise(self) -> bool:
+        """A stateless 1x1 conv: a matrix product over channels."""
+        return self.weight_v.shape[-1] == 1 and self.groups == 1 and self.stride == 1 and self.context == 0
+
+    def pointwise_residual(self, h: Tensor, residual: Tensor) -> Tensor:
+        """``residual + conv(h)`` for a 1x1 conv: one GEMM (cuDNN's 1x1 conv is 2x slower) and one fused add."""
+        from engine.kernels.fused_vae import bias_residual_add
+
+        with _matmul_tf32(torch.backends.cudnn.allow_tf32):  # the conv precision conv_flags chose
+            y = torch.matmul(self.weight()[:, :, 0], h)
+        return bias_residual_add(y, self.bias, residual)
+
+    def _depthwise_stream(self, x: Tensor, stream: StreamBuffers, snake_alpha: Tensor | None = None) -> Tensor:
         # The fused path: one kernel reads the context and the new samples in place (no cat, and
         # torch's generic depthwise kernel is slow), then the new context is the tail of [context | x].
         from engine.kernels.fused_vae import depthwise_causal_conv
 
         context = stream[self.stream_slot]
-        y = depthwise_causal_conv(context, x, self.weight(), self.bias, self.dilation)
+        y = depthwise_causal_conv(context, x, self.weight(), self.bias, self.dilation, snake_alpha)
+        self._advance(stream, context, x)
+        return y
+
+    def _streams_to_mono(self, stream: StreamBuffers | None) -> bool:
+        return (
+            self.fused
+            and stream is not None
+            and self.stream_slot is not None
+            and self.weight_v.shape[0] == 1
+            and self.groups == 1
+            and self.stride == 1
+        )
+
+    def _mono_stream(self, x: Tensor, stream: StreamBuffers) -> Tensor:
+        from engine.kernels.fused_vae import mono_causal_conv
+
+        context = stream[self.stream_slot]
+        y = mono_causal_conv(context, x, self.weight(), self.bias, self.dilation)
+        self._advance(stream, context, x)
+        return y
+
+    def _advance(self, stream: StreamBuffers, context: Tensor, x: Tensor) -> None:
+        """The new context: the tail of ``[context | x]``."""
         n = self.context
         stream[self.stream_slot] = x[..., -n:] if x.shape[-1] >= n else torch.cat([context, x], dim=-1)[..., -n:]
-        return y
 
 
 class CausalConvTranspose1d(_WeightNormConv):
@@ -197,6 +238,7 @@ class CausalConvTranspose1d(_WeightNormConv):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__((in_channels, out_channels, 2 * stride), out_channels, context=1)
         self.stride = stride
+        self._gemm_cache: Tensor | None = None  # the folded weight in the GEMM's layout
 
     @property
     def in_channels(self) -> int:
@@ -207,25 +249,53 @@ class CausalConvTranspose1d(_WeightNormConv):
         s = self.stride
         if stream is None or self.stream_slot is None:
             return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., :-s]
-        x = self._with_context(x, stream)
         if self.fused:
-            return self._as_gemm(x)
+            return self._as_gemm(x, stream)
+        x = self._with_context(x, stream)
         # The first s samples belong to the previous frame and were emitted by the previous call.
         return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., s:-s]
 
-    def _as_gemm(self, x: Tensor) -> Tensor:
+    def _as_gemm(self, x: Tensor, stream: StreamBuffers) -> Tensor:
         """The streaming transposed conv as one GEMM plus an overlap-add (cuDNN's kernel for it is slow).
 
         With kernel ``2s``, output block j of the ``T`` new frames is ``W[..., :s]`` applied to frame
-        j plus ``W[..., s:]`` applied to the frame before it (``x`` starts with the context frame).
+        j plus ``W[..., s:]`` applied to the frame before it (the context frame comes first). The
+        frames go through the GEMM as rows of one ``[B * (T + 1), C_in]`` matrix, written straight
+        from the context and the input (no concatenation first): a batched product over
+        ``[C_in, T + 1]`` slices re-reads the whole weight per batch row, 35x slower for the
+        first, widest layer at batch 128.
         """
-        s, (bsz, _, frames) = self.stride, x.shape
-        out_ch = self.weight_v.shape[1]
-        w = self.weight().reshape(self.in_channels, out_ch * 2 * s)
+        from engine.kernels.fused_vae import overlap_add
+
+        s, (bsz, in_ch, frames) = self.stride, x.shape
+        rows = x.new_empty(bsz, frames + 1, in_ch)
+        rows[:, :1].copy_(stream[self.stream_slot].transpose(1, 2))
+        rows[:, 1:].copy_(x.transpose(1, 2))
+        stream[self.stream_slot] = x[..., -1:]
         with _matmul_tf32(torch.backends.cudnn.allow_tf32):  # the conv precision conv_flags chose
-            y = torch.matmul(x.transpose(1, 2), w).view(bsz, frames, out_ch, 2, s)
-        blocks = y[:, 1:, :, 0] + y[:, :-1, :, 1]  # [B, T, out, s]
-        return (blocks.permute(0, 2, 1, 3) + self.bias.view(1, -1, 1, 1)).reshape(bsz, out_ch, (frames - 1) * s)
+            y = rows.view(bsz * (frames + 1), in_ch) @ self._gemm_weight()
+        return overlap_add(y.view(bsz, frames + 1, 2, s, -1), self.bias, s)
+
+    def _gemm_weight(self) -> Tensor:
+        """``[C_in, 2s * C_out]`` with columns ordered (kernel half, tap, channel); cached while folded."""
+        folded = self.folded_weight
+        if folded is not None and self._gemm_cache is not None and self._gemm_cache.device == folded.device:
+            return self._gemm_cache
+        weight = folded if folded is not None else self.weight()
+        gemm = weight.permute(0, 2, 1).reshape(self.in_channels, -1).contiguous()
+        if folded is not None:
+            self._gemm_cache = gemm
+        return gemm
+
+    def fold(self) -> None:
+        """See :meth:`_WeightNormConv.fold`; also drops the cached GEMM layout of the weight."""
+        super().fold()
+        self._gemm_cache = None
+
+    def unfold(self) -> None:
+        """See :meth:`_WeightNormConv.unfold`."""
+        super().unfold()
+        self._gemm_cache = None
 
 
 @contextlib.contextmanager
@@ -252,7 +322,19 @@ class ResidualUnit(StreamableModule):
         )
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
-        return x + run_layers(self.block, x, stream)
+        snake_in, conv, snake_out, pointwise = self.block
+        if not pointwise.fused:
+            return x + run_layers(self.block, x, stream)
+        # The fused path: the second Snake runs inside the depthwise kernel, the 1x1 conv is a GEMM
+        # whose bias and residual add are one pass.
+        h = snake_in(x)
+        if conv.streams_depthwise(stream):
+            h = conv._depthwise_stream(h, stream, snake_out.alpha)
+        else:
+            h = snake_out(conv(h, stream))
+        if pointwise.pointwise:
+            return pointwise.pointwise_residual(h, x)
+        return x + pointwise(h, stream)
 
 
 def _residual_stack(dim: int, groups: int) -> list[nn.Module]:

@@ -67,3 +67,41 @@ def test_streamed_vae_decode_with_fused_paths_equals_the_op_by_op_stream(name):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for a, b in zip(states[0].buffers, states[1].buffers, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dilation", "length"), [(1, 5), (9, 70)])
+def test_depthwise_conv_with_fused_snake_equals_conv_then_snake(dilation, length):
+    channels, ctx = 4, 6 * dilation
+    context, x = randn(2, channels, ctx), randn(2, channels, length, seed=1)
+    weight, bias = randn(channels, 1, 7, seed=2), randn(channels, seed=3)
+    alpha = (torch.rand(1, channels, 1, generator=torch.Generator().manual_seed(4)) + 0.25).to(DEVICE)
+    conv = F.conv1d(torch.cat([context, x], dim=-1), weight, bias, groups=channels, dilation=dilation)
+    got = fused_vae.depthwise_causal_conv(context, x, weight, bias, dilation, snake_alpha=alpha)
+    close(got, vae_snake(conv, alpha), torch.float32)
+
+
+@pytest.mark.parametrize(("stride", "frames", "channels"), [(2, 5, 3), (3, 70, 40), (7, 1, 33)])
+def test_overlap_add_equals_the_streamed_transposed_conv(stride, frames, channels):
+    in_ch = 5
+    x = randn(2, in_ch, frames + 1)  # the context frame first
+    weight, bias = randn(in_ch, channels, 2 * stride, seed=1), randn(channels, seed=2)
+    y = x.transpose(1, 2) @ weight.permute(0, 2, 1).reshape(in_ch, -1)
+    got = fused_vae.overlap_add(y.view(2, frames + 1, 2, stride, channels), bias, stride)
+    want = F.conv_transpose1d(x, weight, bias, stride)[..., stride:-stride]
+    close(got, want, torch.float32)
+
+
+def test_bias_residual_add_writes_x_plus_y_plus_bias_into_y():
+    y, x, bias = randn(2, 3, 50), randn(2, 3, 50, seed=1), randn(3, seed=2)
+    want = x + (y + bias.view(1, -1, 1))
+    got = fused_vae.bias_residual_add(y, bias, x)
+    close(got, want, torch.float32)
+    assert got.data_ptr() == y.data_ptr()
+
+
+@pytest.mark.parametrize(("channels", "length"), [(5, 3), (64, 200), (100, 130)])
+def test_mono_causal_conv_equals_conv1d_over_the_concatenation(channels, length):
+    context, x = randn(2, channels, 6), randn(2, channels, length, seed=1)
+    weight, bias = randn(1, channels, 7, seed=2) / (7 * channels) ** 0.5, randn(1, seed=3)  # unit-scale outputs
+    want = F.conv1d(torch.cat([context, x], dim=-1), weight, bias)
+    close(fused_vae.mono_causal_conv(context, x, weight, bias, 1), want, torch.float32)
