@@ -106,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     eng.add_argument(
         "--vae-fp32", dest="vae_tf32", action="store_false", help="ours: the AudioVAE's convolutions in true fp32"
     )
+    eng.add_argument(
+        "--no-async-scheduling",
+        dest="async_scheduling",
+        action="store_false",
+        help="ours: one step at a time (no launch of the next step before the audio is copied out)",
+    )
     eng.add_argument("--loras", type=int, default=0, help="ours: N random LoRA voices, requests cycle through them")
     eng.add_argument("--lora-rank", type=int, default=32, help="rank of the --loras adapters (default 32)")
     ap.add_argument("--compare", action="store_true", help="also run nano-vllm-voxcpm (engine / open-loop modes)")
@@ -168,7 +174,13 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
     lora = {"max_loras": args.loras, "max_lora_rank": max(32, args.lora_rank)} if args.loras else {}
-    config = engine_config(**_limits(args), fused_kernels=args.fused_kernels, vae_tf32=args.vae_tf32, **lora)
+    config = engine_config(
+        **_limits(args),
+        fused_kernels=args.fused_kernels,
+        vae_tf32=args.vae_tf32,
+        async_scheduling=args.async_scheduling,
+        **lora,
+    )
     engine = LocalEngine.load(model_dir, args.device, config, attention_backend=args.attention_backend)
     if args.loras:
         engine.use_loras(

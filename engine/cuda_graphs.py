@@ -56,12 +56,14 @@ class DecodeOutputs:
     Attributes:
         patches: ``[B, P, D]`` new latent patches (model dtype).
         embeds: ``[B, H]`` their local-encoder embeddings (the next step's LM input).
-        stops: Stop-head decisions.
+        stops: ``[B]`` stop-head decisions, a host tensor filled by an asynchronous copy.
+        ready: Recorded after that copy (CUDA); None when the values are already there.
     """
 
     patches: Tensor
     embeds: Tensor
-    stops: list[bool]
+    stops: Tensor
+    ready: torch.cuda.Event | None
 
 
 class _Buffers:
@@ -95,6 +97,7 @@ class _Buffers:
         self.out_patches = torch.zeros(n, cfg.patch_size, cfg.feat_dim, dtype=dtype, device=dev)
         self.out_embeds = torch.zeros(n, hidden, dtype=dtype, device=dev)
         self.out_stops = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.host_stops = torch.zeros(n, dtype=torch.bool, pin_memory=pin)  # read within the step
 
 
 class DecodeGraphs:
@@ -241,7 +244,7 @@ class DecodeGraphs:
         """
         b, runner, n = self.bufs, self.runner, len(reqs)
         b.cond[:n].copy_(torch.stack([runner.cond_patch(req) for req in reqs]).transpose(1, 2))
-        b.noise[:n].copy_(runner.noise(reqs))
+        runner.noise(reqs, out=b.noise[:n])
         b.cfg_value[:n].copy_(torch.tensor([req.params.cfg_value for req in reqs], dtype=torch.float32))
         lora_slots = [req.lora_slot for req in reqs]
         uses_lora = runner.lora_enabled and any(lora_slots)
@@ -290,8 +293,15 @@ class DecodeGraphs:
         return self._outputs(n)
 
     def _outputs(self, n: int) -> DecodeOutputs:
+        """Copies of the outputs; the stop flags go to the host without waiting for them (no sync here)."""
         b = self.bufs
-        return DecodeOutputs(b.out_patches[:n].clone(), b.out_embeds[:n].clone(), b.out_stops[:n].tolist())
+        stops = b.host_stops[:n]
+        stops.copy_(b.out_stops[:n], non_blocking=True)
+        ready = None
+        if b.out_stops.is_cuda:
+            ready = torch.cuda.Event()
+            ready.record()
+        return DecodeOutputs(b.out_patches[:n].clone(), b.out_embeds[:n].clone(), stops, ready)
 
     # --- capture -------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from engine.model.audio_vae import StreamingDecoderState
 from engine.paged_kv import gpu_kv_blocks
 from engine.pipeline import GenerationParams, Synthesizer, Voice
 from engine.request import Request, RequestStatus, SamplingParams
-from engine.runner import ModelRunner
+from engine.runner import ModelRunner, SampledBatch
 from engine.scheduler import Scheduler
 from engine.vae_stream import VaeStreams
 
@@ -99,6 +99,9 @@ class Engine:
                 capture=True,
             )
         self.requests: dict[str, Request] = {}
+        async_scheduling = self.config.async_scheduling
+        self.async_scheduling = self.runner.graphs is not None if async_scheduling is None else async_scheduling
+        self._inflight: SampledBatch | None = None  # a step launched by the previous call (async scheduling)
         # Causal VAE decoder state: one row per request in a long-lived slot state, so a step gathers
         # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up)
         # until its first chunk takes a slot.
@@ -229,12 +232,67 @@ class Engine:
         return patches.float().reshape(b, -1, self.model_config.feat_dim).transpose(1, 2).to(self.runner.model.device)
 
     def step(self) -> list[StepOutput]:
-        """Run one engine step and return every output it produced (at most one per request)."""
+        """Run one engine step and return every output it produced (at most one per request).
+
+        With asynchronous scheduling (``EngineConfig.async_scheduling``) a step also schedules and
+        launches the next decode step before it copies its own audio out, so the GPU runs that
+        step while the host finishes this one and the caller handles its outputs; the next call
+        then starts from the step in flight. Requests added meanwhile join the step after it.
+        """
         now = time.monotonic()
         for request_id, deadline in list(self._deadlines.items()):
             if now >= deadline:
                 self.abort(request_id)
         outputs, self._ended = self._ended, []
+        sampled, self._inflight = self._inflight, None
+        sampled = self._launch(outputs) if sampled is None else self._still_running(sampled)
+        if sampled is None:
+            return outputs
+        with record_function("engine.vae"):
+            ids = [r.request_id for r in sampled.requests]
+            for request_id in ids:
+                if not self._vae.has(request_id):  # its first chunk: the warmed-up state takes a slot
+                    self._vae.admit(request_id, self._warm.pop(request_id))
+            audio, audio_ready = self._audio_to_host(self._vae.decode(ids, self._frames(sampled.patches[:, None])))
+        # The VAE decode is queued right behind the sampler: the stop flags come back while it runs.
+        stops = sampled.stop_list()
+        statuses = []
+        for row_index, request in enumerate(sampled.requests):
+            request.patches.append(sampled.patches[row_index])
+            i = len(request.patches) - 1
+            status = RequestStatus.RUNNING
+            if stops[row_index] and i > request.params.min_len:
+                status = RequestStatus.FINISHED_STOPPED
+            elif len(request.patches) >= request.params.max_len:
+                status = RequestStatus.FINISHED_LENGTH
+            if status.is_finished:
+                self._end(request, status)  # its slots are reused only by work queued after this step's
+            statuses.append(status)
+        if self.async_scheduling and not self.scheduler.waiting:
+            self._inflight = self._launch(outputs)
+        with record_function("engine.audio_to_host"):
+            if audio_ready is not None:
+                audio_ready.synchronize()  # not the next step's work, queued behind the copy
+            audio = audio.numpy()
+        for row_index, (request, status) in enumerate(zip(sampled.requests, statuses, strict=True)):
+            outputs.append(StepOutput(request.request_id, audio[row_index], status))
+        return outputs
+
+    @staticmethod
+    def _audio_to_host(audio: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
+        """Queue the copy of a step's audio to the host; returns the host tensor and the copy's end (CUDA)."""
+        if not audio.is_cuda:
+            # copy=True: .to() would alias the VAE's static output buffer, rewritten next step.
+            return audio.to(torch.float32, copy=True), None
+        # A fresh pinned tensor (cached by torch) per step: the arrays handed out keep theirs alive.
+        host = torch.empty(audio.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(audio, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
+
+    def _launch(self, outputs: list[StepOutput]) -> SampledBatch | None:
+        """Schedule a step and run it up to its new patches (queued on the GPU, not waited for)."""
         with record_function("engine.schedule"):
             plan = self.scheduler.schedule()
         for request, _why in self.scheduler.failed:  # e.g. its voice was unregistered while it waited
@@ -242,7 +300,7 @@ class Engine:
             outputs.append(StepOutput(request.request_id, None, RequestStatus.FAILED))
         self.scheduler.failed.clear()
         if not plan.rows:
-            return outputs
+            return None
         sampled = self.runner.step(plan.rows)
         self.steps += 1
         self._step_times.append(time.monotonic())
@@ -250,30 +308,14 @@ class Engine:
             row.request.num_computed += row.count
             if row.start < row.request.prompt_len <= row.request.num_computed:  # prompt just completed
                 self.blocks.commit_prompt_blocks(row.request)
-        if not sampled:
-            return outputs
-        with record_function("engine.vae"):
-            ids = [s.request.request_id for s in sampled]
-            for request_id in ids:
-                if not self._vae.has(request_id):  # its first chunk: the warmed-up state takes a slot
-                    self._vae.admit(request_id, self._warm.pop(request_id))
-            audio = self._vae.decode(ids, self._frames(torch.stack([s.patch for s in sampled])[:, None]))
-        with record_function("engine.audio_to_host"):
-            # copy=True: on the CPU .cpu() would alias the VAE's static output buffer, rewritten next step.
-            audio = audio.to("cpu", torch.float32, copy=True).numpy()
-        for row_index, item in enumerate(sampled):
-            request = item.request
-            request.patches.append(item.patch)
-            i = len(request.patches) - 1
-            status = RequestStatus.RUNNING
-            if item.stop and i > request.params.min_len:
-                status = RequestStatus.FINISHED_STOPPED
-            elif len(request.patches) >= request.params.max_len:
-                status = RequestStatus.FINISHED_LENGTH
-            if status.is_finished:
-                self._end(request, status)
-            outputs.append(StepOutput(request.request_id, audio[row_index], status))
-        return outputs
+        return sampled
+
+    def _still_running(self, sampled: SampledBatch) -> SampledBatch | None:
+        """The rows of a step in flight whose requests were not aborted since it was launched."""
+        keep = [i for i, r in enumerate(sampled.requests) if self.requests.get(r.request_id) is r]
+        if len(keep) == len(sampled):
+            return sampled
+        return sampled.select(keep) if keep else None
 
     def register_voice(self, name: str, path: str | Path) -> int:
         """Register (or replace) a named LoRA voice from an adapter directory; returns its version.

@@ -34,6 +34,9 @@ class EngineConfig:
             reference's numerics on a GPU; ~1.3x faster steps at batch 64-128) instead of true fp32.
             ``False`` for exactness: with TF32 a streamed decode drifts from the whole decode (see
             ``engine.model.audio_vae.conv_flags``).
+        async_scheduling: Schedule and launch the next decode step before copying a step's audio
+            out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
+            later). ``None``: wherever CUDA graphs run.
     """
 
     max_num_seqs: int = 16
@@ -49,6 +52,7 @@ class EngineConfig:
     cuda_graph_timesteps: tuple[int, ...] = (10,)
     fused_kernels: bool | None = None
     vae_tf32: bool = True
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from engine.config import ModelConfig
 from engine.model.attention import KVCache
-from engine.model.sampler import draw_noise
+from engine.model.sampler import NoiseStream
 from engine.model.voxcpm import VoxCPMModel
 
 AUDIO_START = 101
@@ -181,8 +181,9 @@ def generate_patches(
 ) -> Iterator[Tensor]:
     """Generate latent patches autoregressively (spec §6.3-6.4).
 
-    Each step draws exactly one ``randn([1, D, P])`` (times ``temperature``) from ``generator``
-    (global RNG of the model device when None). The stop head reads the same ``lm_hidden`` that
+    The starting noise of each step comes from ``generator`` (global RNG of the model device when
+    None) through a :class:`NoiseStream`: on a CPU generator exactly one ``randn([1, D, P])``
+    (times ``temperature``) per step, as in the reference. The stop head reads the same ``lm_hidden`` that
     conditioned the patch; a stop at step ``i`` is honoured only when ``i > min_len`` and keeps
     that step's patch, so at least ``min(min_len + 2, max_len)`` patches come out. Tied stop
     logits continue. ``max_len`` is applied as given: cap it with :func:`effective_max_len`.
@@ -206,15 +207,12 @@ def generate_patches(
     """
     cfg = model.config
     state, cond = _prefill(model, prefill)
+    noise_stream = NoiseStream(
+        generator, (cfg.feat_dim, cfg.patch_size), dtype=model.dtype, device=model.device, temperature=temperature
+    )
     for i in range(max_len):
         mu = model.dit_condition(state.lm_hidden, state.residual_hidden)
-        noise = draw_noise(
-            (1, cfg.feat_dim, cfg.patch_size),
-            generator=generator,
-            dtype=model.dtype,
-            device=model.device,
-            temperature=temperature,
-        )
+        noise = noise_stream.next()[None]
         sample = model.sample_patch(
             noise, mu, cond.transpose(1, 2).contiguous(), n_timesteps=inference_timesteps, cfg_value=cfg_value
         )

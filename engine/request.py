@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from engine.inference import Prefill
+from engine.model.sampler import NoiseStream
 
 
 class RequestStatus(enum.IntEnum):
@@ -65,6 +66,7 @@ class Request:
         lora_slot: Adapter slot (0 = none), taken at first admission and held until the request
             ends (also while preempted), so it finishes with the weights it started with.
         cache_salt: Prefix-cache key material besides the content (the adapter version).
+        noise: The sampler noise drawn from ``generator`` (made at the first sample).
     """
 
     request_id: str
@@ -84,6 +86,7 @@ class Request:
     lora_name: str | None = None
     lora_slot: int = 0
     cache_salt: bytes = b""
+    noise: NoiseStream | None = None
 
     @property
     def prompt_len(self) -> int:

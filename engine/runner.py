@@ -17,9 +17,9 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from engine.config import ModelConfig
-from engine.cuda_graphs import DecodeGraphs
+from engine.cuda_graphs import DecodeGraphs, DecodeOutputs
 from engine.lora import set_lora_rows
-from engine.model.sampler import draw_noise
+from engine.model.sampler import NoiseStream
 from engine.model.voxcpm import VoxCPMModel
 from engine.paged_kv import BatchLayout, PagedAttention, PagedKVCache
 from engine.request import Request
@@ -40,12 +40,36 @@ class ScheduledRow:
 
 
 @dataclass
-class Sampled:
-    """A new patch of one request and whether its stop head fired."""
+class SampledBatch:
+    """The new patches of the rows that sampled in a step, in row order.
 
-    request: Request
-    patch: Tensor  # [P, D], model dtype
-    stop: bool
+    Attributes:
+        requests: The rows' requests.
+        patches: ``[B, P, D]`` new patches (model dtype, model device).
+        stops: ``[B]`` stop-head decisions on the host; after a graphed step still being copied
+            there while later work is queued behind it: read them with :meth:`stop_list`.
+        ready: Marks the end of that copy (None when the values are already there).
+    """
+
+    requests: list[Request]
+    patches: Tensor
+    stops: Tensor
+    ready: torch.cuda.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def select(self, rows: list[int]) -> SampledBatch:
+        """The batch restricted to ``rows`` (indices, in order)."""
+        stops = torch.tensor(self.stop_list())[rows]  # waits for the flags' copy to the host
+        index = torch.tensor(rows, device=self.patches.device)
+        return SampledBatch([self.requests[i] for i in rows], self.patches[index], stops)
+
+    def stop_list(self) -> list[bool]:
+        """The stop decisions (waits for their copy to the host if it is still under way)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.stops.tolist()
 
 
 class ModelRunner:
@@ -121,21 +145,27 @@ class ModelRunner:
         return tm * text_embed + am * embed, embed, tm, am
 
     @torch.inference_mode()
-    def step(self, rows: list[ScheduledRow]) -> list[Sampled]:
-        """Run one step; updates each row's LM states and returns the rows' new patches."""
+    def step(self, rows: list[ScheduledRow]) -> SampledBatch | None:
+        """Run one step; updates each row's LM states and returns the new patches (None if no row sampled).
+
+        Nothing here waits for the GPU: the stop decisions of a graphed step reach the host
+        while the caller queues the VAE decode behind it.
+        """
         if self.graphs is not None and self.graphs.accepts(rows):
             with record_function("runner.decode_graph"):
                 out = self.graphs.run(rows)
             self.graph_steps += 1
-            sampled = []
-            for j, row in enumerate(rows):
-                row.request.embed = out.embeds[j]
-                sampled.append(Sampled(row.request, out.patches[j], out.stops[j]))
-            return sampled
+            return self._batch([row.request for row in rows], out)
         with record_function("runner.lm"):
             ready = self._lm(rows)
         with record_function("runner.sampler"):
             return self._sample([r.request for _, r in ready])
+
+    @staticmethod
+    def _batch(requests: list[Request], out: DecodeOutputs) -> SampledBatch:
+        for j, req in enumerate(requests):
+            req.embed = out.embeds[j]
+        return SampledBatch(requests, out.patches, out.stops, out.ready)
 
     def _lm(self, rows: list[ScheduledRow]) -> list[tuple[int, ScheduledRow]]:
         """Both LMs over the rows' new positions; returns the rows that sample, with their last packed index."""
@@ -171,21 +201,21 @@ class ModelRunner:
         if self.lora_enabled:
             set_lora_rows(None if slots is None or not any(slots) else slots)
 
-    def noise(self, requests: list[Request]) -> Tensor:
-        """``[B, D, P]`` starting noise of the sampler: one draw from each request's own generator."""
+    def noise(self, requests: list[Request], out: Tensor | None = None) -> Tensor:
+        """``[B, D, P]`` starting noise of the sampler: each request's next step from its own stream (into ``out``)."""
         cfg, model = self.cfg, self.model
-        return torch.cat(
-            [
-                draw_noise(
-                    (1, cfg.feat_dim, cfg.patch_size),
-                    generator=r.generator,
+        steps = []
+        for r in requests:
+            if r.noise is None:
+                r.noise = NoiseStream(
+                    r.generator,
+                    (cfg.feat_dim, cfg.patch_size),
                     dtype=model.dtype,
                     device=model.device,
                     temperature=r.params.temperature,
                 )
-                for r in requests
-            ]
-        )
+            steps.append(r.noise.next())
+        return torch.stack(steps, out=out)
 
     def cond_patch(self, req: Request) -> Tensor:
         """The patch that conditions the next one: the newest patch, else the prompt's last position."""
@@ -193,17 +223,16 @@ class ModelRunner:
             return req.patches[-1]
         return req.prefill.patches[-1].to(self.model.device, self.model.dtype)
 
-    def _sample(self, requests: list[Request]) -> list[Sampled]:
+    def _sample(self, requests: list[Request]) -> SampledBatch | None:
         if not requests:
-            return []
+            return None
         if self.graphs is not None and self.graphs.accepts_sampling(requests):
             out = self.graphs.sample(requests)
             self.graph_samples += 1
-            for j, req in enumerate(requests):
-                req.embed = out.embeds[j]
-            return [Sampled(req, out.patches[j], out.stops[j]) for j, req in enumerate(requests)]
+            return self._batch(requests, out)
         model = self.model
-        out: list[Sampled] = []
+        order: list[Request] = []
+        patches, stops = [], []
         # Rows with different step counts cannot share an Euler schedule; usually there is one group.
         for steps in sorted({r.params.inference_timesteps for r in requests}):
             group = [r for r in requests if r.params.inference_timesteps == steps]
@@ -218,11 +247,12 @@ class ModelRunner:
             self._lora_rows(slots + slots)  # the DiT's CFG batch is [cond rows | uncond rows]
             sample = model.sample_patch(noise, mu, cond, n_timesteps=steps, cfg_value=cfg_value)
             self._lora_rows(slots)
-            patches = sample.transpose(1, 2)  # the local encoder must see this layout (spec §4.6)
-            embeds = model.encode_patches(patches.unsqueeze(1))[:, 0]
+            group_patches = sample.transpose(1, 2)  # the local encoder must see this layout (spec §4.6)
+            embeds = model.encode_patches(group_patches.unsqueeze(1))[:, 0]
             self._lora_rows(None)
-            stops = (model.stop_logits(lm_hidden).argmax(dim=-1) == 1).tolist()
+            stops.append(model.stop_logits(lm_hidden).argmax(dim=-1) == 1)
             for j, req in enumerate(group):
                 req.embed = embeds[j]
-                out.append(Sampled(req, patches[j].contiguous(), stops[j]))
-        return out
+            order += group
+            patches.append(group_patches.contiguous())
+        return SampledBatch(order, torch.cat(patches), torch.cat(stops).cpu())

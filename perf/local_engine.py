@@ -94,6 +94,7 @@ def engine_config(
     timesteps: int = 10,
     fused_kernels: bool = True,
     vae_tf32: bool = True,
+    async_scheduling: bool = True,
     max_loras: int = 0,
     max_lora_rank: int = 32,
 ) -> EngineConfig:
@@ -101,6 +102,7 @@ def engine_config(
     return EngineConfig(
         fused_kernels=None if fused_kernels else False,
         vae_tf32=vae_tf32,
+        async_scheduling=None if async_scheduling else False,
         max_loras=max_loras,
         max_lora_rank=max_lora_rank,
         max_num_seqs=max_num_seqs,

@@ -121,6 +121,12 @@ class ServerConfig:
         "off: true fp32, bit-stable between streamed and whole decodes.",
         parse=_bool,
     )
+    async_scheduling: bool = _setting(
+        True,
+        "With CUDA graphs, launch each decode step before the previous step's audio is copied out, so the "
+        "host's per-step work overlaps the GPU's (arrivals join one step later); off: strictly one step at a time.",
+        parse=_bool,
+    )
     engine_threads: int | None = _setting(
         None, "torch CPU threads in each engine process; default: torch's choice.", parse=_optional_int
     )
@@ -257,6 +263,7 @@ class ServerConfig:
             cuda_graph_timesteps=self.cuda_graph_timesteps,
             fused_kernels=None if self.fused_kernels else False,
             vae_tf32=self.vae_tf32,
+            async_scheduling=None if self.async_scheduling else False,
         )
 
     def resolved_devices(self) -> list[str]:

@@ -7,7 +7,9 @@ import torch
 
 from engine.model.local import LocalDiT
 from engine.model.sampler import (
+    NOISE_CHUNK,
     FlowDecoder,
+    NoiseStream,
     draw_noise,
     guided_velocity,
     sample_euler,
@@ -134,3 +136,16 @@ def test_draw_noise_matches_global_stream_and_scales():
     assert torch.equal(draw_noise((1, 64, 4), generator=None, dtype=BF16, device="cpu"), expected[0])
     hot = draw_noise((1, 64, 4), generator=torch.Generator().manual_seed(11), dtype=BF16, device="cpu", temperature=0.5)
     assert torch.equal(hot, expected[0] * 0.5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_noise_stream_on_a_cpu_generator_equals_one_draw_per_step(temperature):
+    steps = 2 * NOISE_CHUNK + 3  # across chunk boundaries
+    gen = torch.Generator().manual_seed(3)
+    want = [
+        draw_noise((1, 64, 4), generator=gen, dtype=BF16, device="cpu", temperature=temperature)[0]
+        for _ in range(steps)
+    ]
+    stream = NoiseStream(torch.Generator().manual_seed(3), (64, 4), dtype=BF16, device="cpu", temperature=temperature)
+    got = [stream.next() for _ in range(steps)]
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
