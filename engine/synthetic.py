@@ -79,7 +79,7 @@ def normalize_vae_(vae: torch.nn.Module, seed: int, out_std: float = 0.1) -> Non
     the spread of its output and hands the normalised output downstream; the decoder's last conv
     targets ``out_std`` so synthetic audio stays well inside [-1, 1].
     """
-    from engine.model.vae_layers import CausalConv1d, CausalConvTranspose1d
+    from engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d
 
     gen = torch.Generator().manual_seed(seed)
     convs = [m for m in vae.modules() if isinstance(m, CausalConv1d | CausalConvTranspose1d)]

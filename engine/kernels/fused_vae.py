@@ -197,7 +197,18 @@ def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, d
 
 @triton.jit(do_not_specialize=["frames"])
 def _overlap_add_kernel(
-    y_ptr, b_ptr, out_ptr, out_ch, frames, STRIDE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr
+    y_ptr,
+    b_ptr,
+    out_ptr,
+    alpha_ptr,
+    snaked_ptr,
+    out_ch,
+    frames,
+    STRIDE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SNAKE: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
 ):
     # y is [B, frames + 1, 2, STRIDE, out_ch] (channels fastest: loads coalesce along c); out is
     # [B, out_ch, frames * STRIDE] (samples fastest: stores coalesce along n); Triton converts
@@ -215,11 +226,17 @@ def _overlap_add_kernel(
     cur = tl.load(y_b + (t + 1) * frame + j * out_ch + c, mask=ok, other=0.0)
     prev = tl.load(y_b + t * frame + (STRIDE + j) * out_ch + c, mask=ok, other=0.0)
     bias = tl.load(b_ptr + c, mask=c < out_ch, other=0.0)
-    out_b = out_ptr + bat.to(tl.int64) * out_ch * length
-    tl.store(out_b + c.to(tl.int64) * length + n, (cur + prev) + bias, mask=ok)
+    val = (cur + prev) + bias
+    offs = bat.to(tl.int64) * out_ch * length + c.to(tl.int64) * length + n
+    tl.store(out_ptr + offs, val, mask=ok)
+    if SNAKE:  # the activation the next layer starts with, from the values in registers
+        alpha = tl.load(alpha_ptr + c, mask=c < out_ch, other=1.0).to(tl.float32)
+        tl.store(snaked_ptr + offs, _snake(val.to(tl.float32), alpha, LIBDEVICE).to(val.dtype), mask=ok)
 
 
-def overlap_add(y: Tensor, bias: Tensor, stride: int) -> Tensor:
+def overlap_add(
+    y: Tensor, bias: Tensor, stride: int, snake_alpha: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     """The overlap-add of a streaming transposed conv (kernel ``2 * stride``) computed as a GEMM.
 
     Args:
@@ -227,23 +244,79 @@ def overlap_add(y: Tensor, bias: Tensor, stride: int) -> Tensor:
             kernel halves, contiguous.
         bias: ``[C]``.
         stride: Upsampling factor.
+        snake_alpha: ``[1, C, 1]``: also return the Snake of the output with this alpha.
 
     Returns:
-        ``[B, C, F * stride]``: output sample ``t * stride + j`` is ``y[t + 1, 0, j] + y[t, 1, j] + bias``.
+        ``[B, C, F * stride]``: output sample ``t * stride + j`` is ``y[t + 1, 0, j] + y[t, 1, j] + bias``;
+        and its Snake (None without ``snake_alpha``).
     """
     bsz, frames1, _, _, channels = y.shape
     frames = frames1 - 1
     out = torch.empty(bsz, channels, frames * stride, dtype=y.dtype, device=y.device)
+    snaked = torch.empty_like(out) if snake_alpha is not None else None
     block_c, block_n = 32, 128
     grid = (bsz, triton.cdiv(channels, block_c), triton.cdiv(frames * stride, block_n))
     _overlap_add_kernel[grid](
-        y.contiguous(), bias, out, channels, frames, STRIDE=stride, BLOCK_C=block_c, BLOCK_N=block_n
-    )
-    return out
+        y.contiguous(), bias, out, bias if snake_alpha is None else snake_alpha, out if snaked is None else snaked,
+        channels, frames, STRIDE=stride, BLOCK_C=block_c, BLOCK_N=block_n, SNAKE=snaked is not None,
+        LIBDEVICE=_libdevice(),
+    )  # fmt: skip
+    return out, snaked
 
 
 @triton.jit(do_not_specialize=["length"])
-def _bias_residual_kernel(y_ptr, b_ptr, x_ptr, out_ptr, channels, length, BLOCK: tl.constexpr):
+def _snake_rows_kernel(
+    x_ptr, alpha_ptr, rows_ptr, channels, length, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, LIBDEVICE: tl.constexpr
+):
+    # x is [B, C, T] (time fastest: loads coalesce along t); rows is [B, T + 1, C] (channels
+    # fastest: stores coalesce along c), row 0 holding the context frame.
+    bat = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+    t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]
+    ok = (c < channels) & (t < length)
+    x = tl.load(x_ptr + (bat * channels + c).to(tl.int64) * length + t, mask=ok, other=0.0)
+    alpha = tl.load(alpha_ptr + c, mask=c < channels, other=1.0).to(tl.float32)
+    dst = rows_ptr + (bat.to(tl.int64) * (length + 1) + t + 1) * channels + c
+    tl.store(dst, _snake(x.to(tl.float32), alpha, LIBDEVICE).to(x.dtype), mask=ok)
+
+
+def snake_rows(x: Tensor, alpha: Tensor, context: Tensor) -> Tensor:
+    """``[context | snake(x)]`` laid out as GEMM rows (one per frame), in one pass over ``x``.
+
+    Args:
+        x: ``[B, C, T]`` (made contiguous).
+        alpha: ``[1, C, 1]`` Snake parameter.
+        context: ``[B, C, 1]`` the frame before ``x``, already activated.
+
+    Returns:
+        ``[B, T + 1, C]``.
+    """
+    x = x.contiguous()
+    bsz, channels, length = x.shape
+    rows = x.new_empty(bsz, length + 1, channels)
+    rows[:, :1].copy_(context.transpose(1, 2))
+    block_c, block_t = 32, 64
+    grid = (bsz, triton.cdiv(channels, block_c), triton.cdiv(length, block_t))
+    _snake_rows_kernel[grid](
+        x, alpha, rows, channels, length, BLOCK_C=block_c, BLOCK_T=block_t, LIBDEVICE=_libdevice()
+    )  # fmt: skip
+    return rows
+
+
+@triton.jit(do_not_specialize=["length"])
+def _bias_residual_kernel(
+    y_ptr,
+    b_ptr,
+    x_ptr,
+    out_ptr,
+    alpha_ptr,
+    snaked_ptr,
+    channels,
+    length,
+    BLOCK: tl.constexpr,
+    SNAKE: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+):
     row = tl.program_id(0)
     t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = t < length
@@ -251,19 +324,33 @@ def _bias_residual_kernel(y_ptr, b_ptr, x_ptr, out_ptr, channels, length, BLOCK:
     bias = tl.load(b_ptr + row % channels)
     y = tl.load(y_ptr + offs, mask=ok, other=0.0)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0)
-    tl.store(out_ptr + offs, x + (y + bias), mask=ok)
+    out = x + (y + bias)
+    tl.store(out_ptr + offs, out, mask=ok)
+    if SNAKE:  # the activation the next layer starts with, from the values in registers
+        alpha = tl.load(alpha_ptr + row % channels).to(tl.float32)
+        tl.store(snaked_ptr + offs, _snake(out.to(tl.float32), alpha, LIBDEVICE).to(out.dtype), mask=ok)
 
 
-def bias_residual_add(y: Tensor, bias: Tensor, x: Tensor) -> Tensor:
+def bias_residual_add(
+    y: Tensor, bias: Tensor, x: Tensor, snake_alpha: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     """``x + (y + bias)`` in one pass (a bias-free 1x1 conv's output, its bias, the residual); written into ``y``.
 
     Args:
         y: ``[B, C, T]`` contiguous, overwritten with the result.
         bias: ``[C]``.
         x: ``[B, C, T]`` residual (made contiguous).
+        snake_alpha: ``[1, C, 1]``: also return the Snake of the result with this alpha.
+
+    Returns:
+        The result (``y``), and its Snake (None without ``snake_alpha``).
     """
     x = x.contiguous()
     bsz, channels, length = y.shape
+    snaked = torch.empty_like(y) if snake_alpha is not None else None
     block = min(1024, triton.next_power_of_2(length))
-    _bias_residual_kernel[(bsz * channels, triton.cdiv(length, block))](y, bias, x, y, channels, length, BLOCK=block)
-    return y
+    _bias_residual_kernel[(bsz * channels, triton.cdiv(length, block))](
+        y, bias, x, y, bias if snake_alpha is None else snake_alpha, y if snaked is None else snaked, channels,
+        length, BLOCK=block, SNAKE=snaked is not None, LIBDEVICE=_libdevice(),
+    )  # fmt: skip
+    return y, snaked

@@ -24,17 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.config import AudioVAEConfig
-from engine.model.vae_layers import (
-    CausalConv1d,
-    CausalConvTranspose1d,
-    DecoderBlock,
-    EncoderBlock,
-    SampleRateCondition,
-    Snake1d,
-    StreamableModule,
-    StreamBuffers,
-    run_layers,
-)
+from engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d, StreamableModule, StreamBuffers
+from engine.model.vae_layers import DecoderBlock, EncoderBlock, SampleRateCondition, Snake1d, run_layers
 
 Rows = int | slice | Sequence[int] | Tensor
 """Row selector of a :class:`StreamingDecoderState`: index, slice, index list / tensor or bool mask."""

@@ -80,23 +80,44 @@ def test_depthwise_conv_with_fused_snake_equals_conv_then_snake(dilation, length
     close(got, vae_snake(conv, alpha), torch.float32)
 
 
+def _alpha(channels, seed=4):
+    return (torch.rand(1, channels, 1, generator=torch.Generator().manual_seed(seed)) + 0.25).to(DEVICE)
+
+
 @pytest.mark.parametrize(("stride", "frames", "channels"), [(2, 5, 3), (3, 70, 40), (7, 1, 33)])
 def test_overlap_add_equals_the_streamed_transposed_conv(stride, frames, channels):
     in_ch = 5
     x = randn(2, in_ch, frames + 1)  # the context frame first
     weight, bias = randn(in_ch, channels, 2 * stride, seed=1), randn(channels, seed=2)
-    y = x.transpose(1, 2) @ weight.permute(0, 2, 1).reshape(in_ch, -1)
-    got = fused_vae.overlap_add(y.view(2, frames + 1, 2, stride, channels), bias, stride)
+    y = (x.transpose(1, 2) @ weight.permute(0, 2, 1).reshape(in_ch, -1)).view(2, frames + 1, 2, stride, channels)
     want = F.conv_transpose1d(x, weight, bias, stride)[..., stride:-stride]
+    got, none = fused_vae.overlap_add(y, bias, stride)
     close(got, want, torch.float32)
+    assert none is None
+    alpha = _alpha(channels)
+    got, snaked = fused_vae.overlap_add(y, bias, stride, snake_alpha=alpha)
+    close(got, want, torch.float32)
+    close(snaked, vae_snake(want, alpha), torch.float32)
+
+
+def test_snake_rows_lays_out_context_and_activated_frames_as_gemm_rows():
+    x, context, alpha = randn(2, 40, 70), randn(2, 40, 1, seed=1), _alpha(40)
+    want = torch.cat([context, vae_snake(x, alpha)], dim=-1).transpose(1, 2)
+    close(fused_vae.snake_rows(x, alpha, context), want, torch.float32)
 
 
 def test_bias_residual_add_writes_x_plus_y_plus_bias_into_y():
     y, x, bias = randn(2, 3, 50), randn(2, 3, 50, seed=1), randn(3, seed=2)
     want = x + (y + bias.view(1, -1, 1))
-    got = fused_vae.bias_residual_add(y, bias, x)
+    got, none = fused_vae.bias_residual_add(y.clone(), bias, x)
     close(got, want, torch.float32)
-    assert got.data_ptr() == y.data_ptr()
+    assert none is None
+    alpha = _alpha(3)
+    target = y.clone()
+    got, snaked = fused_vae.bias_residual_add(target, bias, x, snake_alpha=alpha)
+    assert got.data_ptr() == target.data_ptr()
+    close(got, want, torch.float32)
+    close(snaked, vae_snake(want, alpha), torch.float32)
 
 
 @pytest.mark.parametrize(("channels", "length"), [(5, 3), (64, 200), (100, 130)])
