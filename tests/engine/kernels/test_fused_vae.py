@@ -27,6 +27,11 @@ def test_snake_matches_the_op_by_op_activation(shape):
     close(fused_vae.snake(x.transpose(1, 2).contiguous().transpose(1, 2), alpha), vae_snake(x, alpha), torch.float32)
 
 
+def _f64(conv, *args, **kwargs):
+    """A reference conv in float64, back in fp32 (cuDNN would run an fp32 one in TF32 by default)."""
+    return conv(*[a.double() if isinstance(a, torch.Tensor) else a for a in args], **kwargs).float()
+
+
 def _vae_pair(name):
     """The same random tiny VAE twice: op by op, and on the fused paths."""
     plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
@@ -51,7 +56,7 @@ def test_depthwise_causal_conv_equals_conv1d_over_the_concatenation(dilation, le
     context = flat[:, : channels * ctx].view(3, channels, ctx)
     x = randn(3, channels, length, seed=1)
     weight, bias = randn(channels, 1, 7, seed=2), randn(channels, seed=3)
-    want = F.conv1d(torch.cat([context, x], dim=-1), weight, bias, groups=channels, dilation=dilation)
+    want = _f64(F.conv1d, torch.cat([context, x], dim=-1), weight, bias, groups=channels, dilation=dilation)
     close(fused_vae.depthwise_causal_conv(context, x, weight, bias, dilation), want, torch.float32)
 
 
@@ -75,7 +80,7 @@ def test_depthwise_conv_with_fused_snake_equals_conv_then_snake(dilation, length
     context, x = randn(2, channels, ctx), randn(2, channels, length, seed=1)
     weight, bias = randn(channels, 1, 7, seed=2), randn(channels, seed=3)
     alpha = (torch.rand(1, channels, 1, generator=torch.Generator().manual_seed(4)) + 0.25).to(DEVICE)
-    conv = F.conv1d(torch.cat([context, x], dim=-1), weight, bias, groups=channels, dilation=dilation)
+    conv = _f64(F.conv1d, torch.cat([context, x], dim=-1), weight, bias, groups=channels, dilation=dilation)
     got = fused_vae.depthwise_causal_conv(context, x, weight, bias, dilation, snake_alpha=alpha)
     close(got, vae_snake(conv, alpha), torch.float32)
 
@@ -90,7 +95,7 @@ def test_overlap_add_equals_the_streamed_transposed_conv(stride, frames, channel
     x = randn(2, in_ch, frames + 1)  # the context frame first
     weight, bias = randn(in_ch, channels, 2 * stride, seed=1), randn(channels, seed=2)
     y = (x.transpose(1, 2) @ weight.permute(0, 2, 1).reshape(in_ch, -1)).view(2, frames + 1, 2, stride, channels)
-    want = F.conv_transpose1d(x, weight, bias, stride)[..., stride:-stride]
+    want = _f64(F.conv_transpose1d, x, weight, bias, stride)[..., stride:-stride]
     got, none = fused_vae.overlap_add(y, bias, stride)
     close(got, want, torch.float32)
     assert none is None
@@ -124,5 +129,5 @@ def test_bias_residual_add_writes_x_plus_y_plus_bias_into_y():
 def test_mono_causal_conv_equals_conv1d_over_the_concatenation(channels, length):
     context, x = randn(2, channels, 6), randn(2, channels, length, seed=1)
     weight, bias = randn(1, channels, 7, seed=2) / (7 * channels) ** 0.5, randn(1, seed=3)  # unit-scale outputs
-    want = F.conv1d(torch.cat([context, x], dim=-1), weight, bias)
+    want = _f64(F.conv1d, torch.cat([context, x], dim=-1), weight, bias)
     close(fused_vae.mono_causal_conv(context, x, weight, bias, 1), want, torch.float32)
