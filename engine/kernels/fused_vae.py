@@ -61,6 +61,14 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
     return y
 
 
+def _check_context(name: str, context: Tensor, weight: Tensor, dilation: int) -> int:
+    """The kernel size, once ``context`` is known to hold exactly the causal left context, contiguous."""
+    ksize = weight.shape[-1]
+    if context.shape[-1] != (ksize - 1) * dilation or context.stride(-1) != 1:
+        raise ValueError(f"{name}: context must hold (k - 1) * dilation contiguous samples")
+    return ksize
+
+
 @triton.jit(do_not_specialize=["length", "ctx_len", "dilation", "stride_ctx_b"])
 def _depthwise_conv_kernel(
     ctx_ptr,
@@ -117,9 +125,7 @@ def depthwise_causal_conv(
     """
     x = x.contiguous()
     bsz, channels, length = x.shape
-    ksize = weight.shape[-1]
-    if context.shape[-1] != (ksize - 1) * dilation or context.stride(-1) != 1:
-        raise ValueError("depthwise_causal_conv: context must hold (k - 1) * dilation contiguous samples")
+    ksize = _check_context("depthwise_causal_conv", context, weight, dilation)
     y = torch.empty_like(x)
     block = min(512, triton.next_power_of_2(length))
     _depthwise_conv_kernel[(bsz * channels, triton.cdiv(length, block))](
@@ -183,9 +189,7 @@ def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, d
     """
     x = x.contiguous()
     bsz, channels, length = x.shape
-    ksize = weight.shape[-1]
-    if context.shape[-1] != (ksize - 1) * dilation or context.stride(-1) != 1:
-        raise ValueError("mono_causal_conv: context must hold (k - 1) * dilation contiguous samples")
+    ksize = _check_context("mono_causal_conv", context, weight, dilation)
     y = x.new_empty(bsz, 1, length)
     block_c, block_t = min(64, triton.next_power_of_2(channels)), 128
     _mono_conv_kernel[(bsz, triton.cdiv(length, block_t))](

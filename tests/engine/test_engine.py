@@ -25,16 +25,6 @@ def _params(n, seed, **kw):
 
 
 @pytest.fixture(scope="module")
-def ckpt_v1(tiny_v1):
-    return load_checkpoint(tiny_v1, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def ckpt_v2(tiny_v2):
-    return load_checkpoint(tiny_v2, dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def ckpt_v1_bf16(tiny_v1):
     return load_checkpoint(tiny_v1)
 

@@ -5,21 +5,9 @@ steps must be handled while a step is in flight. Same fp32 tiny checkpoints and 
 """
 
 import numpy as np
-import pytest
 
-from engine.loader import load_checkpoint
 from engine.request import RequestStatus
 from tests.engine.test_engine import BATCH_ATOL, _engine, _params, _run
-
-
-@pytest.fixture(scope="module")
-def ckpt_v1(tiny_v1):
-    return load_checkpoint(tiny_v1, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def ckpt_v2(tiny_v2):
-    return load_checkpoint(tiny_v2, dtype="float32")
 
 
 def _collect(engine, chunks, status):
