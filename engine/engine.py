@@ -245,7 +245,10 @@ class Engine:
                 self.abort(request_id)
         outputs, self._ended = self._ended, []
         sampled, self._inflight = self._inflight, None
-        sampled = self._launch(outputs) if sampled is None else self._still_running(sampled)
+        if sampled is not None:
+            sampled = self._still_running(sampled)
+        if sampled is None:  # nothing in flight, or only rows aborted since: schedule now
+            sampled = self._launch(outputs)
         if sampled is None:
             return outputs
         with record_function("engine.vae"):

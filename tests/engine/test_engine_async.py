@@ -73,3 +73,16 @@ def test_arrival_while_a_step_is_in_flight_joins_a_later_step(ckpt_v1):
     assert status == {"first": RequestStatus.FINISHED_LENGTH, "late": RequestStatus.FINISHED_LENGTH}
     assert len(chunks["first"]) == 8
     np.testing.assert_allclose(np.concatenate(chunks["late"]), reference, atol=BATCH_ATOL, rtol=0)
+
+
+def test_a_step_in_flight_whose_rows_were_all_aborted_does_not_delay_the_next_request(ckpt_v1):
+    engine = _engine(ckpt_v1, async_scheduling=True)
+    engine.add_request("gone", "Cancelled while its step runs.", params=_params(6, 1))
+    for _ in range(2):
+        engine.step()
+    assert engine._inflight is not None and engine.abort("gone")
+    engine.add_request("next", "Comes after.", params=_params(2, 2))
+    outs = {o.request_id: o for o in engine.step()}  # the stale step is dropped, "next" runs at once
+    assert outs["gone"].status == RequestStatus.CANCELLED and outs["next"].audio is not None
+    _, status = _run(engine)
+    assert status == {"next": RequestStatus.FINISHED_LENGTH}
