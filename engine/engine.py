@@ -83,6 +83,8 @@ class Engine:
         self.adapters: AdapterRegistry | None = None
         if self.config.max_loras:
             slots = enable_lora(checkpoint.model, self.config.max_loras + 1, self.config.max_lora_rank)
+            if checkpoint.model.feat_decoder.fused:
+                slots.use_kernels()
             self.adapters = AdapterRegistry(slots, checkpoint.config)
         self.scheduler = Scheduler(self.config, self.blocks, self.adapters)
         self.runner = ModelRunner(

@@ -9,8 +9,11 @@ nano-vllm's): a "row" is the leading batch index of each LoRA Linear's input (``
 (``engine.model.sampler``): both rows of a request use its adapter, so the caller sets
 ``slot_ids.repeat(2)`` around the sampler call. A single slot for every row (:func:`set_lora_rows`
 with an int, or equal host ids) works for any input shape and computes exactly the reference's
-formula; mixed slots gather each row's ``A``/``B`` and use ``bmm`` (equal to the per-row formula
-up to the matmul's fp32 accumulation order; 0 difference measured on CPU and H200).
+formula; mixed slots project every row onto every slot's ``A`` and keep its own slot's part
+(one-hot), or, after :meth:`AdapterSlots.use_kernels` (the engine's CUDA path), take the segmented
+kernels of :mod:`engine.kernels.lora`: rows sorted by slot, only their own slot's matrices, two
+launches per group of layers reading one input (:func:`add_adapters_`: q/k/v, gate/up). Both equal
+the per-row formula up to the matmuls' fp32 accumulation order.
 
 The uniform/mixed choice is made on the host when the ids are set. For CUDA graphs, capture with a
 static int64 device tensor of ids (always the mixed path, no host sync) and update it in place
@@ -46,6 +49,15 @@ class LoRARows:
         self.slot_ids = slot_ids
         self._on: dict[torch.device, Tensor] = {} if slot_ids is None else {slot_ids.device: slot_ids}
         self._one_hot: dict[tuple[torch.device, int, torch.dtype], Tensor] = {}
+        self._sorted: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def sorted_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(order, slots in that order)``: the rows stably sorted by slot (for the segmented kernels)."""
+        hit = self._sorted.get(device)
+        if hit is None:
+            ordered, order = torch.sort(self.ids_on(device), stable=True)
+            hit = self._sorted[device] = (order, ordered)
+        return hit
 
     def one_hot_on(self, device: torch.device, num_slots: int, dtype: torch.dtype) -> Tensor:
         """``[N, num_slots]`` one-hot rows of the slot ids (made once per step, shared by every layer)."""
@@ -132,6 +144,7 @@ class LoRALinear(nn.Linear):
         self.register_buffer("lora_scaling", torch.zeros(num_slots, **kw), persistent=False)
         self.register_buffer("lora_b_cat", torch.zeros(self.out_features, num_slots * max_rank, **kw), persistent=False)
         self.slot_ranks = [0] * num_slots  # host copy: 0 = nothing loaded for this layer in that slot
+        self.kernels = False  # AdapterSlots.use_kernels: mixed rows through engine.kernels.lora
         # Per-slot (A [r, in], B [out, r], scaling) views: slicing on every call costs more host time
         # than the LoRA kernels themselves in eager mode.
         self._views: list[tuple[Tensor, Tensor, Tensor] | None] = [None] * num_slots
@@ -174,6 +187,9 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.weight, self.bias)
+        if self.kernels and _ROWS is not None and _ROWS.uniform is None:
+            add_adapters_([self], x, out)
+            return out
         delta = self.delta(x)
         return out if delta is None else out + delta.view(out.shape)
 
@@ -205,6 +221,40 @@ class LoRALinear(nn.Linear):
     def _sync_b_cat(self, slot: int) -> None:
         # lora_b_cat [out, slots * r] holds every slot's B side by side for the mixed-slot path.
         self.lora_b_cat.view(self.out_features, -1, self.lora_b.shape[2])[:, slot].copy_(self.lora_b[slot])
+
+
+def add_adapters_(layers: Sequence[nn.Module], x: Tensor, out: Tensor) -> Tensor:
+    """Add the current rows' LoRA terms of ``layers`` (all reading ``x``) to their outputs side by side in ``out``.
+
+    ``out`` holds the layers' base outputs concatenated on the last dim (one fused GEMM, e.g. q/k/v),
+    and is updated in place. Layers without LoRA add nothing. With :meth:`AdapterSlots.use_kernels`
+    and per-row slots, the group takes two segmented kernels (:mod:`engine.kernels.lora`);
+    otherwise each layer's :meth:`LoRALinear.delta` is added to its slice.
+
+    Returns:
+        ``out``.
+    """
+    rows = _ROWS
+    if rows is None:
+        return out
+    lora = [m for m in layers if isinstance(m, LoRALinear)]
+    if rows.uniform is None and lora and len(lora) == len(layers) and lora[0].kernels:
+        from engine.kernels.lora import add_lora_
+
+        order, ordered = rows.sorted_on(x.device)
+        add_lora_(
+            x, out, [m.lora_a for m in lora], [m.lora_b for m in lora], [m.lora_scaling for m in lora], order, ordered
+        )
+        return out
+    start = 0
+    for layer in layers:
+        width = layer.out_features
+        delta = layer.delta(x) if isinstance(layer, LoRALinear) else None
+        if delta is not None:
+            part = out[..., start : start + width]
+            part.copy_(part + delta.view(part.shape))
+        start += width
+    return out
 
 
 def _plain_linear(module: nn.Linear) -> nn.Linear:
@@ -254,6 +304,11 @@ class AdapterSlots:
                 layer.load_slot(slot, *adapter.weights[name], adapter.scaling)
             else:
                 layer.clear_slot(slot)
+
+    def use_kernels(self) -> None:
+        """Route mixed-slot rows through the segmented Triton kernels (CUDA, or ``TRITON_INTERPRET=1``)."""
+        for layer in self.layers.values():
+            layer.kernels = True
 
     def clear(self, slot: int) -> None:
         """Zero ``slot`` in every layer."""

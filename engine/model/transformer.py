@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.config import LMConfig
-from engine.lora import get_lora_rows
+from engine.lora import add_adapters_, get_lora_rows
 from engine.model.attention import AttentionFn, DenseAttention, KVCache
 
 # The fused path (engine.kernels.fused) is imported lazily: it needs Triton, the CPU path does not.
@@ -160,7 +160,7 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv_weight)
         q, k, v = qkv[..., :q_dim], qkv[..., q_dim : q_dim + kv_dim], qkv[..., q_dim + kv_dim :]
         if get_lora_rows() is not None:  # adapters add their terms to the fused GEMM's slices
-            q, k, v = (_with_adapter(lin, x, y) for lin, y in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
+            add_adapters_((self.q_proj, self.k_proj, self.v_proj), x, qkv)
         q = q.view(bsz, seq, self.num_heads, self.head_dim)
         k = k.view(bsz, seq, self.num_kv_heads, self.head_dim)
         v = v.view(bsz, seq, self.num_kv_heads, self.head_dim)
@@ -197,14 +197,8 @@ class MLP(nn.Module):
         width = gate_up.shape[-1] // 2
         gate, up = gate_up[..., :width], gate_up[..., width:]
         if get_lora_rows() is not None:
-            gate, up = _with_adapter(self.gate_proj, x, gate), _with_adapter(self.up_proj, x, up)
+            add_adapters_((self.gate_proj, self.up_proj), x, gate_up)
         return self.down_proj(silu_mul(gate, up))
-
-
-def _with_adapter(linear: nn.Module, x: Tensor, base: Tensor) -> Tensor:
-    """``base`` (this layer's slice of a fused GEMM) plus the layer's LoRA term for the current rows, if any."""
-    delta = linear.delta(x) if hasattr(linear, "delta") else None
-    return base if delta is None else base + delta.view(base.shape)
 
 
 def _fuse_weights(*linears: nn.Linear) -> Tensor:

@@ -25,6 +25,7 @@ from engine.engine_config import EngineConfig
 from engine.kernels import fused
 from engine.loader import load_checkpoint
 from engine.pipeline import GenerationParams
+from engine.synthetic_lora import write_lora
 from tests.engine.test_engine import BATCH_ATOL, _run
 
 if not torch.cuda.is_available() and isinstance(fused._rms_norm_kernel, triton.runtime.JITFunction):
@@ -35,7 +36,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = BATCH_ATOL if DEVICE == "cpu" else 2e-3  # CUDA: the tolerance of test_engine_cuda.py
 
 
-def _engine(path, fused_kernels):
+def _engine(path, fused_kernels, max_loras=0):
     ckpt = load_checkpoint(path, device=DEVICE, dtype="float32")
     engine = Engine(
         ckpt,
@@ -46,6 +47,7 @@ def _engine(path, fused_kernels):
             fused_kernels=fused_kernels,
             cuda_graph_timesteps=(STEPS,),
             vae_tf32=False,
+            max_loras=max_loras,
         ),
     )
     if fused_kernels and DEVICE == "cpu":  # on CUDA the engine captures its graphs itself
@@ -58,14 +60,14 @@ def _engine(path, fused_kernels):
     return engine
 
 
-def _crowd(engine):
-    for rid, text, n, seed in (
-        ("a", "A longer request that keeps going.", 5, 1),
-        ("b", "Short.", 3, 2),
-        ("c", "Hi.", 4, 3),
+def _crowd(engine, voices=(None, None, None)):
+    for (rid, text, n, seed), voice in zip(
+        (("a", "A longer request that keeps going.", 5, 1), ("b", "Short.", 3, 2), ("c", "Hi.", 4, 3)),
+        voices,
+        strict=True,
     ):
         params = GenerationParams(min_steps=n, max_steps=n, seed=seed, inference_timesteps=STEPS)
-        engine.add_request(rid, text, params=params)
+        engine.add_request(rid, text, params=params, lora=voice)
     return _run(engine)[0]
 
 
@@ -79,3 +81,18 @@ def test_fused_engine_equals_the_op_by_op_engine(request, name):
     assert fast_engine.runner.graph_steps >= 3
     for rid in plain:
         np.testing.assert_allclose(fast[rid], plain[rid], atol=ATOL, rtol=0)
+
+
+def test_fused_engine_with_mixed_lora_voices_equals_the_op_by_op_engine(tiny_v2, tmp_path):
+    """Rows of different adapters (and none) in one graphed step: the segmented LoRA kernels."""
+    paths = {name: write_lora(tiny_v2, tmp_path / name, rank=4 + 4 * i, seed=i) for i, name in enumerate("xy")}
+    voices = ("x", None, "y")
+    runs = {}
+    for fused_kernels in (False, True):
+        engine = _engine(tiny_v2, fused_kernels, max_loras=2)
+        for name, path in paths.items():
+            engine.register_voice(name, path)
+        runs[fused_kernels] = _crowd(engine, voices)
+    assert all(layer.kernels for layer in engine.adapters.slots.layers.values())
+    for rid in runs[False]:
+        np.testing.assert_allclose(runs[True][rid], runs[False][rid], atol=ATOL, rtol=0)
