@@ -131,7 +131,7 @@ def depthwise_causal_conv(
     _depthwise_conv_kernel[(bsz * channels, triton.cdiv(length, block))](
         context, x, weight.contiguous(), bias, bias if snake_alpha is None else snake_alpha, y, channels, length,
         context.shape[-1], dilation, context.stride(0), context.stride(1), KSIZE=ksize, BLOCK=block,
-        SNAKE=snake_alpha is not None, LIBDEVICE=_libdevice(),
+        SNAKE=snake_alpha is not None, LIBDEVICE=_libdevice(), num_warps=max(1, min(4, block // 128)),
     )  # fmt: skip
     return y
 
@@ -150,25 +150,24 @@ def _mono_conv_kernel(
     stride_ctx_b,
     stride_ctx_c,
     KSIZE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
+    # One run of samples per program, channels summed in a serial loop: a [channels, samples] tile
+    # reduced over channels ran 23x slower on an H200 (3.0 ms vs 0.13 ms at 128 x 32 x 7680).
     bat = tl.program_id(0)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)[None, :]
-    acc = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
-    for c0 in range(0, channels, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)[:, None]
-        ok = (t < length) & (c < channels)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok = t < length
+    acc = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for c in range(0, channels):
         x_row = x_ptr + (bat * channels + c).to(tl.int64) * length
-        ctx_row = ctx_ptr + bat.to(tl.int64) * stride_ctx_b + c.to(tl.int64) * stride_ctx_c
+        ctx_row = ctx_ptr + bat.to(tl.int64) * stride_ctx_b + c * stride_ctx_c
         for k in tl.static_range(KSIZE):
             src = t + k * dilation - ctx_len  # as in _depthwise_conv_kernel
             ptr = tl.where(src >= 0, x_row + src, ctx_row + ctx_len + src)
-            w = tl.load(w_ptr + c * KSIZE + k, mask=c < channels, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + c * KSIZE + k).to(tl.float32)
             acc += w * tl.load(ptr, mask=ok, other=0.0).to(tl.float32)
-    out = tl.sum(acc, axis=0) + tl.load(b_ptr).to(tl.float32)
-    t1 = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    tl.store(y_ptr + bat.to(tl.int64) * length + t1, out.to(y_ptr.dtype.element_ty), mask=t1 < length)
+    out = acc + tl.load(b_ptr).to(tl.float32)
+    tl.store(y_ptr + bat.to(tl.int64) * length + t, out.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
@@ -191,10 +190,10 @@ def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, d
     bsz, channels, length = x.shape
     ksize = _check_context("mono_causal_conv", context, weight, dilation)
     y = x.new_empty(bsz, 1, length)
-    block_c, block_t = min(64, triton.next_power_of_2(channels)), 128
+    block_t = min(1024, triton.next_power_of_2(length))
     _mono_conv_kernel[(bsz, triton.cdiv(length, block_t))](
         context, x, weight.contiguous(), bias, y, channels, length, context.shape[-1], dilation,
-        context.stride(0), context.stride(1), KSIZE=ksize, BLOCK_C=block_c, BLOCK_T=block_t,
+        context.stride(0), context.stride(1), KSIZE=ksize, BLOCK_T=block_t, num_warps=4,
     )  # fmt: skip
     return y
 
