@@ -286,7 +286,8 @@ def print_engines(args: argparse.Namespace, out: dict[str, Any]) -> None:
         print(
             f"\n## Engine process (AsyncEngine), {ipc['concurrency']} requests, {ipc['steps']} steps: "
             f"TTFB p50 {s['ttfb_ms_p50']:.1f} ms, RTF mean {s['rtf_mean']:.3f}, "
-            f"{s['audio_s_per_s']:.1f} audio s/s; send {ipc['send_ms_per_step']:.3f} ms per step"
+            f"{s['audio_s_per_s']:.1f} audio s/s; per step: loop {ipc['queue_ms_per_step']:.3f} ms to queue, "
+            f"sender {ipc['send_ms_per_step']:.3f} ms to send"
         )
         print("IPC per step message, µs mean / p50 / p99:")
         print(report.ipc_lines(ipc["ipc"]))

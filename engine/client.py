@@ -303,10 +303,11 @@ class AsyncEngine(EngineClientBase):
 
         ``ipc`` holds per-step-message figures, each with count, mean, p50, p99, max:
         ``latency_us`` (engine about to send → outputs in the request queues here: everything the
-        pipe adds to a chunk's delay), which covers ``send_us`` (engine loop time spent pickling and
-        writing the message: the only part on the engine's critical path), ``receive_us`` (reader
-        thread reading and unpickling it) and ``handoff_us`` (read → dispatched on the event loop);
-        plus ``audio_bytes`` and ``outputs_per_message``.
+        pipe adds to a chunk's delay), which covers ``queue_us`` (the engine loop handing the
+        message to its sender thread: the only part on the engine's critical path), ``send_us``
+        (the sender thread pickling and writing it, overlapped with the next step), ``receive_us``
+        (reader thread reading and unpickling it) and ``handoff_us`` (read → dispatched on the event
+        loop); plus ``audio_bytes`` and ``outputs_per_message``.
         """
         out: dict[str, Any] = {"alive": self._alive, "pid": self.pid, "device": self.device}
         if self._alive:

@@ -1,7 +1,8 @@
 """The engine-core process: one ``Engine`` on one device, driven by a step loop over a pipe.
 
 The loop (``EngineCore.run``): apply every pending control message, run one step when there is
-work, send one message per step with all its outputs; when idle, block on the pipe. Control
+work, queue one message per step with all its outputs for the sender thread (which pickles and
+writes it while the loop runs the next step); when idle, block on the pipe. Control
 messages are applied only between steps, so the engine is never touched mid-step and needs no
 locks. The process is started with ``multiprocessing.get_context("spawn")`` (never fork: the
 parent may hold CUDA state and threads) with :func:`run_engine_core` as its target.
@@ -25,6 +26,7 @@ from engine.ipc import (
     AddRequest,
     Call,
     Fatal,
+    MessageSender,
     Output,
     Ready,
     Reply,
@@ -69,21 +71,26 @@ class EngineCore:
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
+        self.sender = MessageSender(conn, name="engine-core-sender")  # the only writer to conn
         self._pending: list[Output] = []  # admission failures, sent with the next message
         self._seq = 0
         self._stop = False
-        self._send_time = RollingStats()
+        self._queue_time = RollingStats()
         self._step_time = RollingStats()
         self._bytes = RollingStats()
 
     def send_outputs(self, outputs: list[Output]) -> None:
-        """Send one step message (time stamp, send time and audio bytes recorded for stats)."""
+        """Queue one step message for the sender (time stamp, queueing time and audio bytes recorded)."""
         self._seq += 1
         message = StepOutputs(self._seq, time.monotonic(), outputs)
         t0 = time.perf_counter()
-        send_message(self.conn, message)
-        self._send_time.add(time.perf_counter() - t0)
+        self.sender.send(message)
+        self._queue_time.add(time.perf_counter() - t0)
         self._bytes.add(sum(o.audio.nbytes for o in outputs if o.audio is not None))
+
+    def close(self) -> None:
+        """Write every queued message and stop the sender (raises its write error, if any)."""
+        self.sender.close()
 
     # --- control messages ----------------------------------------------------------------
 
@@ -117,7 +124,7 @@ class EngineCore:
         elif isinstance(message, AbortRequest):
             self.engine.abort(message.request_id)
         elif isinstance(message, Call):
-            send_message(self.conn, self.call(message))
+            self.sender.send(self.call(message))
         elif isinstance(message, Shutdown):
             self._stop = True
         else:
@@ -142,12 +149,18 @@ class EngineCore:
         return Reply(call.call_id, value=value)
 
     def stats(self) -> dict[str, Any]:
-        """Engine counts plus the core's own figures (step time; per step message: send time, audio bytes)."""
+        """Engine counts plus the core's own figures.
+
+        ``core`` holds the step time and, per step message, ``queue_us`` (the loop handing it to the
+        sender: the part on the step loop's critical path), ``send_us`` (the sender thread pickling
+        and writing it, overlapped with the next step) and ``audio_bytes``.
+        """
         return {
             **self.engine.stats(),
             "core": {
                 "messages": self._seq,
-                "send_us": self._send_time.summary(1e6),
+                "queue_us": self._queue_time.summary(1e6),
+                "send_us": self.sender.send_time.summary(1e6),
                 "step_ms": self._step_time.summary(1e3),
                 "audio_bytes": self._bytes.summary(),
             },
@@ -273,12 +286,21 @@ def serve(core: EngineCore) -> int:
     except BaseException as exc:
         reason = f"engine core failed: {_describe(exc)}"
         print(traceback.format_exc(), file=sys.stderr, flush=True)
+        # Best effort: the pipe may be what broke; the traceback above and the exit code still tell.
         try:
             core.fail_all(reason)
-            send_message(core.conn, Fatal(reason, traceback.format_exc()))
-        except Exception:  # the pipe may be what broke; the exit code still tells
+            core.sender.send(Fatal(reason, traceback.format_exc()))
+        except Exception:
+            pass
+        try:
+            core.close()
+        except Exception:
             pass
         return 1
+    try:
+        core.close()
+    except OSError:  # the client left before the last outputs were written: nobody to tell
+        pass
     return 0
 
 

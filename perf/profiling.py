@@ -10,7 +10,8 @@ span on the GPU timeline), see :func:`split_events`. All are divided by the numb
 
 IPC: the same level through :class:`~engine.client.AsyncEngine` (the process-separated engine the
 server uses), with client-side TTFB/RTF and the client's ``stats()["ipc"]`` figures per step
-message (``send_us`` is the part on the engine loop's critical path).
+message (``queue_us`` is the part on the engine loop's critical path; ``send_us``, the pickling and
+writing, runs on the core's sender thread).
 """
 
 from __future__ import annotations
@@ -182,8 +183,9 @@ def ipc_level(
 
     Returns:
         ``summary`` (closed-batch figures seen by the client), ``ipc`` (``AsyncEngine.stats()["ipc"]``),
-        ``step_ms`` (the core's step times), ``steps`` (engine steps of the measured run) and
-        ``send_ms_per_step`` (mean engine-loop time spent sending a step's outputs).
+        ``step_ms`` (the core's step times), ``steps`` (engine steps of the measured run),
+        ``queue_ms_per_step`` (mean engine-loop time handing a step's outputs to the sender thread)
+        and ``send_ms_per_step`` (mean sender-thread time pickling and writing them).
     """
     from engine.client import AsyncEngine
 
@@ -195,13 +197,18 @@ def ipc_level(
             before = (await engine.stats()).get("steps", 0)
             traces, wall = await _stream_all(engine, concurrency, sampling, "ipc-")
             stats = await engine.stats()
-        send = stats["ipc"].get("send_us", {})
         return {
             "summary": summarize_closed(traces, wall),
             "ipc": stats["ipc"],
             "step_ms": stats.get("step_ms"),
             "steps": stats.get("steps", 0) - before,
-            "send_ms_per_step": send.get("mean", float("nan")) / 1e3 if send.get("count") else float("nan"),
+            "queue_ms_per_step": _mean_ms(stats["ipc"].get("queue_us", {})),
+            "send_ms_per_step": _mean_ms(stats["ipc"].get("send_us", {})),
         }
 
     return asyncio.run(run())
+
+
+def _mean_ms(summary: dict[str, Any]) -> float:
+    """The mean of a µs :class:`~engine.ipc.RollingStats` summary in ms (NaN when it is empty)."""
+    return summary["mean"] / 1e3 if summary.get("count") else float("nan")

@@ -170,7 +170,7 @@ def profile_table(profile: dict[str, Any]) -> str:
 def ipc_lines(ipc: dict[str, Any]) -> str:
     """The engine process's IPC figures per step message (µs: mean / p50 / p99)."""
     out = []
-    for key in ("latency_us", "send_us", "receive_us", "handoff_us"):
+    for key in ("latency_us", "queue_us", "send_us", "receive_us", "handoff_us"):
         s = ipc.get(key, {})
         if s.get("count"):
             out.append(f"  {key:<12} {s['mean']:9.1f} / {s['p50']:9.1f} / {s['p99']:9.1f}   ({s['count']} messages)")
