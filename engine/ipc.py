@@ -84,8 +84,9 @@ class MessageSender:
 
         Raises:
             RuntimeError: The sender was closed.
-            OSError: An earlier write failed (e.g. ``BrokenPipeError``: the reader is gone); the
-                message is not sent, nor is anything after the failed one.
+            Exception: The error of an earlier message, raised again (``BrokenPipeError`` when the
+                reader is gone; whatever pickling raised for a value it cannot serialize): once one
+                message failed, neither this one nor any later one is sent.
         """
         if self._closed:
             raise RuntimeError("send() on a closed MessageSender")
