@@ -105,15 +105,20 @@ def rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def start(model: Path, log_path: Path, *extra: str, api_key: str | None = None) -> Server:
-    """Start a server and wait until ``/ready`` answers 200 (raises with the log if it exits)."""
+def start(model: Path, log_path: Path, *extra: str, api_key: str | None = None, new_session: bool = False) -> Server:
+    """Start a server and wait until ``/ready`` answers 200 (raises with the log if it exits).
+
+    ``new_session``: in a process group of its own (to signal the group, as a terminal or systemd does).
+    """
     port = free_port()
     args = [sys.executable, "-m", "tts_server", "--model", str(model), "--port", str(port), *BASE_ARGS, *extra]
     if api_key is not None:
         args += ["--api-key", api_key]
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log_path, api_key)
     end = time.monotonic() + 120
     with httpx.Client(base_url=server.url, timeout=5.0) as client:

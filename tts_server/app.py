@@ -43,14 +43,16 @@ from tts_server.routes.ops import ops_routes
 from tts_server.routes.voices import voice_routes
 from tts_server.services import Services
 from tts_server.text import load_normalizers
+from tts_server.transport import TransportGuard
 from tts_server.voices_store import VoiceStore
 
-__all__ = ["create_app", "drain"]
+__all__ = ["create_app", "cut_all", "drain"]
 
 log = logging.getLogger(__name__)
 
 _MONITOR_PERIOD_S = 0.1  # how soon an engine death is acted on
 _STATS_EVERY = 5  # monitor ticks between engine stats polls (0.5 s)
+_CUT_SETTLE_S = 1.0  # after the grace: time for cut-off requests to unwind
 
 
 def _make_engine(config: ServerConfig) -> AsyncEngine | AsyncEngineGroup:
@@ -99,25 +101,38 @@ async def _monitor(svc: Services) -> None:
 
 
 async def drain(app: Starlette, grace_s: float) -> None:
-    """Stop taking work, give in-flight requests ``grace_s`` seconds, then cancel what is left.
+    """Stop taking work, give in-flight requests ``grace_s`` seconds, then cut off what is left.
 
     ``/ready`` turns 503 at once and new work gets 503; queued and streaming requests continue
-    until they end or the grace period is over.
+    until they end or the grace period is over. Then every request still in flight is cancelled:
+    a stream breaks off (no clean end: the client can tell its audio is incomplete), a wait for a
+    request body ends, and connections whose client does not read are aborted; the app waits at
+    most :data:`_CUT_SETTLE_S` more, so the process exits within about a second of the grace.
     """
-    svc: Services | None = getattr(app.state, "services", None)
     lifecycle: Lifecycle = app.state.lifecycle
     lifecycle.drain()
-    if svc is None:
-        return
-    deadline = asyncio.get_running_loop().time() + grace_s
-    while svc.admission.active and asyncio.get_running_loop().time() < deadline:
+    admission: Admission = app.state.admission
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while admission.active and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    if svc.admission.active:
-        cancelled = await svc.registry.cancel_all(CancelReason.SHUTDOWN)
-        log.warning("shutdown grace of %.0f s over: cancelled %d request(s)", grace_s, cancelled)
-        end = asyncio.get_running_loop().time() + 5.0
-        while svc.admission.active and asyncio.get_running_loop().time() < end:
-            await asyncio.sleep(0.05)
+    if admission.active:
+        await cut_all(app)
+        log.warning("shutdown grace of %g s over: cut off %d request(s) still in flight", grace_s, admission.active)
+        end = loop.time() + _CUT_SETTLE_S
+        while admission.active and loop.time() < end:
+            await asyncio.sleep(0.02)
+
+
+async def cut_all(app: Starlette) -> None:
+    """Cancel every request now: registered jobs, waits for request bodies, stalled writes."""
+    svc: Services | None = getattr(app.state, "services", None)
+    if svc is not None:
+        await svc.registry.cancel_all(CancelReason.SHUTDOWN)
+    app.state.admission.cut()
+    transport_guard = getattr(app.state, "transport_guard", None)
+    if transport_guard is not None:
+        transport_guard.cut()
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -163,9 +178,11 @@ def create_app(config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup |
         api_key=config.api_key,
         admin_key=config.voice_admin_key,
         retry_after=config.retry_after,
+        body_timeout=config.body_timeout,
     )
     metrics = ServerMetrics(lambda: admission.active, lambda: queue.depth, lambda: queue.active)
     admission.on_reject = metrics.rejected
+    admission.on_cut = metrics.cut
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -226,6 +243,8 @@ def create_app(config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup |
     app.state.queue = queue
     app.state.metrics = metrics
     app.state.admission = admission
+    # Served by tts_server.process (and the tests' server) with this guard on every connection.
+    app.state.transport_guard = TransportGuard(config.send_timeout, on_stall=lambda: metrics.cut("send_stall"))
     app.state.max_body_bytes = config.max_body_bytes
     app.state.max_voice_body_bytes = config.max_voice_body_bytes
     return app

@@ -10,6 +10,7 @@ reads the environment.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -181,6 +182,24 @@ class ServerConfig:
         "the supervisor's kill timeout, e.g. Kubernetes' 30 s terminationGracePeriodSeconds).",
         parse=float,
     )
+    send_timeout: float = _setting(
+        20.0,
+        "Seconds a response write may make no progress (the client stopped reading) before the connection is "
+        "aborted: its request is cancelled and its inference slot and connection place are released.",
+        parse=float,
+    )
+    body_timeout: float = _setting(
+        30.0,
+        "Seconds from a work request's arrival by which its whole body must have arrived; else it gets 408 and "
+        "the connection is closed (a slow or missing body cannot hold a connection place).",
+        parse=float,
+    )
+    stream_buffer_seconds: float = _setting(
+        30.0,
+        "Seconds of audio a streaming response may hold made but unsent for a slow reader; at the bound its "
+        "generation waits for the client (the inference slot is released as soon as generation ends).",
+        parse=float,
+    )
     default_max_generate_length: int | None = _setting(
         None,
         "Patches (engine steps) per segment when a request gives no max_generate_length; "
@@ -205,6 +224,9 @@ class ServerConfig:
             ("max_prompt_seconds", self.max_prompt_seconds > 0, "must be > 0"),
             ("max_text_chars", self.max_text_chars >= 1, "must be >= 1"),
             ("shutdown_grace", self.shutdown_grace >= 0, "must be >= 0"),
+            ("send_timeout", 0 < self.send_timeout < math.inf, "must be > 0 and finite"),
+            ("body_timeout", 0 < self.body_timeout < math.inf, "must be > 0 and finite"),
+            ("stream_buffer_seconds", 0 < self.stream_buffer_seconds < math.inf, "must be > 0 and finite"),
             ("default_max_generate_length", _none_or_at_least(self.default_max_generate_length, 1), "must be >= 1"),
             ("retry_after", self.retry_after >= 0, "must be >= 0"),
             ("api_key", self.api_key is None or self.api_key.strip() == self.api_key != "", "must be non-blank"),

@@ -8,10 +8,16 @@ Shared by ``/generate`` and ``/v1/audio/speech`` so both behave the same:
    here is an :class:`ApiError` with an honest status (503 for a queue timeout or a dead engine,
    400 for input the engine rejects, 409 for a cancelled request), and the slot is back.
 2. The route then streams :meth:`Job.stream` (or :meth:`Job.collect` for a whole file). Segments
-   run one after another as separate engine requests inside the one slot.
+   run one after another as separate engine requests inside the one slot. A stream's generation
+   runs in a task of its own, ahead of the client by at most ``--stream-buffer-seconds`` of audio
+   (at the bound it waits for the client to read), and gives the inference slot back as soon as
+   the last segment is made: a slow reader holds its connection place while it reads, not a slot.
 3. :meth:`Job.close` runs exactly once however the job ends (finished, ``/cancel``, client gone,
    engine failure): it aborts an unfinished engine request, releases the slot, forgets the id and
    records the outcome.
+
+Audio the engine makes is checked before it is sent: a chunk with NaN or infinite samples fails the
+request (an error, never a 200 of silence: the encoders would turn NaN into zeros).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -28,7 +35,14 @@ import numpy as np
 from starlette.types import Message, Receive
 
 from engine.pipeline import GenerationParams, Voice
-from engine.stream import EngineDeadError, EngineError, InvalidRequest, RequestCancelled, RequestStream
+from engine.stream import (
+    EngineDeadError,
+    EngineError,
+    InvalidRequest,
+    RequestCancelled,
+    RequestFailed,
+    RequestStream,
+)
 from tts_server.errors import ApiError
 from tts_server.inflight import CancelReason, InflightRequest, RequestState
 from tts_server.metrics import Outcome
@@ -85,6 +99,12 @@ class Job:
         self.ticket = Ticket(spec.request_id, spec.client_id)
         self.samples = 0
         self.failure: EngineError | None = None  # why the stream stopped early, if the engine failed it
+        self._buffer: deque[np.ndarray] = deque()  # made, not yet taken by the response
+        self._buffered = 0  # samples in _buffer
+        self._buffer_limit = max(1, round(svc.config.stream_buffer_seconds * svc.sample_rate))
+        self._made = asyncio.Event()  # set when a chunk is buffered or generation has ended
+        self._taken = asyncio.Event()  # set when the response took a chunk
+        self._generation_error: EngineError | None = None
         self._segment = 0
         self._stream: RequestStream | None = None
         self._first: np.ndarray | None = None
@@ -163,7 +183,7 @@ class Job:
             while self._open_next():
                 assert self._stream is not None
                 try:
-                    self._first = await anext(self._stream)
+                    self._first = _checked(await anext(self._stream))
                 except StopAsyncIteration:
                     continue  # a segment without audio: on to the next
                 self.svc.metrics.ttfb.observe(time.monotonic() - self.spec.arrived_at)
@@ -195,48 +215,99 @@ class Job:
     # --- audio -----------------------------------------------------------------------------------
 
     @property
+    def cut_off(self) -> bool:
+        """Whether the response must break off rather than end: the engine failed, or the shutdown
+        grace ended before the audio did (a clean end would look like a complete file)."""
+        return self.failure is not None or self.record.cancel_reason is CancelReason.SHUTDOWN
+
+    @property
     def queue_position(self) -> int:
         """Requests waiting ahead of this one when it arrived."""
         return self.ticket.position
 
     async def _chunks(self) -> AsyncIterator[np.ndarray]:
-        """Every chunk of every segment; engine errors propagate."""
+        """Every chunk of every segment, checked; engine errors propagate."""
         if self._first is not None:
             first, self._first = self._first, None
             self.samples += first.size
-            yield first
+            yield first  # checked by _first_audio
         while self._stream is not None:
             async for chunk in self._stream:
                 self.samples += chunk.size
-                yield chunk
+                yield _checked(chunk)
             if not self._open_next():
                 break
 
-    async def stream(self) -> AsyncIterator[np.ndarray]:
-        """The audio for a streaming response; ends early (cleanly) when cancelled.
-
-        If the engine fails mid-stream the iteration ends with :attr:`failure` set (logged here):
-        the response must then break off the transfer rather than end it, so the client can tell.
-        """
-        outcome = Outcome.CANCELLED  # the iterator is abandoned (client gone) unless set below
+    async def _generate(self) -> None:
+        """Pull every chunk into the buffer (waiting while it is full); give the slot back at the end."""
         try:
             async with aclosing(self._chunks()) as chunks:
                 async for chunk in chunks:
+                    self._buffer.append(chunk)
+                    self._buffered += chunk.size
+                    self._made.set()
+                    while self._buffered >= self._buffer_limit:
+                        self._taken.clear()
+                        await self._taken.wait()
+        except EngineError as exc:
+            self._generation_error = exc
+        finally:
+            self._generation_over(self._generation_error)
+            self._made.set()
+
+    def _generation_over(self, error: EngineError | None) -> None:
+        """The engine is done with this job: its request closed, its slot back to the queue."""
+        if self._stream is not None:
+            self._stream.close()  # aborts the engine request unless it has ended
+        if isinstance(error, EngineDeadError):
+            self.svc.engine_lost(str(error))  # before the slot goes to a queued request
+        if self._holds_slot:
+            self._holds_slot = False
+            self.svc.queue.release()
+
+    async def stream(self) -> AsyncIterator[np.ndarray]:
+        """The audio for a streaming response; ends early (cleanly) when cancelled by the client.
+
+        If the engine fails mid-stream, or the shutdown grace ends first, the iteration ends with
+        :attr:`cut_off` true (logged here): the response must then break off the transfer rather
+        than end it, so the client can tell.
+        """
+        outcome = Outcome.CANCELLED  # the iterator is abandoned (client gone) unless set below
+        generation = asyncio.create_task(self._generate(), name=f"generate[{self.spec.request_id}]")
+        try:
+            while not self.record.cancelled:
+                if self._buffer:
+                    chunk = self._buffer.popleft()
+                    self._buffered -= chunk.size
+                    self._taken.set()
                     yield chunk
-            outcome = Outcome.CANCELLED if self.record.cancelled else Outcome.OK
+                elif generation.done():
+                    break
+                else:
+                    self._made.clear()
+                    await self._made.wait()
+            if generation.done() and not generation.cancelled() and generation.exception() is not None:
+                raise generation.exception()  # a bug, not an engine error: let it be seen
+            error = self._generation_error if generation.done() else None
+            if isinstance(error, RequestCancelled) or (error is None and self.record.cancelled):
+                outcome = Outcome.CANCELLED
+                if not self.record.cancelled:
+                    log.warning("request %s: the engine cancelled it (shutdown)", self.spec.request_id)
+            elif error is not None:
+                outcome = Outcome.FAILED
+                self.failure = error
+                log.error(
+                    "request %s failed mid-stream after %d samples: %s", self.spec.request_id, self.samples, error
+                )
+            else:
+                outcome = Outcome.OK
         except (asyncio.CancelledError, GeneratorExit):
             if self.record.cancel_reason is None:  # the server stopped iterating: the client went away
                 self.record.cancel_reason = CancelReason.DISCONNECT
             raise
-        except RequestCancelled:
-            outcome = Outcome.CANCELLED
-            if not self.record.cancelled:
-                log.warning("request %s: the engine cancelled it (shutdown)", self.spec.request_id)
-        except EngineError as exc:
-            outcome = Outcome.FAILED
-            self.failure = exc
-            log.error("request %s failed mid-stream after %d samples: %s", self.spec.request_id, self.samples, exc)
         finally:
+            if not generation.done():
+                generation.cancel()  # its finally gives the slot back
             self.close(outcome)
 
     async def collect(self) -> np.ndarray:
@@ -270,13 +341,7 @@ class Job:
             return
         self._closed = True
         self.stop_watching()
-        if self._stream is not None:
-            self._stream.close()  # aborts the engine request unless it has ended
-        if isinstance(self.failure, EngineDeadError):
-            self.svc.engine_lost(str(self.failure))  # before the slot goes to a queued request
-        if self._holds_slot:
-            self._holds_slot = False
-            self.svc.queue.release()
+        self._generation_over(self.failure)
         if self.record.cancelled and outcome is Outcome.OK:
             outcome = Outcome.CANCELLED
         self.svc.registry.finish(self.record, _FINAL_STATE[outcome])
@@ -323,3 +388,14 @@ class Job:
             return ApiError(400, f"{field}: {reason.removeprefix('lora: ').removeprefix('text: ')}", field=field)
         log.error("request %s failed in the engine: %s", self.spec.request_id, exc)
         return ApiError(500, f"the engine failed the request: {getattr(exc, 'reason', exc)}", type="engine_error")
+
+
+def _checked(chunk: np.ndarray) -> np.ndarray:
+    """The chunk, if every sample is finite.
+
+    Raises:
+        RequestFailed: NaN or infinite samples (a numerical failure in the model; never sent as audio).
+    """
+    if not np.isfinite(chunk).all():
+        raise RequestFailed("the engine produced non-finite audio (NaN or infinity)")
+    return chunk

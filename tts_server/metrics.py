@@ -81,6 +81,13 @@ class ServerMetrics:
             "tts_requests", "Generation requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
         )
         self.rejections = Counter("tts_rejections", "Requests answered 503, by reason", ["reason"], registry=r)
+        self.cuts = Counter(
+            "tts_connections_cut",
+            "Requests the server cut off, by reason: send_stall (the client stopped reading), body_timeout "
+            "(408), shutdown (the drain's grace ended while a body or a stream was still in flight)",
+            ["reason"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "tts_queue_wait_seconds", "Time from arrival to an inference slot", buckets=_LATENCY_BUCKETS, registry=r
         )
@@ -123,6 +130,10 @@ class ServerMetrics:
         endpoint = ENDPOINTS.get(path or "")
         if endpoint is not None:
             self.request_done(endpoint, Outcome.REJECTED)
+
+    def cut(self, reason: str) -> None:
+        """Count one request the server cut off (``send_stall``, ``body_timeout``, ``shutdown``)."""
+        self.cuts.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of the registry."""

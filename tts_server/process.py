@@ -1,9 +1,12 @@
 """The server process: hypercorn serving the app, with signals, drain and engine death wired to its stop.
 
 Shutdown: on SIGTERM or SIGINT ``/ready`` turns 503 at once and new work gets 503; requests in
-flight get ``--shutdown-grace`` seconds to finish, then whatever is left is cancelled and the
-process exits 0. A second signal cancels what is left at once. If an engine dies the process
-exits 3 (see ``tts_server.app``).
+flight get ``--shutdown-grace`` seconds to finish, then whatever is left is cut off (streams break
+off, body waits end, stalled connections are aborted) and the process exits 0 about a second
+later. A second signal, a second or more after the first, cuts everything off at once. The
+signal may come to this process alone or to its whole process group (Ctrl-C, ``kill -TERM
+-PGID``, systemd): the engine processes ignore it and stop when this process tells them to. If an
+engine dies the process exits 3 (see ``tts_server.app``).
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
-from tts_server.app import create_app, drain
+from tts_server.app import create_app, cut_all, drain
 from tts_server.config import ServerConfig
-from tts_server.inflight import CancelReason
 from tts_server.lifecycle import Lifecycle
+from tts_server.transport import guard
 
 __all__ = ["run_server"]
 
 log = logging.getLogger("tts_server")
 
 _ENGINE_DEATH_SETTLE_S = 5.0  # after an engine death: time for open responses to send their errors
+# After our own drain, hypercorn closes idle keep-alive connections at once; anything still open
+# then was cut off already and gets this long before its task is cancelled.
+_HYPERCORN_GRACE_S = 1.0
+_SAME_SHUTDOWN_S = 1.0  # a signal this soon after the first is the same shutdown request, not a second
 
 
 def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
@@ -38,7 +45,7 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler, not a second one
     # method, path, status only (no bodies, no keys), and only when debugging
     hyper.accesslog = logging.getLogger("hypercorn.access") if config.log_level == "debug" else None
-    hyper.graceful_timeout = 5.0  # our own drain already waited for requests; this covers idle keep-alives
+    hyper.graceful_timeout = _HYPERCORN_GRACE_S
     return hyper
 
 
@@ -50,7 +57,7 @@ class _Runner:
         self.config = config
         self.lifecycle: Lifecycle = app.state.lifecycle
         self.stop = asyncio.Event()
-        self._signals = 0
+        self._first_signal_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -59,13 +66,18 @@ class _Runner:
         task.add_done_callback(self._tasks.discard)
 
     def on_signal(self, signum: int) -> None:
-        self._signals += 1
         name = signal.Signals(signum).name
-        if self._signals == 1:
+        now = asyncio.get_running_loop().time()
+        if self._first_signal_at is None:
+            self._first_signal_at = now
             log.info("%s: draining; in-flight requests get %.0f s", name, self.config.shutdown_grace)
             self._spawn(self._drain())
+        elif now - self._first_signal_at < _SAME_SHUTDOWN_S:
+            # One shutdown delivered twice: to the process group and forwarded by a wrapper
+            # (main.sh's trap), or SIGINT and SIGTERM from a supervisor.
+            log.info("%s: already draining", name)
         else:
-            log.warning("%s again: cancelling in-flight requests now", name)
+            log.warning("%s again: cutting off in-flight requests now", name)
             self._spawn(self._hurry())
 
     async def _drain(self) -> None:
@@ -73,9 +85,7 @@ class _Runner:
         self.stop.set()
 
     async def _hurry(self) -> None:
-        registry = getattr(self.app.state, "registry", None)
-        if registry is not None:
-            await registry.cancel_all(CancelReason.SHUTDOWN)
+        await cut_all(self.app)
         self.stop.set()
 
     async def watch_engine(self) -> None:
@@ -92,7 +102,8 @@ class _Runner:
             loop.add_signal_handler(signum, self.on_signal, signum)
         self._spawn(self.watch_engine())
         try:
-            await serve(self.app, _hypercorn_config(self.config), shutdown_trigger=self.stop.wait)
+            hyper = guard(_hypercorn_config(self.config), self.app.state.transport_guard)
+            await serve(self.app, hyper, shutdown_trigger=self.stop.wait)
         finally:
             for task in list(self._tasks):
                 task.cancel()

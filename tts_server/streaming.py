@@ -3,8 +3,10 @@
 The streamed response sends its headers and then each encoded chunk as soon as the engine has
 made it. Its ``__call__`` owns the job's end: whatever stops the response (the last chunk, a
 client disconnect cancelling the body, an error) closes the job, so the slot can never leak. If
-the engine fails mid-stream the response is broken off without the final empty chunk, and the
-client sees an incomplete transfer instead of a file that merely looks short.
+the engine fails mid-stream, or the shutdown grace ends before the audio does, the response is
+broken off without the final empty chunk (the connection closes mid-body), and the client sees
+an incomplete transfer instead of a file that merely looks short. An SSE stream says so in an
+``error`` event instead.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class AudioStreamResponse(StreamingResponse):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async for chunk in self.body_iterator:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if self.job.failure is not None:
+        if self.job.cut_off:
             return  # no final chunk: the server closes the connection mid-body
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -81,7 +83,7 @@ async def _encoded(job: Job, encoder: AudioEncoder) -> AsyncIterator[bytes]:
                 data = encoder.encode(chunk)
                 if data:
                     yield data
-        if job.failure is None:
+        if not job.cut_off:
             tail = encoder.finish()
             if tail:
                 yield tail
@@ -131,6 +133,10 @@ async def _sse_events(job: Job, encoder: AudioEncoder, usage: Callable[[Job], di
                     yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         if job.failure is not None:
             error = {"message": f"generation failed: {job.failure}", "type": "engine_error"}
+            yield _event({"type": "error", "error": error})
+            return
+        if job.cut_off:
+            error = {"message": "the server shut down before the audio was complete", "type": "shutdown"}
             yield _event({"type": "error", "error": error})
             return
         tail = encoder.finish()

@@ -29,6 +29,8 @@ import soundfile as sf
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from tts_server.transport import guard
+
 T = TypeVar("T")
 
 
@@ -80,6 +82,9 @@ class AppServer:
         config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns and closes the socket from here
         config.graceful_timeout = self.graceful_timeout_s
         config.accesslog = None
+        transport_guard = getattr(self.app.state, "transport_guard", None)
+        if transport_guard is not None:  # the server's own apps: served as tts_server.process serves them
+            guard(config, transport_guard)
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(serve(self.app, config, shutdown_trigger=self._stop.wait))
         await asyncio.sleep(0)

@@ -19,6 +19,7 @@ from tts_server.errors import ApiError
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "body_limit", "decode_base64", "parse_body", "read_body", "validation_error"]
 
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,15 +99,25 @@ async def parse_body(request: Request, model: type[M], *, max_bytes: int | None 
         The validated model.
 
     Raises:
-        ApiError: 415 unless the content type is JSON (``application/json`` or ``*+json``); 413 over
-            the limit; 400 for an empty or invalid body, naming the field (``items.0.name``).
+        ApiError: 415 unless the content type is JSON (``application/json`` or ``*+json``) and the
+            body is not compressed (``Content-Encoding``); 413 over the limit; 400 for an empty or
+            invalid body, naming the field (``items.0.name``). A leading UTF-8 BOM is ignored.
     """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(
+            415,
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed",
+            field="Content-Encoding",
+            type="unsupported_media_type",
+        )
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         shown = f"got {content_type!r}" if content_type else "none given"
         raise ApiError(415, f"Content-Type must be application/json ({shown})", type="unsupported_media_type")
     body = await read_body(request, max_bytes=max_bytes)
+    body = body.removeprefix(_UTF8_BOM)  # RFC 8259 lets a parser ignore it; Windows tools write one
     if not body.strip():
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
