@@ -55,7 +55,8 @@ class AudioEncoder(ABC):
         sample_rate: The rate of the chunks passed to :meth:`encode`.
         output_sample_rate: The rate the codec encodes at (differs from ``sample_rate`` only when the codec
             does not take the input rate; Opus decoders usually play back at 48 kHz regardless).
-        streaming: False: every byte is returned by :meth:`finish`, with exact lengths in headers.
+        streaming: False: every byte is returned by :meth:`finish`, with exact lengths in headers (also for a
+            streamed response in a format that is only readable whole).
     """
 
     def __init__(self, fmt: str, sample_rate: int, output_sample_rate: int, streaming: bool) -> None:
@@ -117,7 +118,7 @@ class AudioEncoder(ABC):
                 parts.append(self._encode(tail))
         parts.append(self._finish())
         body = b"".join(parts)
-        return body if self.streaming else self._file_header(len(body)) + body
+        return body if self.streaming else self._file_header(body) + body
 
     def close(self) -> None:
         """Drop the stream without producing output and free codec resources now (idempotent).
@@ -132,8 +133,8 @@ class AudioEncoder(ABC):
         if self._done is not None:
             raise RuntimeError(f"{self.format.name} encoder: {call} after {self._done}")
 
-    def _file_header(self, body_bytes: int) -> bytes:
-        """What a non-streaming file puts in front of its ``body_bytes`` encoded bytes (a sized header)."""
+    def _file_header(self, body: bytes) -> bytes:
+        """What a non-streaming file puts in front of its encoded ``body`` (a header with exact sizes)."""
         return b""
 
     def _release(self) -> None:

@@ -1,21 +1,38 @@
 """Streaming audio encoders: float32 mono chunks from the engine in, encoded bytes out as each chunk arrives.
 
-Each encoder hands back whatever bytes its codec has ready per ``encode`` call and flushes the rest on
-``finish``; nothing is re-encoded and no container re-created per chunk, because encoding runs on the
-server's event loop for every open stream. Measured per-chunk cost (3840 samples at 24 kHz = 160 ms of
-audio, one core of the shared 2-core dev box): pcm/wav ~13 µs, flac ~110 µs, mp3 ~270 µs (LAME quality 5;
-quality 2 is ~1 ms), opus ~600 µs (libopus complexity 5; the default 10 is ~1 ms), aac ~800 µs. Opus and AAC
-are the expensive ones: 4-5 ms of CPU per second of audio. Opening plus finishing a stream adds ~1 ms
-(flac, mp3, aac) to ~2-4 ms (opus).
+Each encoder hands back whatever bytes its codec has ready per ``encode`` call (all but flac, below) and
+flushes the rest on ``finish``; nothing is re-encoded and no container re-created per chunk, because
+encoding runs on the server's event loop for every open stream. Measured per-chunk cost (3840 samples at
+24 kHz = 160 ms of audio, one core of the shared 2-core dev box): pcm/wav ~13 µs, flac ~110 µs, mp3 ~270 µs
+(LAME quality 5; quality 2 is ~1 ms), opus ~600 µs (libopus complexity 5; the default 10 is ~1 ms), aac
+~800 µs. Opus and AAC are the expensive ones: 4-5 ms of CPU per second of audio. Opening plus finishing a
+stream adds ~1 ms (flac, mp3, aac) to ~2-4 ms (opus); a whole mp3's LAME tag ~1 ms per second of audio
+at 128 kbps (the checksum of the music).
 
 - ``pcm``: raw signed 16-bit little-endian samples at the input rate, no header.
 - ``wav``: 16-bit PCM. Streamed, the RIFF and data sizes are 0xFFFFFFFF ("unknown, read to the end"),
   which ffmpeg, libsndfile and browsers accept; with ``streaming=False`` they are exact.
-- ``mp3``: LAME (lameenc), CBR 64 kbps at 24 kHz and below, 128 kbps above.
-- ``flac``: native FLAC (ffmpeg). Streamed, STREAMINFO has no length or MD5 (the muxer cannot seek back to
-  fill them in); with ``streaming=False`` it has both.
-- ``opus``: Ogg Opus (libopus), 48 kbps VBR, ~60 ms pages so bytes leave with every chunk.
-- ``aac``: AAC-LC in ADTS frames (ffmpeg's encoder), 64 kbps (96 kbps above 24 kHz).
+- ``mp3``: LAME (lameenc), CBR 64 kbps at 24 kHz and below, 128 kbps above. A whole file starts with a
+  LAME Info frame (frame count, encoder delay and padding, laid out as LAME's own tag), so ffmpeg and
+  mpg123 (libsndfile's mp3 decoder) trim both and decode exactly the audio. Streamed, there is no tag: the
+  frame count and the padding are only known at the end, and without a frame count mpg123 ignores the
+  delay while ffmpeg trims it but plays the tag itself as a frame of silence. A stream therefore decodes
+  1105 samples longer at the start (LAME's 576 of priming, the decoder's 529) and, where LAME pads to
+  whole frames, 47 samples to one frame more than that at the end (a frame: 576 samples below 32 kHz,
+  1152 from 32 kHz).
+- ``flac``: native FLAC (ffmpeg) with exact length and MD5 in STREAMINFO, streamed or not: the encoder
+  is always whole-file (``streaming`` is False), and a stream gets the file when the audio ends. FLAC
+  puts STREAMINFO before the audio, and an unknown length there (0) is valid FLAC, but libsndfile (so
+  soundfile, librosa and this server's ``/encode_latents``) takes 0 for 2^63 frames and fails, stops at a
+  smaller length than the audio's and fails at a larger one; so a FLAC that libsndfile reads cannot leave
+  before its length is known. For lossless audio as it is made, stream ``wav`` or ``pcm``.
+- ``opus``: Ogg Opus (libopus), 48 kbps VBR, ~60 ms pages so bytes leave with every chunk. The exact
+  length, streamed or not: OpusHead's pre-skip covers the encoder delay and the last page's granule
+  position trims the padding.
+- ``aac``: AAC-LC in ADTS frames (ffmpeg's encoder), 64 kbps (96 kbps above 24 kHz). ADTS has no field
+  for the encoder's 1024 samples of priming or the padding of the last 1024-sample frame, streamed or
+  not, and no reader takes them from anywhere else: it decodes 1024 samples longer at the start and up
+  to 1023 at the end. Use opus, or a whole mp3, where the length must be exact.
 
 mp3, opus and aac take only some sample rates: other inputs go through a streaming soxr resampler to the
 lowest rate they accept at or above the input's (48 kHz at most), the encoder's ``output_sample_rate``.
@@ -36,6 +53,7 @@ import lameenc
 import numpy as np
 
 from tts_server.audio_encoder import FORMATS, AudioEncoder
+from tts_server.mp3_info_tag import lame_info_frame
 
 __all__ = ["encode_all", "float_to_int16", "make_encoder"]
 
@@ -107,35 +125,39 @@ class _PcmEncoder(AudioEncoder):
         # A stream that never got audio still has to be a well-formed (empty) file.
         return _wav_header(self.sample_rate, None) if self._header_due else b""
 
-    def _file_header(self, body_bytes: int) -> bytes:
+    def _file_header(self, body: bytes) -> bytes:
         if self.format.name == "pcm":
             return b""
-        if 36 + body_bytes > 0xFFFFFFFF:
-            raise ValueError(f"wav: {body_bytes} bytes of audio do not fit a RIFF file (4 GiB)")
-        return _wav_header(self.sample_rate, body_bytes)
+        if 36 + len(body) > 0xFFFFFFFF:
+            raise ValueError(f"wav: {len(body)} bytes of audio do not fit a RIFF file (4 GiB)")
+        return _wav_header(self.sample_rate, len(body))
 
 
 class _Mp3Encoder(AudioEncoder):
     def __init__(self, sample_rate: int, streaming: bool) -> None:
         out_rate = _rate_at_or_above(sample_rate, _MP3_RATES)
         super().__init__("mp3", sample_rate, out_rate, streaming)
+        self._kbps = 64 if out_rate <= 24000 else 128
         self._lame = lameenc.Encoder()
         self._lame.set_channels(1)
         self._lame.set_in_sample_rate(out_rate)
         # Pinned: the rate we resampled to is the rate in the frames, whatever LAME's defaults do.
         self._lame.set_out_sample_rate(out_rate)
-        self._lame.set_bit_rate(64 if out_rate <= 24000 else 128)
+        self._lame.set_bit_rate(self._kbps)
         # 5 = LAME's default "good": ~4x faster than 2 ("high") and indistinguishable on speech.
         self._lame.set_quality(5)
-        self._started = False
+        self._samples = 0  # fed to LAME, at out_rate: the audio length the Info tag's padding is counted from
 
     def _encode(self, samples: np.ndarray) -> bytes:
-        self._started = True
+        self._samples += samples.shape[0]
         return bytes(self._lame.encode(float_to_int16(samples).tobytes()))
 
     def _finish(self) -> bytes:
         # lameenc refuses to flush an encoder that never saw a sample; no audio is an empty mp3.
-        return bytes(self._lame.flush()) if self._started else b""
+        return bytes(self._lame.flush()) if self._samples else b""
+
+    def _file_header(self, body: bytes) -> bytes:
+        return lame_info_frame(body, self._samples, self._kbps) if body else b""
 
 
 class _Sink:
@@ -218,10 +240,12 @@ class _AvEncoder(AudioEncoder):
             self._container.close()
 
 
-def _flac(sample_rate: int, streaming: bool) -> AudioEncoder:
+def _flac(sample_rate: int, _streaming: bool) -> AudioEncoder:
     if sample_rate > _FLAC_MAX_RATE:
         raise ValueError(f"flac: sample rate {sample_rate} Hz is above the format's {_FLAC_MAX_RATE} Hz")
-    return _AvEncoder("flac", (sample_rate, sample_rate), streaming, "flac", "flac", "s16", {})
+    # Always a whole file, streamed or not (see the module docstring): STREAMINFO, which comes first, must hold
+    # the exact length for libsndfile to read it, and that length is known only at the end.
+    return _AvEncoder("flac", (sample_rate, sample_rate), False, "flac", "flac", "s16", {})
 
 
 def _opus(sample_rate: int, streaming: bool) -> AudioEncoder:
@@ -254,8 +278,9 @@ def make_encoder(fmt: str, sample_rate: int, *, streaming: bool = True) -> Audio
         fmt: One of :data:`FORMATS` (case-sensitive, as the API's ``response_format``).
         sample_rate: Rate of the chunks that will be fed (the model's output rate), in Hz.
         streaming: True: bytes come out of every :meth:`AudioEncoder.encode` call as soon as the codec has
-            them (wav/flac headers then say "length unknown"). False: all bytes come from
-            :meth:`AudioEncoder.finish`, with exact lengths in the wav and flac headers.
+            them (a wav header then says "length unknown"; mp3 has no LAME tag), except for flac, whose encoder
+            is always whole-file (see the module docstring). False: all bytes come from
+            :meth:`AudioEncoder.finish`, with exact lengths in the wav and flac headers and mp3's LAME tag.
 
     Returns:
         A fresh encoder.
