@@ -138,6 +138,14 @@ def test_bodies_that_never_come_time_out_with_408(strict_server: Server):
         _wait(server, lambda s: s["connections"]["active"] == PLACES, 5)
         full = _short_request(server)
         assert full.status_code == 503 and full.headers["retry-after"]  # every place is taken...
+        refused = connect(server.url)  # ...and a refused client's missing body is not waited for
+        try:
+            began = time.monotonic()
+            refused.sendall(request_head("/generate", 50))
+            assert read_response(refused, 10).status == 503
+            assert time.monotonic() - began < 3
+        finally:
+            refused.close()
         end = time.monotonic() + 2 * TIMEOUT_S
         while time.monotonic() < end:  # ...and one client keeps its body trickling in, until cut off
             try:
