@@ -1,8 +1,9 @@
 """``GET /openapi.json`` (OpenAPI 3.1, built from the pydantic request and response models) and ``GET /docs``.
 
 Every endpoint is listed with its request body, its success responses and the error responses
-it can give; a ``default`` error response covers the statuses any endpoint may answer (401/403
-from auth, 503 from the connection cap, 500), so a schema-driven fuzzer finds every response
+it can give; a ``default`` error response covers the statuses any endpoint may answer (400 for a
+duplicate ``Authorization``, 401/403 from auth, 408 for a body not in by ``--body-timeout``, 503
+from the connection cap or shutdown, 500), so a schema-driven fuzzer finds every response
 documented. The docs page is a self-contained HTML page that renders the document (no CDN).
 """
 
@@ -124,7 +125,7 @@ def _operation(op: _Op) -> dict[str, Any]:
     for status in op.errors:
         responses.setdefault(str(status), {"description": f"Error {status}", "content": _error_ref(op.openai)})
     responses["default"] = {
-        "description": "Error (401/403 auth, 503 over capacity, 500)",
+        "description": "Error (401/403 auth, 408 body timeout, 503 over capacity or shutting down, 500)",
         "content": _error_ref(op.openai),
     }
     out: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_')}"}
