@@ -3,6 +3,7 @@
 #   bash main.sh        set up .venv, get a model, start the server, wait for /ready, run example.py
 #                       against it (out/example.wav), then keep the server in the foreground
 #   bash main.sh test   set up .venv and run the whole test suite (unit tests, then parity)
+#   bash main.sh model  set up .venv, get the model (download, or the synthetic fallback) and print its directory
 # Re-running is safe and quick: installs happen only when pyproject.toml changed.
 # Environment:
 #   MODEL   a checkpoint directory, a Hugging Face repo id (default openbmb/VoxCPM1.5), or
@@ -68,14 +69,42 @@ model_dir() {
             return
         fi
         echo "main.sh: downloading $model from Hugging Face" >&2
-        if "$PY" -m pip install -q huggingface_hub >&2 &&
-            timeout 1800 "$PY" -c 'import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1], local_dir=sys.argv[2])' "$model" "$dir" >&2; then
+        local why
+        if why=$(download "$model" "$dir"); then
             echo "$dir"
         else
-            echo "main.sh: could not download $model" >&2
+            echo "main.sh: could not download $model: $why" >&2
             synthetic_model
         fi
     fi
+}
+
+# Download a Hugging Face repo into a directory. Progress goes to stderr as usual; a failure prints
+# one line on stdout (the reason, e.g. no network) and returns 1, instead of a long traceback.
+download() {
+    if ! "$PY" -c 'import huggingface_hub' 2>/dev/null; then
+        local log
+        log=$("$PY" -m pip install -q huggingface_hub 2>&1) || {
+            echo "huggingface_hub is not installed and pip could not install it ($(tail -n 1 <<<"$log"))"
+            return 1
+        }
+    fi
+    local rc=0
+    timeout 1800 "$PY" -c '
+import sys
+from huggingface_hub import snapshot_download
+try:
+    snapshot_download(sys.argv[1], local_dir=sys.argv[2])
+except Exception as exc:  # one line for main.sh: the first line of the message says what failed
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = lines[0][:300] if lines else repr(exc)
+    print(f"{type(exc).__name__}: {reason}")
+    sys.exit(1)
+' "$1" "$2" || rc=$?
+    if [ "$rc" = 124 ]; then
+        echo "timed out after 30 minutes"
+    fi
+    return "$rc"
 }
 
 run_server() {
@@ -126,8 +155,12 @@ case "${1:-run}" in
         setup
         run_server
         ;;
+    model)
+        setup
+        model_dir
+        ;;
     *)
-        echo "usage: bash main.sh [run|test]" >&2
+        echo "usage: bash main.sh [run|test|model]" >&2
         exit 2
         ;;
 esac

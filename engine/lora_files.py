@@ -49,14 +49,40 @@ def _integer(value: Any) -> int | None:
     return None
 
 
+# Bounds on a config, beyond the reference CLI's "positive": numbers past them only come from a
+# corrupt or hostile file (``alpha = 1e308``, an integral float, used to pass and made every
+# request with the voice silent). A rank is a small fraction of a layer's width (the reference
+# trains r = 8..64; VoxCPM's attention layers are 1024 or 2048 wide), so past 1024 it is no
+# low-rank adapter. ``alpha / r`` multiplies the adapter's output: the reference default is 2
+# (r = 8, alpha = 16), common recipes use 0.5..4; 64 leaves room for unusual training choices.
+MAX_RANK = 1024
+MAX_SCALING = 64
+# Trained LoRA factors are of order 1e-2 (A starts Kaiming-uniform, about +-1/sqrt(fan_in); B at
+# zero and grows slowly): entries beyond 1e3 are not a trained adapter.
+MAX_WEIGHT_ABS = 1e3
+
+
+def _shown(value: Any) -> str:
+    """A value for a message, cut short (a 300-digit integer is not worth echoing)."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+
+
 def _range_problem(r: int, alpha: int, dropout: float) -> str | None:
-    """The reference CLI's rules: positive integer r and alpha, dropout in [0, 1]."""
-    if _integer(r) is None or r < 1:
-        return f"lora_config.r must be a positive integer, got {r!r}"
+    """The reference CLI's rules (positive integer r and alpha, dropout in [0, 1]) plus upper bounds.
+
+    ``r`` is at most :data:`MAX_RANK` and ``alpha / r`` (the adapter's scaling) at most
+    :data:`MAX_SCALING`; integers are compared exactly, so a huge one cannot overflow a float.
+    """
+    if _integer(r) is None or not 1 <= r <= MAX_RANK:
+        return f"lora_config.r must be an integer in [1, {MAX_RANK}], got {_shown(r)}"
     if _integer(alpha) is None or alpha < 1:
-        return f"lora_config.alpha must be a positive integer, got {alpha!r}"
+        return f"lora_config.alpha must be a positive integer, got {_shown(alpha)}"
+    if alpha > MAX_SCALING * r:
+        limit = f"at most {MAX_SCALING} x r = {MAX_SCALING * r} (alpha / r scales the adapter's output)"
+        return f"lora_config.alpha must be {limit}, got {_shown(alpha)}"
     if not 0.0 <= dropout <= 1.0:
-        return f"lora_config.dropout must be in [0, 1], got {dropout!r}"
+        return f"lora_config.dropout must be in [0, 1], got {_shown(dropout)}"
     return None
 
 
@@ -121,7 +147,7 @@ class LoRAConfig:
             if name in data:
                 kwargs[name] = parse(data[name])
                 if kwargs[name] is None:
-                    raise AdapterError(f"{where}: lora_config.{name} must be {kind}, got {data[name]!r}")
+                    raise AdapterError(f"{where}: lora_config.{name} must be {kind}, got {_shown(data[name])}")
         problem = _range_problem(kwargs.get("r", cls.r), kwargs.get("alpha", cls.alpha), kwargs.get("dropout", 0.0))
         if problem:
             raise AdapterError(f"{where}: {problem}")
@@ -264,7 +290,7 @@ def adapter_from_state_dict(
     """Validate ``lora_A``/``lora_B`` tensors against the targets ``lora`` enables on ``cfg``'s architecture.
 
     Every enabled target needs both tensors with shapes ``A [r, in]``, ``B [out, r]`` (``r`` from the
-    config) and finite floating values; any other key is an error.
+    config) and finite floating values within :data:`MAX_WEIGHT_ABS`; any other key is an error.
 
     Raises:
         AdapterError: Naming ``where`` (or ``config_where`` for config problems) and the keys.
@@ -281,7 +307,10 @@ def adapter_from_state_dict(
         else:
             unexpected.append(key)
     r = lora.r
-    missing, shapes, bad = [], [], []
+    missing: list[str] = []
+    shapes: list[str] = []
+    bad: list[str] = []
+    huge: list[str] = []
     for module, (fan_in, fan_out) in targets.items():
         for leaf, shape in (("lora_A", (r, fan_in)), ("lora_B", (fan_out, r))):
             tensor = pairs.get(module, {}).get(leaf)
@@ -291,6 +320,8 @@ def adapter_from_state_dict(
                 shapes.append(f"{module}.{leaf} {tuple(tensor.shape)} != {shape}")
             elif not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
                 bad.append(f"{module}.{leaf}")
+            elif tensor.numel() and float(tensor.abs().max()) > MAX_WEIGHT_ABS:
+                huge.append(f"{module}.{leaf}")
     problems = []
     if unexpected:
         problems.append(f"{len(unexpected)} tensor(s) not targeted by the config: {listing(sorted(unexpected))}")
@@ -300,6 +331,8 @@ def adapter_from_state_dict(
         problems.append(f"{len(shapes)} mis-shaped tensor(s) (file != expected for r={r}): {listing(shapes)}")
     if bad:
         problems.append(f"{len(bad)} tensor(s) not finite floating point: {listing(bad)}")
+    if huge:
+        problems.append(f"{len(huge)} tensor(s) with values beyond +-{MAX_WEIGHT_ABS:g}: {listing(huge)}")
     if problems:
         raise AdapterError(f"{where}: " + "; ".join(problems))
     weights = {m: (pairs[m]["lora_A"].detach().cpu(), pairs[m]["lora_B"].detach().cpu()) for m in targets}

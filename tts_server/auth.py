@@ -7,6 +7,11 @@
 
 Keys travel as ``Authorization: Bearer <key>`` (what the OpenAI clients send) and are compared in
 constant time. A missing or wrong key is a 401; a valid API key on an admin endpoint is a 403.
+
+The open probes answer everyone but reveal voice names only to a key holder (:func:`has_work_access`).
+With an API key configured, a request belongs to the client that made it (:func:`client_key`), and
+``/queue`` and ``/cancel`` show and cancel only the caller's own requests; the admin key (when one
+is configured) sees and cancels every request (:func:`request_owner`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ import hmac
 
 from tts_server.errors import ApiError
 
-__all__ = ["OPEN_PATHS", "Access", "check_access", "client_key", "required_access"]
+__all__ = [
+    "OPEN_PATHS",
+    "Access",
+    "check_access",
+    "client_key",
+    "has_work_access",
+    "request_owner",
+    "required_access",
+]
 
 OPEN_PATHS = frozenset({"/health", "/status", "/ready", "/metrics", "/info", "/openapi.json", "/docs"})
 _ADMIN_PREFIXES = ("/voices",)
@@ -96,3 +109,32 @@ def client_key(client_id_header: str | None, authorization: str | None) -> str:
     if token is not None:
         return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return ""
+
+
+def has_work_access(authorization: str | None, *, api_key: str | None, admin_key: str | None) -> bool:
+    """Whether the request may use the work endpoints: no API key configured, or it carries the API or admin key.
+
+    The open probes use it to decide whether to list voice names (what ``GET /voices`` would show).
+    """
+    if api_key is None:
+        return True
+    token = bearer_token(authorization)
+    return _matches(token, api_key) or _matches(token, admin_key)
+
+
+def request_owner(
+    client_id_header: str | None, authorization: str | None, *, api_key: str | None, admin_key: str | None
+) -> str | None:
+    """Whose requests the caller may list (``/queue``) and cancel (``/cancel``); None means everyone's.
+
+    Without an API key every caller sees every request (the server is open anyway). With one, the
+    caller owns the requests registered under its :func:`client_key`, the key its own requests were
+    made with; the admin key (``admin_key``: the configured admin key, not the API key standing in
+    for it) sees all of them.
+
+    ``X-Client-Id`` is taken on trust, as the fair queue does: a deployment that hands one API key to
+    several tenants must have its proxy set that header per tenant.
+    """
+    if api_key is None or _matches(bearer_token(authorization), admin_key):
+        return None
+    return client_key(client_id_header, authorization)

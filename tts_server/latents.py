@@ -5,8 +5,16 @@ row-major order, so a client decodes it with ``np.frombuffer(b64decode(data), "<
 ``T`` counts patches, ``P`` is the model's patch size and ``D`` its latent dimension (64).
 
 Shared by ``/encode_latents``, ``/voices`` and ``/generate``: whatever a client sends is checked
-completely here (keys, types, dtype, every dimension, byte count, finiteness, size limit) before
-any of it reaches the engine, and every error names the offending field (``prompt_latents.shape``).
+completely here (keys, types, dtype, every dimension, byte count, finiteness, magnitude, size
+limit) before any of it reaches the engine, and every error names the offending field
+(``prompt_latents.shape``).
+
+Magnitude: the model's flow-matching decoder makes latents from unit Gaussian noise, so the latent
+space it was trained on, and what the AudioVAE encoder gives for any audio in [-1, 1], is of order
+one: a few units, a few tens at most (the random-weight test models, whose VAE is scaled to unit
+spread on quiet noise, reach ~30 on full-scale audio). :data:`MAX_LATENT_ABS` sits well above that
+and far below where bf16 arithmetic breaks down (3e38 latents come out as silence), so only corrupt
+or hostile input is refused, with a 400 instead of a 200 carrying silence or noise.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ from torch import Tensor
 
 from tts_server.errors import ApiError
 
-__all__ = ["LATENTS_DTYPE", "latents_from_json", "latents_to_json"]
+__all__ = ["LATENTS_DTYPE", "MAX_LATENT_ABS", "latents_from_json", "latents_to_json", "magnitude_problem"]
 
 LATENTS_DTYPE = "float32"
+MAX_LATENT_ABS = 1000.0  # largest |value| accepted in latents (see the module docstring)
 _KEYS = ("dtype", "shape", "data")
 _WIRE = np.dtype("<f4")  # explicit little-endian, whatever the host's byte order
 
@@ -41,6 +50,11 @@ def latents_to_json(t: Tensor) -> dict[str, Any]:
     array = t.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
     data = array.astype(_WIRE, copy=False).tobytes()
     return {"dtype": LATENTS_DTYPE, "shape": list(array.shape), "data": base64.b64encode(data).decode("ascii")}
+
+
+def magnitude_problem(peak: float) -> str:
+    """What is wrong with latents whose largest magnitude is ``peak`` (over :data:`MAX_LATENT_ABS`)."""
+    return f"has values up to {peak:.3g} in magnitude; audio latents stay within +-{MAX_LATENT_ABS:g}"
 
 
 def _bad(field: str, message: str, status: int = 400) -> ApiError:
@@ -65,7 +79,8 @@ def latents_from_json(obj: Any, field: str, *, patch_size: int, latent_dim: int,
         max_patches: Most patches ``T`` accepted (the prompt length limit).
 
     Returns:
-        A contiguous float32 CPU tensor ``[T, P, D]`` with finite values (owning its memory).
+        A contiguous float32 CPU tensor ``[T, P, D]`` with finite values of magnitude at most
+        :data:`MAX_LATENT_ABS` (owning its memory).
 
     Raises:
         ApiError: 400 naming ``field`` or ``field.<key>`` for anything malformed; 413 when ``T``
@@ -115,5 +130,8 @@ def latents_from_json(obj: Any, field: str, *, patch_size: int, latent_dim: int,
     array = np.frombuffer(raw, dtype=_WIRE).reshape(patches, p, d)
     if not np.isfinite(array).all():
         raise _bad(f"{field}.data", "contains NaN or infinite values")
+    peak = float(np.abs(array).max())
+    if peak > MAX_LATENT_ABS:
+        raise _bad(f"{field}.data", magnitude_problem(peak))
     # astype copies into native-endian memory the tensor owns (frombuffer's view is read-only).
     return torch.from_numpy(array.astype(np.float32))

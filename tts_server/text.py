@@ -16,9 +16,10 @@ import html
 import logging
 import re
 import threading
+import unicodedata
 from typing import Any
 
-__all__ = ["clean_text", "detect_language", "load_normalizers", "normalize_text", "split_text"]
+__all__ = ["clean_text", "detect_language", "has_speakable", "load_normalizers", "normalize_text", "split_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ def clean_text(text: str) -> str:
     (newline, tab, ideographic space...) counts as whitespace.
     """
     return " ".join(_INVISIBLE.sub("", text).split())
+
+
+def has_speakable(text: str) -> bool:
+    """Whether the text has anything to speak: a letter or a digit (Unicode categories L and N).
+
+    Text of only punctuation, symbols, emoji, combining marks, or invisible joiners (ZWJ/ZWNJ stay
+    through :func:`clean_text`) gives the model nothing to read; both speech endpoints refuse it
+    rather than return whatever noise the model makes of it.
+    """
+    return any(unicodedata.category(c)[0] in "LN" for c in text)
 
 
 # --- splitting ---------------------------------------------------------------------------------------------

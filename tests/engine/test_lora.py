@@ -11,6 +11,9 @@ from engine.config import ModelConfig
 from engine.loader import load_checkpoint
 from engine.lora import LoRALinear, apply_single_adapter, disable_lora, enable_lora, lora_rows, set_lora_rows
 from engine.lora_files import (
+    MAX_RANK,
+    MAX_SCALING,
+    MAX_WEIGHT_ABS,
     Adapter,
     AdapterError,
     LoRAConfig,
@@ -71,6 +74,11 @@ def test_parses_official_file_ignoring_unknown_keys(tmp_path):
         ({"r": "8"}, "lora_config.r"),
         ({"alpha": 1.5}, "lora_config.alpha"),
         ({"alpha": 0}, "lora_config.alpha"),
+        ({"alpha": 1e308}, "lora_config.alpha"),  # an integral float: accepted before, and every request went silent
+        ({"alpha": 10**400}, "lora_config.alpha"),  # a JSON integer past any float: compared exactly
+        ({"r": 8, "alpha": 8 * MAX_SCALING + 1}, "lora_config.alpha"),
+        ({"r": MAX_RANK + 1, "alpha": 16}, "lora_config.r"),
+        ({"r": 1e300}, "lora_config.r"),
         ({"enable_lm": 1}, "lora_config.enable_lm"),
         ({"dropout": 2.0}, "lora_config.dropout"),
         ({"target_modules_lm": "q_proj"}, "lora_config.target_modules_lm"),
@@ -80,6 +88,17 @@ def test_config_errors_name_file_and_field(tmp_path, fields, field):
     path = _write_config(tmp_path / "lora_config.json", **fields)
     with pytest.raises(AdapterError, match=rf"{tmp_path}.*{field}"):
         read_lora_config(path)
+
+
+def test_config_bounds_are_inclusive_and_messages_stay_short(tmp_path):
+    at_limit = LoRAConfig(r=MAX_RANK, alpha=MAX_SCALING * MAX_RANK)
+    assert at_limit.scaling == MAX_SCALING
+    with pytest.raises(AdapterError, match=r"lora_config\.alpha must be at most 64 x r = 512"):
+        LoRAConfig(r=8, alpha=513)
+    path = _write_config(tmp_path / "lora_config.json", alpha=10**400)
+    with pytest.raises(AdapterError) as info:
+        read_lora_config(path)
+    assert len(str(info.value)) < len(str(path)) + 200  # not 400 digits echoed back
 
 
 def test_malformed_config_files(tmp_path):
@@ -151,6 +170,18 @@ def test_missing_pair_names_the_key(lora_v2, tmp_path):
     bad = _copy_adapter(lora_v2, tmp_path / "a", tensors)
     with pytest.raises(AdapterError, match=r"missing 1 tensor\(s\): residual_lm\.layers\.0\.self_attn\.v_proj\.lora_B"):
         load_adapter(bad, V2)
+
+
+def test_finite_but_huge_weights_are_refused(lora_v2, tmp_path):
+    tensors = load_file(str(lora_v2 / "lora_weights.safetensors"))
+    key = "base_lm.layers.0.self_attn.q_proj.lora_B"
+    tensors[key] = tensors[key].clone()
+    tensors[key][0, 0] = -3e38  # finite fp32, overflows to inf in bf16 arithmetic
+    bad = _copy_adapter(lora_v2, tmp_path / "a", tensors)
+    with pytest.raises(AdapterError, match=rf"1 tensor\(s\) with values beyond \+-{MAX_WEIGHT_ABS:g}: {key}"):
+        load_adapter(bad, V2)
+    tensors[key][0, 0] = MAX_WEIGHT_ABS  # the bound itself is allowed
+    assert load_adapter(_copy_adapter(lora_v2, tmp_path / "b", tensors), V2).rank == 8
 
 
 def test_rank_mismatch_and_wrong_architecture(lora_v2, tmp_path):

@@ -84,3 +84,52 @@ def test_cancel_all_and_final_states():
         assert [s.is_final for s in RequestState] == [False, False, False, True, True, True]
 
     asyncio.run(go())
+
+
+def test_a_cancelled_request_gives_its_id_up_at_once():
+    async def go():
+        queue = InferenceQueue(1)
+        registry = InflightRegistry(queue, _NoEngine())
+        await queue.acquire(Ticket("holder"))
+        old = registry.register("x", client_id="c")
+        waiter = asyncio.create_task(queue.acquire(Ticket("x", "c")))
+        await asyncio.sleep(0)
+        assert await registry.cancel("x", CancelReason.CLIENT)
+        new = registry.register("x", client_id="c")  # was a 409 until the old job had wound down
+        assert registry.get("x") is new and new.state is RequestState.QUEUED and not new.cancelled
+        new_waiter = asyncio.create_task(queue.acquire(Ticket("x", "c")))  # the queue takes the id too
+        await asyncio.sleep(0)
+        assert queue.pending() == ["x"]
+        with pytest.raises(QueueCancelled):
+            await waiter
+        registry.finish(old, RequestState.CANCELLED)  # the old job ends: the new record stays
+        assert registry.get("x") is new and old.state is RequestState.CANCELLED
+        with pytest.raises(ApiError) as info:  # the new request is not cancelled: its id is taken
+            registry.register("x")
+        assert info.value.status == 409
+        queue.release()
+        await new_waiter
+        registry.finish(new, RequestState.FINISHED)
+        assert "x" not in registry
+
+    asyncio.run(go())
+
+
+def test_owner_scopes_lookup_and_cancel():
+    async def go():
+        queue = InferenceQueue(1)
+        registry = InflightRegistry(queue, _NoEngine())
+        await queue.acquire(Ticket("holder"))
+        mine = registry.register("m", client_id="alice")
+        waiter = asyncio.create_task(queue.acquire(Ticket("m", "alice")))
+        await asyncio.sleep(0)
+        assert registry.owned("m", "alice") is mine and registry.owned("m", None) is mine
+        assert registry.owned("m", "bob") is None and registry.owned("nobody", None) is None
+        assert not await registry.cancel("m", CancelReason.CLIENT, owner="bob")  # as if it did not exist
+        assert not mine.cancelled and queue.pending() == ["m"]
+        assert await registry.cancel("m", CancelReason.CLIENT, owner="alice", settle_s=1.0)
+        with pytest.raises(QueueCancelled):
+            await waiter
+        assert mine.cancel_reason is CancelReason.CLIENT
+
+    asyncio.run(go())

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tts_server.errors import ApiError
-from tts_server.latents import latents_from_json, latents_to_json
+from tts_server.latents import MAX_LATENT_ABS, latents_from_json, latents_to_json
+from tts_server.voice_inputs import check_latents
 
 DIMS = {"patch_size": 4, "latent_dim": 64, "max_patches": 10}
 
@@ -71,6 +72,27 @@ def test_non_finite_values_and_the_size_limit():
     err = _error(_wire(shape=(11, 4, 64)))
     assert (err.status, err.field, err.type) == (413, "prompt_latents.shape", "too_large")
     assert _decode(_wire(shape=(10, 4, 64))).shape == (10, 4, 64)  # the limit itself is allowed
+
+
+@pytest.mark.parametrize("peak", [3e38, -3e38, 1e6, MAX_LATENT_ABS * 1.01])
+def test_finite_but_huge_values_are_refused(peak):
+    # 3e38 is finite float32, yet the model turns it into silence: a 400, not a 200 with no audio.
+    t = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(2))
+    t[1, 2, 3] = peak
+    err = _error(latents_to_json(t))
+    assert (err.status, err.field) == (400, "prompt_latents.data")
+    assert "magnitude" in err.message and f"{MAX_LATENT_ABS:g}" in err.message
+    with pytest.raises(ApiError) as stored:  # the voice store's check (uploaded, on disk, encoded) agrees
+        check_latents(t, "ref_latents", **DIMS)
+    assert (stored.value.status, stored.value.field) == (400, "ref_latents") and "magnitude" in stored.value.message
+
+
+def test_latents_of_real_scale_pass_up_to_the_bound():
+    # Encoder output is of order one (tens at most); the bound itself is allowed.
+    t = 30 * torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    t[0, 0, 0] = -MAX_LATENT_ABS
+    assert torch.equal(_decode(latents_to_json(t)), t)
+    assert torch.equal(check_latents(t, "prompt_latents", **DIMS), t)
 
 
 def test_the_field_name_is_the_callers():

@@ -9,7 +9,14 @@ import threading
 
 import pytest
 
-from tts_server.text import clean_text, detect_language, load_normalizers, normalize_text, split_text
+from tts_server.text import (
+    clean_text,
+    detect_language,
+    has_speakable,
+    load_normalizers,
+    normalize_text,
+    split_text,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,6 +47,25 @@ def test_clean_text_keeps_cjk_and_joiners_intact() -> None:
     text = "中文文本保持不变，没有多余的空格。"
     assert clean_text(text) == text
     assert clean_text("क्\u200dष") == "क्\u200dष"  # ZWJ shapes Indic script: kept
+
+
+@pytest.mark.parametrize(
+    ("text", "speakable"),
+    [
+        ("Hello", True),
+        ("42", True),
+        ("中文", True),
+        ("क्\u200dष", True),
+        ("a 😀", True),
+        ("\u200d\u200c\u200d", False),  # joiners survive clean_text, yet say nothing
+        ("😀🎉👍", False),
+        ("?!... --- ***", False),
+        ("\u0301\u0302", False),  # combining marks alone
+        ("", False),
+    ],
+)
+def test_has_speakable(text: str, speakable: bool) -> None:
+    assert has_speakable(clean_text(text)) is speakable
 
 
 # --- normalize_text ------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tts_server.latents import latents_from_json
 from tts_server.routes._body import decode_base64
 from tts_server.segments import SegmentBudget, plan_segments
 from tts_server.services import Services
-from tts_server.text import clean_text, normalize_text
+from tts_server.text import clean_text, has_speakable, normalize_text
 from tts_server.voice_entry import ResolvedVoice
 
 __all__ = ["REQUEST_ID_PATTERN", "InlineVoice", "client_id", "prepare_segments", "request_id", "resolve_voice"]
@@ -72,7 +72,9 @@ async def prepare_segments(
     """Clean (always), normalize (if asked) and split the text into engine-sized segments.
 
     Raises:
-        ApiError: 400 naming ``field`` for text over the limit or nothing left to speak.
+        ApiError: 400 naming ``field`` for text over the limit or with nothing left to speak (no letter
+            or digit after cleanup, and after normalization when asked: emoji, punctuation and
+            invisible characters alone are refused the same on both endpoints).
     """
     limit = svc.config.max_text_chars
     if len(text) > limit:
@@ -83,8 +85,9 @@ async def prepare_segments(
         text = await asyncio.to_thread(normalize_text, text, language)
     else:
         text = clean_text(text)
-    if not text.strip():
-        raise ApiError(400, f"{field}: nothing to speak after cleanup", field=field)
+    if not has_speakable(text):
+        message = f"{field}: nothing to speak after cleanup (no letters or digits)"
+        raise ApiError(400, message, field=field)
     budget = SegmentBudget(
         max_model_len=svc.config.max_model_len, voice=voice, max_steps=max_steps, prefix=prefix, text_field=field
     )

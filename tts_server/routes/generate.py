@@ -8,7 +8,10 @@ bytes playable as they come and says the sample rate; ``pcm`` gives the bare s16
 ``normalize`` (default false: the text is spoken as written, after whitespace cleanup).
 
 ``max_generate_length`` bounds each segment when long text is split (segments of one request
-run back to back in one stream and one inference slot).
+run back to back in one stream and one inference slot). ``min_generate_length`` must fit under that
+step limit (the request's ``max_generate_length``, else the server's default, else the reference's
+``6 x text tokens + 10``, at most 2000, for the shortest segment): a larger value is a 400 naming it,
+never quietly lowered.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from engine.inference import effective_max_len
 from engine.pipeline import GenerationParams
+from engine.tokenizer import prepare_text
 from tts_server.errors import ApiError
 from tts_server.jobs import Job, JobSpec
 from tts_server.routes._body import parse_body
@@ -33,7 +38,7 @@ from tts_server.routes._speech import (
     request_id,
     resolve_voice,
 )
-from tts_server.services import services
+from tts_server.services import Services, services
 from tts_server.streaming import audio_response
 
 __all__ = ["GenerateRequest", "generate", "generate_routes"]
@@ -48,7 +53,9 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     target_text: str = Field(min_length=1, description="Text to speak (at most --max-text-chars characters).")
-    voice: str | None = Field(None, description="A registered voice; omitted: the zero-shot default voice.")
+    voice: str | None = Field(
+        None, max_length=64, description="A registered voice (1-64 characters); omitted: the zero-shot default voice."
+    )
     temperature: float = Field(1.0, ge=0.0, le=10.0, description="Scale of the sampler's initial noise.")
     cfg_value: float = Field(2.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
     max_generate_length: int | None = Field(
@@ -73,6 +80,21 @@ class GenerateRequest(BaseModel):
     language: Literal["en", "zh"] | None = Field(None, description="Normalization language; default: detected.")
 
 
+def _check_min_steps(svc: Services, min_steps: int, segments: tuple[str, ...], max_steps: int | None) -> None:
+    """400 naming ``min_generate_length`` when it exceeds a segment's step limit (the engine would cap it)."""
+    if max_steps is not None:
+        limit, source = max_steps, "the server's default max_generate_length"
+    else:
+        # The engine's rule when no limit is given (Synthesizer.prepare): per segment, from its own tokens.
+        limit = min(effective_max_len(len(svc.tokenizer.encode(prepare_text(s)))) for s in segments)
+        source = "the default for this text: 6 x its tokens + 10, at most 2000"
+    if min_steps > limit:
+        message = (
+            f"min_generate_length: {min_steps} exceeds the step limit of {limit} ({source}); raise max_generate_length"
+        )
+        raise ApiError(400, message, field="min_generate_length")
+
+
 async def generate(request: Request) -> Response:
     """Speak ``target_text``; see the module docstring."""
     arrived = time.monotonic()
@@ -94,6 +116,8 @@ async def generate(request: Request) -> Response:
         max_steps=max_steps,
         language=body.language,
     )
+    if min_steps is not None and body.max_generate_length is None:  # an explicit maximum was checked above
+        _check_min_steps(svc, min_steps, segments, max_steps)
     params = GenerationParams(
         cfg_value=body.cfg_value,
         inference_timesteps=body.inference_timesteps,

@@ -3,6 +3,12 @@
 ``/health`` and ``/status`` keep the seed's fields exactly (extras are in new keys). None of these
 endpoints is behind the connection cap, and none touches the engine except ``/metrics`` and
 ``/status``, which read the engine figures the app polls twice a second.
+
+The probes (``/health``, ``/info``) answer without a key, but with ``--api-key`` set they list voice
+names (``available_voices``, ``voices``) only to a request that carries the API or admin key, as
+``GET /voices`` would; to anyone else the lists are empty. ``/queue`` and ``/cancel`` are scoped to
+the caller's own requests (see :func:`tts_server.auth.request_owner`): an id of someone else's
+request is ``not_found``, exactly like an id that does not exist.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tts_server.audio_encoder import FORMATS
+from tts_server.auth import has_work_access, request_owner
 from tts_server.errors import JSONResponse
 from tts_server.inflight import CancelReason
 from tts_server.lifecycle import ServerState
@@ -45,12 +52,35 @@ class CancelRequest(BaseModel):
     request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="The id given or returned in X-Request-Id.")
 
 
+# How long POST /cancel waits for the engine to end an aborted request (one engine step, normally
+# milliseconds), so that the id can be reused as soon as the answer arrives.
+_CANCEL_SETTLE_S = 5.0
+
+
 def _json(body: BaseModel, status_code: int = 200) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
 def _pct(used: int, total: int) -> float:
     return round(100.0 * used / total, 1) if total else 0.0
+
+
+def _voice_names(request: Request, svc: Services) -> list[str]:
+    """Registered voice names, for a caller who could list them with ``GET /voices``; else none."""
+    cfg = svc.config
+    authorization = request.headers.get("authorization")
+    if not has_work_access(authorization, api_key=cfg.api_key, admin_key=cfg.admin_key):
+        return []
+    return svc.voices.names()
+
+
+def _owner(request: Request, svc: Services) -> str | None:
+    """Whose requests this caller may list and cancel (None: everyone's)."""
+    cfg = svc.config
+    headers = request.headers
+    return request_owner(
+        headers.get("x-client-id"), headers.get("authorization"), api_key=cfg.api_key, admin_key=cfg.admin_key
+    )
 
 
 def _counts(svc: Services) -> dict[str, int]:
@@ -70,7 +100,7 @@ async def health(request: Request) -> Response:
     body = HealthResponse(
         status="engine_dead" if dead else "ok",
         sample_rate=svc.sample_rate,
-        available_voices=svc.voices.names(),
+        available_voices=_voice_names(request, svc),
         **_counts(svc),
         server_state=svc.lifecycle.state.value,
         engine_alive=svc.engines_alive,
@@ -126,17 +156,22 @@ async def ready(request: Request) -> Response:
 
 
 async def queue(request: Request) -> Response:
-    """Waiting request ids in the order they will run."""
+    """The caller's waiting request ids in the order they will run (every client's for the admin key)."""
     svc = services(request)
-    pending = svc.queue.pending()
+    owner = _owner(request, svc)
+    pending = [rid for rid in svc.queue.pending() if owner is None or svc.registry.owned(rid, owner) is not None]
     return _json(QueueResponse(pending_requests=pending, queue_depth=len(pending), active_inference=svc.queue.active))
 
 
 async def cancel(request: Request) -> Response:
-    """Cancel a queued or running request by id."""
+    """Cancel one of the caller's queued or running requests by id (any request for the admin key).
+
+    The answer comes once the engine has ended the request, so the id can be used again at once.
+    """
     svc = services(request)
     body = await parse_body(request, CancelRequest)
-    done = await svc.registry.cancel(body.request_id, CancelReason.CLIENT)
+    owner = _owner(request, svc)
+    done = await svc.registry.cancel(body.request_id, CancelReason.CLIENT, owner=owner, settle_s=_CANCEL_SETTLE_S)
     return _json(CancelResponse(status="cancelled" if done else "not_found", request_id=body.request_id))
 
 
@@ -156,7 +191,7 @@ async def info(request: Request) -> Response:
         sample_rate=svc.sample_rate,
         samples_per_patch=int(svc.model_info["samples_per_patch"]),
         formats=[FormatDescription(name=f.name, media_type=f.media_type) for f in FORMATS.values()],
-        voices=svc.voices.names(),
+        voices=_voice_names(request, svc),
         limits=Limits(
             max_text_chars=cfg.max_text_chars,
             max_body_bytes=cfg.max_body_bytes,

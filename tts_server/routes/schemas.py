@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Out(BaseModel):
@@ -45,12 +45,18 @@ class OpenAIErrorResponse(_Out):
     error: OpenAIErrorDetail
 
 
+_VOICE_NAMES = (
+    "Registered voice names. With --api-key set, only for a request that carries the API or admin key "
+    "(as GET /voices); empty for anyone else, since this endpoint is open."
+)
+
+
 class HealthResponse(_Out):
     """``GET /health``: the seed's fields, then extras."""
 
     status: Literal["ok", "engine_dead"]
     sample_rate: int
-    available_voices: list[str]
+    available_voices: list[str] = Field(description=_VOICE_NAMES)
     active_connections: int
     max_concurrent_connections: int
     active_inference: int
@@ -108,15 +114,15 @@ class ReadyResponse(_Out):
 
 
 class QueueResponse(_Out):
-    """``GET /queue``."""
+    """``GET /queue``: with --api-key set, the caller's own requests (every client's for the admin key)."""
 
-    pending_requests: list[str]
-    queue_depth: int
-    active_inference: int
+    pending_requests: list[str] = Field(description="Waiting request ids the caller may see, in the order they run.")
+    queue_depth: int = Field(description="How many ids pending_requests lists.")
+    active_inference: int = Field(description="Requests holding an inference slot (all clients).")
 
 
 class CancelResponse(_Out):
-    """``POST /cancel``."""
+    """``POST /cancel``: ``not_found`` also for another client's request (with --api-key set)."""
 
     status: Literal["cancelled", "not_found"]
     request_id: str
@@ -149,7 +155,7 @@ class InfoResponse(_Out):
     sample_rate: int
     samples_per_patch: int
     formats: list[FormatDescription]
-    voices: list[str]
+    voices: list[str] = Field(description=_VOICE_NAMES)
     limits: Limits
     fair_queue: bool
 

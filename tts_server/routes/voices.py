@@ -102,6 +102,14 @@ _NAME_ALIASES = ("voice_name", "name", "prompt_id")
 _AUDIO_ALIASES = ("prompt_audio", "prompt_wav", "wav_base64", "prompt_wav_base64")
 
 
+_SHOWN_NAME_CHARS = 64  # the longest valid voice name
+
+
+def _shown(name: str) -> str:
+    """A name for an error message: at most the length of a valid name, so a huge one is not echoed back."""
+    return repr(name[:_SHOWN_NAME_CHARS]) + ("..." if len(name) > _SHOWN_NAME_CHARS else "")
+
+
 def _store(request: Request) -> VoiceStore:
     return request.app.state.voices
 
@@ -170,7 +178,7 @@ async def get_voice(request: Request) -> JSONResponse:
     name = request.path_params["name"]
     entry = _store(request).get(name)
     if entry is None or entry.state is not VoiceState.READY:
-        raise ApiError(404, f"voice {name!r} not found", field="name", type="not_found")
+        raise ApiError(404, f"voice {_shown(name)} not found", field="name", type="not_found")
     return JSONResponse(entry.describe())
 
 
@@ -187,7 +195,7 @@ async def put_voice(request: Request) -> JSONResponse:
     name = request.path_params["name"]
     body = await parse_body(request, VoiceBody, max_bytes=_voice_body_limit(request))
     if body.name is not None and body.name != name:
-        raise ApiError(400, f"name: {body.name!r} differs from the path's {name!r}", field="name")
+        raise ApiError(400, f"name: {_shown(body.name)} differs from the path's {_shown(name)}", field="name")
     return await _add(request, body, name, replace=True)
 
 

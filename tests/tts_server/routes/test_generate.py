@@ -150,6 +150,13 @@ INVALID = [
     ({"max_generate_length": 0}, "max_generate_length"),
     ({"max_generate_length": ENGINE_MODEL_LEN}, "max_generate_length"),
     ({"min_generate_length": 5}, "min_generate_length"),
+    # Over the server's default maximum (3 steps): a 400, not quietly generating 3.
+    ({"max_generate_length": None, "min_generate_length": 4}, "min_generate_length"),
+    ({"voice": "v" * 65}, "voice"),
+    ({"target_text": "\U0001f600\U0001f389"}, "target_text"),  # emoji only (spoken before, 400 on /v1)
+    ({"target_text": "\u200d\u200c\u200d"}, "target_text"),  # zero-width joiners only (spoken before)
+    ({"target_text": "\x01\x02"}, "target_text"),  # control characters only
+    ({"target_text": "?! ... --"}, "target_text"),
     ({"min_generate_length": -1}, "min_generate_length"),
     ({"request_id": "has space"}, "request_id"),
     ({"request_id": "x" * 200}, "request_id"),
@@ -194,6 +201,43 @@ def test_invalid_input_in_every_field_names_the_field(srv):
     assert bad_type.status_code == 415 and bad_json.status_code == 400 and too_big.status_code == 413
     assert bad_header.status_code == 400 and bad_header.json()["error"]["field"] == "X-Request-Id"
     srv.settled()
+
+
+def test_min_generate_length_up_to_the_step_limit_is_honoured(srv):
+    async def go():
+        async with srv.client() as client:
+            default_max = await client.post("/generate", json=body(max_generate_length=None, min_generate_length=3))
+            explicit = await client.post("/generate", json=body(max_generate_length=4, min_generate_length=4))
+            return default_max, explicit
+
+    default_max, explicit = srv.run(go())
+    assert default_max.status_code == explicit.status_code == 200, (default_max.text, explicit.text)
+    assert len(default_max.content) == 3 * spp(srv) * 2 and len(explicit.content) == 4 * spp(srv) * 2
+
+
+def test_without_a_default_the_limit_is_the_texts_own(loop_runner, shared_engine, tiny_v2):
+    config = server_config(tiny_v2, default_max_generate_length=None)
+    with serve(loop_runner, shared_engine, config) as served:
+
+        async def go():
+            async with served.client() as client:
+                payload = body(target_text="Hi.", max_generate_length=None, min_generate_length=2000)
+                return await client.post("/generate", json=payload)
+
+        response = served.run(go())
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["field"] == "min_generate_length"
+    assert "6 x its tokens + 10" in error["message"] and "max_generate_length" in error["message"]
+
+
+def test_a_huge_voice_name_is_refused_without_being_echoed(srv):
+    async def go():
+        async with srv.client() as client:
+            return await client.post("/generate", json=body(voice="v" * 60_000))  # under the 64 KiB body limit
+
+    response = srv.run(go())
+    assert response.status_code == 400 and response.json()["error"]["field"] == "voice"
+    assert len(response.content) < 500, response.text[:200]
 
 
 def test_api_key_guards_generation(loop_runner, shared_engine, tiny_v2):

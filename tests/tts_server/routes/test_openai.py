@@ -128,6 +128,10 @@ ERRORS = [
     ({"extra_body": {"stream_format": "ws"}}, openai.BadRequestError, "stream_format"),
     ({"extra_body": {"surprise": 1}}, openai.BadRequestError, "surprise"),
     ({"model": "has space"}, openai.BadRequestError, "model"),
+    ({"input": "\U0001f600\U0001f389"}, openai.BadRequestError, "input"),  # emoji only: nothing to speak
+    ({"input": "\u200d\u200c"}, openai.BadRequestError, "input"),  # joiners only
+    ({"input": "?! ..."}, openai.BadRequestError, "input"),
+    ({"voice": "v" * 65}, openai.BadRequestError, "voice"),
 ]
 
 

@@ -2,6 +2,7 @@
 load, Prometheus metrics, and an OpenAPI document that lists every route and matches the responses."""
 
 import asyncio
+import base64
 import re
 
 import jsonschema
@@ -11,6 +12,7 @@ import referencing
 import referencing.jsonschema
 
 from tests.tts_server.harness import serve, server_config, settled
+from tests.tts_server.serving import sine_wav
 
 SEED_HEALTH = {
     "status", "sample_rate", "available_voices", "active_connections", "max_concurrent_connections",
@@ -186,3 +188,88 @@ def test_an_unexpected_error_is_a_logged_500_in_the_api_error_shape(loop_runner,
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert any(r.name == "tts_server.app" and "GET /boom" in r.getMessage() for r in errors)
     assert any(r.exc_info for r in errors)  # the server logs the traceback
+
+
+# --- keys: voice names on the probes, /queue and /cancel per client ---------------------------------
+
+USER = {"authorization": "Bearer user-key"}
+ADMIN = {"authorization": "Bearer admin-key"}
+
+
+async def _until(predicate, timeout_s=10.0):
+    end = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < end, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def test_with_keys_probes_hide_voice_names_and_queue_and_cancel_are_per_client(loop_runner, shared_engine, tiny_v2):
+    config = server_config(
+        tiny_v2, max_num_seqs=1, max_concurrent_connections=8, api_key="user-key", admin_key="admin-key"
+    )
+    wav = base64.b64encode(sine_wav(0.3)).decode()
+    long = {"target_text": "Hello.", "max_generate_length": 200, "min_generate_length": 200, "response_format": "pcm"}
+
+    async def go():
+        async with (
+            srv.client(headers=ADMIN) as admin,
+            srv.client(headers={**USER, "x-client-id": "alice"}) as alice,
+            srv.client(headers={**USER, "x-client-id": "bob"}) as bob,
+            srv.client() as anonymous,
+        ):
+            assert (await admin.post("/voices", json={"name": "secret-name", "ref_audio": wav})).status_code == 201
+            probes = {
+                "health anonymous": (await anonymous.get("/health")).json()["available_voices"],
+                "health wrong key": (await anonymous.get("/health", headers={"authorization": "Bearer no"})).json()[
+                    "available_voices"
+                ],
+                "info anonymous": (await anonymous.get("/info")).json()["voices"],
+                "health user": (await alice.get("/health")).json()["available_voices"],
+                "info admin": (await admin.get("/info")).json()["voices"],
+            }
+            # One inference slot: alice's long request holds it (read as it comes), the next ones queue.
+            async with alice.stream("POST", "/generate", json={**long, "request_id": "a-run"}) as running:
+                assert running.status_code == 200
+                reader = asyncio.create_task(running.aread())
+                waiting = [
+                    asyncio.create_task(alice.post("/generate", json={**long, "request_id": "a-wait"})),
+                    asyncio.create_task(bob.post("/generate", json={**long, "request_id": "b-wait"})),
+                ]
+
+                async def both_queued():
+                    response = await admin.get("/queue")
+                    return len(response.json()["pending_requests"]) == 2
+
+                await _until(both_queued)
+                queues = {who: (await c.get("/queue")).json() for who, c in [("alice", alice), ("bob", bob)]}
+                queues["admin"] = (await admin.get("/queue")).json()
+                anonymous_queue = await anonymous.get("/queue")
+                foreign = await bob.post("/cancel", json={"request_id": "a-wait"})
+                foreign_running = await bob.post("/cancel", json={"request_id": "a-run"})
+                still = (await alice.get("/queue")).json()["pending_requests"]
+                own = await alice.post("/cancel", json={"request_id": "a-wait"})
+                by_admin = await admin.post("/cancel", json={"request_id": "b-wait"})
+                stop = await alice.post("/cancel", json={"request_id": "a-run"})
+                cancelled = [(await t).status_code for t in waiting]
+                await reader
+            await admin.delete("/voices/secret-name")
+            return probes, queues, anonymous_queue, foreign, foreign_running, still, own, by_admin, stop, cancelled
+
+    with serve(loop_runner, shared_engine, config) as srv:
+        probes, queues, anonymous_queue, foreign, foreign_running, still, own, by_admin, stop, cancelled = srv.run(go())
+        srv.settled()
+    assert probes == {
+        "health anonymous": [],
+        "health wrong key": [],
+        "info anonymous": [],
+        "health user": ["secret-name"],
+        "info admin": ["secret-name"],
+    }
+    assert queues["alice"] == {"pending_requests": ["a-wait"], "queue_depth": 1, "active_inference": 1}
+    assert queues["bob"]["pending_requests"] == ["b-wait"]
+    assert queues["admin"]["pending_requests"] == ["a-wait", "b-wait"]
+    assert anonymous_queue.status_code == 401
+    assert foreign.json()["status"] == foreign_running.json()["status"] == "not_found"  # as if it did not exist
+    assert still == ["a-wait"]
+    assert own.json()["status"] == by_admin.json()["status"] == stop.json()["status"] == "cancelled"
+    assert cancelled == [409, 409]

@@ -8,6 +8,7 @@ import base64
 import json
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from starlette.applications import Starlette
@@ -192,6 +193,37 @@ def test_malformed_requests(call, served):
     assert call("POST", "/remove_prompt", content=b'{"name": "n"}', headers=vendor_json).status_code == 404
     _error(call("PUT", "/voices/a..b", json={"ref_audio": "AAAA"}), 400, "name")
     _error(call("PUT", "/voices/abc", json={"name": "xyz", "ref_audio": "AAAA"}), 400, "name")
+
+
+def test_long_names_are_not_echoed_back(call):
+    long = "n" * 20_000
+    for response, status in (
+        (call("GET", f"/voices/{long}"), 404),
+        (call("PUT", "/voices/abc", json={"name": long, "ref_audio": "AAAA"}), 400),
+        (call("PUT", f"/voices/{long}", json={"name": "abc", "ref_audio": "AAAA"}), 400),
+        (call("POST", "/voices", json={"name": long, "ref_audio": "AAAA"}), 400),
+        (call("POST", "/remove_prompt", json={"name": long}), 400),
+    ):
+        error = _error(response, status, "name")
+        assert len(error["message"]) < 250 and "n" * 81 not in error["message"], error["message"][:300]  # a prefix
+
+
+def test_lora_config_of_absurd_magnitude_is_a_400_naming_it(call, lora):
+    # alpha 1e308 (an integral float) used to register, and every request with the voice was silent.
+    weights, config = lora
+    for changes, words in (({"alpha": 1e308}, "lora_config.alpha"), ({"r": 10**9}, "lora_config.r")):
+        bad = {**config, "lora_config": {**config["lora_config"], **changes}}
+        error = _error(call("POST", "/voices", json={"name": "absurd", "lora_weights": weights, "lora_config": bad}),
+                       400, "lora_config")  # fmt: skip
+        assert words in error["message"] and len(error["message"]) < 300, error
+    assert call("GET", "/voices/absurd").status_code == 404  # nothing was kept
+
+
+def test_latents_of_absurd_magnitude_are_a_400_naming_them(call):
+    huge = {"dtype": "float32", "shape": [1, 4, 64], "data": b64(np.full((1, 4, 64), 3e38, "<f4").tobytes())}
+    error = _error(call("POST", "/voices", json={"name": "loud", "prompt_latents": huge, "prompt_text": "Hi."}),
+                   400, "prompt_latents.data")  # fmt: skip
+    assert "magnitude" in error["message"]
 
 
 def _raw(runner, url, head: bytes, body: bytes) -> tuple[int, dict]:
