@@ -10,12 +10,14 @@ parent may hold CUDA state and threads) with :func:`run_engine_core` as its targ
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import signal
 import sys
 import time
 import traceback
+import weakref
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ from engine.request import RequestStatus
 if TYPE_CHECKING:  # the server process imports this module for spawn_engine_core: keep it light
     from engine.engine import Engine, StepOutput
 
+ENGINE_IGNORED_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 IDLE_POLL_S = 0.1  # how long an idle core blocks on the pipe before looking around again
 STALL_POLL_S = 0.005  # pause after a step that could run nothing, so a stuck queue does not spin a core
 
@@ -253,8 +256,12 @@ def run_engine_core(
     from engine.engine import Engine
     from engine.loader import load_checkpoint
 
-    # Ctrl-C reaches the whole process group; the client decides when this process stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Signals are the server's: Ctrl-C, ``kill -TERM -PGID`` and systemd's KillMode=control-group
+    # reach this process too, and must not end its streams before the server's drain is over. It
+    # stops when the client says so (Shutdown) or goes away (EOF on the pipe, e.g. after a SIGKILL).
+    for signum in ENGINE_IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ENGINE_IGNORED_SIGNALS)  # blocked by spawn_engine_core
     try:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
@@ -314,12 +321,22 @@ def spawn_engine_core(
     dtype: str | None = None,
     num_threads: int | None = None,
 ) -> tuple[BaseProcess, Connection]:
-    """Start :func:`run_engine_core` in a spawned daemon process; returns it and the parent's end of the pipe."""
+    """Start :func:`run_engine_core` in a spawned daemon process; returns it and the parent's end of the pipe.
+
+    The child starts with :data:`ENGINE_IGNORED_SIGNALS` blocked (a signal mask survives fork and
+    exec), so a signal to the process group while the interpreter starts cannot kill it before it
+    ignores them; here they stay pending for the moment of the spawn and are delivered after it.
+    """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=True)
     args = (child, checkpoint_dir, engine_config, device, dtype, num_threads)
     process = ctx.Process(target=run_engine_core, args=args, name=f"engine-core[{device}]", daemon=True)
-    process.start()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ENGINE_IGNORED_SIGNALS)
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _spawned.add(process)
     child.close()  # else our copy of the child's end would hide its death (no EOF)
     return process, parent
 
@@ -341,11 +358,22 @@ def wait_first_message(process: BaseProcess, conn: Connection, timeout_s: float)
 
 
 def reap(process: BaseProcess, timeout_s: float) -> None:
-    """Wait for the process to exit; terminate, then kill, if it does not (blocking)."""
+    """Wait for the process to exit; kill it if it does not (blocking; it ignores SIGTERM)."""
     process.join(timeout_s)
-    if process.exitcode is None:
-        process.terminate()
-        process.join(2.0)
     if process.exitcode is None:
         process.kill()
         process.join(2.0)
+
+
+def _kill_left_over_engines() -> None:
+    # multiprocessing's own exit handler would SIGTERM (ignored) and then join them forever; this
+    # one is registered after it and so runs first. Only a parent that never stopped its engine
+    # (an exception, a script that forgot) gets here; the engine has nothing left to save.
+    for process in list(_spawned):
+        if process.exitcode is None:
+            process.kill()
+            process.join(2.0)
+
+
+_spawned: weakref.WeakSet[BaseProcess] = weakref.WeakSet()
+atexit.register(_kill_left_over_engines)
