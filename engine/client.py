@@ -17,11 +17,15 @@ import logging
 import queue
 import threading
 import time
+from functools import cached_property
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from engine.audio_io import AudioLimits, check_samples, load_audio
 from engine.client_base import EngineClientBase
 from engine.client_io import start_pipe_threads
 from engine.core import reap, spawn_engine_core, wait_first_message
@@ -39,6 +43,7 @@ from engine.ipc import (
     StepOutputs,
     dumps,
 )
+from engine.loader import read_config
 from engine.pipeline import GenerationParams, Voice
 from engine.stream import (
     EngineDeadError,
@@ -286,17 +291,44 @@ class AsyncEngine(EngineClientBase):
         """
         await self._call("unregister_voice", name)
 
-    async def encode_prompt(self, audio: bytes, *, reference: bool = False, timeout_s: float = 60.0) -> Any:
+    @cached_property
+    def encode_sample_rate(self) -> int:
+        """Rate of the samples :meth:`encode_prompt` sends (the checkpoint's ``ModelConfig.encode_sample_rate``).
+
+        Read from the checkpoint's ``config.json``, the file the engine loaded; the engine checks
+        the rate each call carries against its model, so a mismatch fails loudly instead of
+        encoding audio at the wrong speed.
+        """
+        return read_config(self.checkpoint_dir).encode_sample_rate
+
+    async def encode_prompt(
+        self,
+        audio: np.ndarray | bytes,
+        *,
+        reference: bool = False,
+        limits: AudioLimits | None = None,
+        timeout_s: float = 60.0,
+    ) -> Any:
         """Encode prompt (or VoxCPM2 reference) audio into latent patches ``[T, P, 64]`` (fp32, CPU).
 
-        Runs in the engine process between two steps (the AudioVAE lives there), so a long
-        recording delays running streams by its encode time; callers cap the audio's length.
+        ``audio`` is decoded samples (mono float32 at :attr:`encode_sample_rate`, as
+        :func:`engine.audio_io.load_audio` returns them) or the bytes of a file, which are decoded,
+        downmixed and resampled here, in a worker thread of this process, under ``limits`` (None:
+        none, for trusted audio). The engine process only runs the VAE encoder, between two steps:
+        running streams wait for that encode, never for a decode. The latents equal
+        ``Synthesizer.encode_prompt`` of the same file in process, bit for bit.
 
         Raises:
-            ValueError: Undecodable or empty audio, or ``reference`` on a VoxCPM1 model.
+            AudioLimitError: ``audio`` is a file over ``limits``.
+            ValueError: Undecodable or empty audio, samples that are not 1-D finite float32, or
+                ``reference`` on a VoxCPM1 model.
             EngineDeadError: The engine is not running.
         """
-        return await self._call("encode_prompt", audio, reference, timeout_s=timeout_s)
+        if isinstance(audio, np.ndarray):
+            samples = check_samples(audio)
+        else:
+            samples = await asyncio.to_thread(load_audio, audio, self.encode_sample_rate, limits=limits)
+        return await self._call("encode_prompt", samples, self.encode_sample_rate, reference, timeout_s=timeout_s)
 
     async def stats(self) -> dict[str, Any]:
         """Engine counts (when alive) plus ``alive``, ``pid``, ``device``, ``unfinished`` and ``ipc``.

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 import weakref
+from collections import deque
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,7 @@ class EngineCore:
         self._queue_time = RollingStats()
         self._step_time = RollingStats()
         self._bytes = RollingStats()
+        self._encodes: deque[Call] = deque()  # prompt encodes waiting for their turn (see _run_encodes)
 
     def send_outputs(self, outputs: list[Output]) -> None:
         """Queue one step message for the sender (time stamp, queueing time and audio bytes recorded)."""
@@ -98,7 +100,12 @@ class EngineCore:
     # --- control messages ----------------------------------------------------------------
 
     def drain(self, timeout: float) -> None:
-        """Apply every control message already in the pipe, waiting up to ``timeout`` for the first."""
+        """Apply every control message already in the pipe, waiting up to ``timeout`` for the first.
+
+        Then run the prompt encodes whose turn it is (:meth:`_run_encodes`).
+        """
+        if self._encodes:
+            timeout = 0.0  # waiting encodes are work to do now, not a reason to sleep on the pipe
         while not self._stop and self.conn.poll(timeout):
             timeout = 0.0
             try:
@@ -107,6 +114,21 @@ class EngineCore:
                 self._stop = True
                 return
             self.handle(message)
+        self._run_encodes()
+
+    def _run_encodes(self) -> None:
+        """Run waiting ``encode_prompt`` calls: all of them while idle, one per pass of the loop (one
+        step) while requests run.
+
+        A prompt encode is a VAE pass over up to the server's longest prompt (~0.26 s for 30 s on
+        one CPU thread with the tiny test model) that every running stream waits for; taking turns
+        with the steps bounds a stream's stall to one encode however many prompts arrive at once,
+        instead of their sum.
+        """
+        while self._encodes and not self._stop:
+            self.sender.send(self.call(self._encodes.popleft()))
+            if self.engine.has_unfinished():
+                return
 
     def handle(self, message: object) -> None:
         """Apply one control message."""
@@ -126,6 +148,8 @@ class EngineCore:
                 self._pending.append(Output(message.request_id, None, int(RequestStatus.FAILED), error, invalid))
         elif isinstance(message, AbortRequest):
             self.engine.abort(message.request_id)
+        elif isinstance(message, Call) and message.method == "encode_prompt":
+            self._encodes.append(message)  # run by _run_encodes, in turn with the steps
         elif isinstance(message, Call):
             self.sender.send(self.call(message))
         elif isinstance(message, Shutdown):
@@ -143,8 +167,19 @@ class EngineCore:
             elif call.method == "stats":
                 value = self.stats()
             elif call.method == "encode_prompt":
-                audio, reference = call.args
-                value = self.engine.frontend.encode_prompt(audio, reference=reference)
+                # Decoded samples only: the client decodes, downmixes and resamples files in the
+                # server process. A file decoded here would stall every running stream for as long
+                # as its decode takes (a small FLAC can hold minutes of 8-channel 655 kHz audio).
+                from engine.audio_io import check_samples  # loaded here anyway; keeps this module light
+
+                samples, sample_rate, reference = call.args
+                frontend = self.engine.frontend
+                if sample_rate != frontend.config.encode_sample_rate:
+                    raise ValueError(
+                        f"prompt samples must be at the encoder's {frontend.config.encode_sample_rate} Hz, "
+                        f"got {sample_rate!r}"
+                    )
+                value = frontend.encode_prompt(check_samples(samples), reference=reference)
             else:
                 raise ValueError(f"unknown method {call.method!r}")
         except Exception as exc:

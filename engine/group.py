@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from engine.audio_io import AudioLimits, load_audio
 from engine.client import AsyncEngine
 from engine.client_base import EngineClientBase
 from engine.engine_config import EngineConfig
@@ -125,8 +128,21 @@ class AsyncEngineGroup(EngineClientBase):
         """Remove a LoRA voice from every live engine."""
         await asyncio.gather(*(e.unregister_voice(name) for e in self.engines if e.is_alive))
 
-    async def encode_prompt(self, audio: bytes, *, reference: bool = False) -> Any:
-        """Encode prompt audio on the least-loaded live engine (see :meth:`AsyncEngine.encode_prompt`)."""
+    @property
+    def encode_sample_rate(self) -> int:
+        """Rate of decoded prompt samples (every engine runs the same model)."""
+        return self.engines[0].encode_sample_rate
+
+    async def encode_prompt(
+        self, audio: np.ndarray | bytes, *, reference: bool = False, limits: AudioLimits | None = None
+    ) -> Any:
+        """Encode prompt audio on the least-loaded live engine (see :meth:`AsyncEngine.encode_prompt`).
+
+        A file is decoded here first (in a worker thread, under ``limits``), so the engine is picked
+        when its samples are ready to send, by the load of that moment.
+        """
+        if not isinstance(audio, np.ndarray):
+            audio = await asyncio.to_thread(load_audio, audio, self.encode_sample_rate, limits=limits)
         return await self.pick().encode_prompt(audio, reference=reference)
 
     async def stats(self) -> dict[str, Any]:

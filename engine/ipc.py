@@ -149,7 +149,8 @@ class Call:
 
     Attributes:
         call_id: Chosen by the client, unique among its open calls.
-        method: ``"register_voice"``, ``"unregister_voice"`` or ``"stats"``.
+        method: ``"register_voice"``, ``"unregister_voice"``, ``"stats"`` or ``"encode_prompt"``
+            (args: decoded mono float32 samples, their rate, ``reference``; never a file's bytes).
         args: Positional arguments of the method.
     """
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.audio_io import load_audio, pad_to_multiple
+from engine.audio_io import check_samples, load_audio, pad_to_multiple
 from engine.inference import Prefill, build_prefill, effective_max_len, generate_patches
 from engine.loader import LoadedCheckpoint, load_checkpoint
 from engine.tokenizer import prepare_text
@@ -107,19 +107,27 @@ class Synthesizer:
         return self.config.sample_rate
 
     @torch.inference_mode()
-    def encode_prompt(self, audio: AudioSource, *, reference: bool = False) -> Tensor:
+    def encode_prompt(self, audio: AudioSource | np.ndarray, *, reference: bool = False) -> Tensor:
         """Encode prompt or reference audio into latent patches ``[T, P, 64]`` (fp32, CPU).
 
-        The audio is decoded, downmixed and resampled to the VAE's rate, then zero-padded to whole
-        patches: on the left for a continuation prompt, on the right for a VoxCPM2 reference
-        (spec §6.1); the padding is part of what gets encoded, as in the reference.
+        A file (path or bytes) is decoded, downmixed and resampled to the VAE's rate here
+        (:func:`engine.audio_io.load_audio`, no limits: for trusted, in-process callers). An array is
+        taken as already decoded: mono float32 at ``config.encode_sample_rate`` (what ``load_audio``
+        returns), which is how the engine process gets it, so that it never decodes files between
+        steps. Either way the samples are zero-padded to whole patches: on the left for a
+        continuation prompt, on the right for a VoxCPM2 reference (spec §6.1); the padding is part of
+        what gets encoded, as in the reference.
 
         Raises:
-            ValueError: The audio is undecodable or empty, or ``reference`` on a VoxCPM1 model.
+            ValueError: The audio is undecodable or empty, the array is not 1-D finite float32, or
+                ``reference`` on a VoxCPM1 model.
         """
         if reference and self.config.version != 2:
             raise ValueError("ref_audio: reference voices need a VoxCPM2 model")
-        wav = load_audio(audio, self.config.encode_sample_rate)
+        if isinstance(audio, np.ndarray):
+            wav = check_samples(audio)
+        else:
+            wav = load_audio(audio, self.config.encode_sample_rate)
         wav = pad_to_multiple(wav, self.config.prompt_pad_multiple, "right" if reference else "left")
         latents = self.vae.encode(torch.from_numpy(wav).to(self.device)[None, None])  # [1, D, frames]
         p = self.config.patch_size

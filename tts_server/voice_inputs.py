@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
-import soundfile as sf
+import numpy as np
 import torch
 from torch import Tensor
 
+from engine.audio_io import AudioLimitError, AudioLimits, load_audio, read_header
 from tts_server import voice_files as vf
 from tts_server.errors import ApiError
+from tts_server.latents import MAX_LATENT_ABS, magnitude_problem
 
 MAX_PROMPT_TEXT_CHARS = 2000
 
@@ -36,15 +37,44 @@ def bad(field: str, message: str, status: int = 400) -> ApiError:
     )
 
 
-def audio_seconds(audio: bytes, field: str) -> float:
-    """Duration of encoded audio (header only); 400 naming ``field`` when it cannot be decoded or is empty."""
+def _audio_error(field: str, exc: ValueError) -> ApiError:
+    """The 4xx for audio refused by :mod:`engine.audio_io` (413 for a limit), without its ``<bytes>:`` prefix."""
+    status = 413 if isinstance(exc, AudioLimitError) else 400
+    return bad(field, str(exc).removeprefix("<bytes>: "), status)
+
+
+def audio_seconds(audio: bytes, field: str, limits: AudioLimits | None = None) -> float:
+    """Duration of encoded audio from its header alone (nothing is decoded), checked against ``limits``.
+
+    Raises:
+        ApiError: 400 naming ``field`` when it cannot be decoded, declares no samples or no length, or
+            its rate is below ``limits.min_sample_rate``; 413 when it is over ``limits`` (channels,
+            rate, seconds, decoded samples, samples per byte: see :class:`engine.audio_io.AudioLimits`).
+    """
     try:
-        info = sf.info(io.BytesIO(audio))
-    except (sf.SoundFileError, RuntimeError, TypeError) as exc:  # libsndfile reports bad data as RuntimeError
-        raise bad(field, f"cannot decode audio (supported: wav, flac, ogg, mp3): {exc}") from exc
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise bad(field, "audio has no samples")
-    return info.frames / info.samplerate
+        return read_header(audio, limits).seconds
+    except ValueError as exc:
+        raise _audio_error(field, exc) from exc
+
+
+def decode_audio(audio: bytes, field: str, *, target_sr: int, limits: AudioLimits) -> tuple[np.ndarray, float]:
+    """Decode untrusted prompt audio for the VAE encoder: mono float32 at ``target_sr``, and its seconds.
+
+    The header is checked against ``limits`` before any sample is decoded, and the decode reads no
+    more than the checked header declares (:func:`engine.audio_io.load_audio`), so what one upload
+    can cost is bounded by the limits, not by how well it compresses. Blocking (the most the default
+    limits allow, 30 s of 192 kHz stereo, takes ~0.25 s of one core and ~70 MB): run it in a worker
+    thread, off the event loop.
+
+    Raises:
+        ApiError: As :func:`audio_seconds`; also 400 when the samples cannot be decoded or are not finite.
+    """
+    seconds = audio_seconds(audio, field, limits)
+    try:
+        samples = load_audio(audio, target_sr, limits=limits)
+    except ValueError as exc:
+        raise _audio_error(field, exc) from exc
+    return samples, seconds
 
 
 def lora_document(config: Any) -> bytes:
@@ -73,7 +103,11 @@ def check_safetensors(data: bytes) -> None:
 def check_latents(
     t: Any, field: str, *, patch_size: int, latent_dim: int, max_patches: int, limit: bool = True
 ) -> Tensor:
-    """Validate latents ``[T, patch_size, latent_dim]`` (finite; at most ``max_patches`` if ``limit``): fp32 CPU."""
+    """Validate latents ``[T, patch_size, latent_dim]``: fp32 CPU.
+
+    Values must be finite and within ``MAX_LATENT_ABS`` (why: :mod:`tts_server.latents`); at most
+    ``max_patches`` patches if ``limit``.
+    """
     if not isinstance(t, Tensor):
         raise bad(field, f"must be a tensor, got {type(t).__name__}")
     if t.dim() != 3 or t.shape[0] < 1 or tuple(t.shape[1:]) != (patch_size, latent_dim):
@@ -83,6 +117,9 @@ def check_latents(
     t = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
     if not bool(torch.isfinite(t).all()):
         raise bad(field, "contains NaN or infinite values")
+    peak = float(t.abs().max())
+    if peak > MAX_LATENT_ABS:
+        raise bad(field, magnitude_problem(peak))
     if limit and t.shape[0] > max_patches:
         raise bad(field, f"{t.shape[0]} patches exceed the limit of {max_patches}", 413)
     return t

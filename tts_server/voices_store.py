@@ -26,15 +26,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
+from engine.audio_io import AudioLimits
 from engine.pipeline import Voice
 from engine.stream import EngineError
 from tts_server import voice_files as vf
 from tts_server.change_locks import ChangeLocks
 from tts_server.errors import ApiError
 from tts_server.voice_entry import ResolvedVoice, VoiceEntry, VoiceState, entry_from_files
-from tts_server.voice_inputs import VoiceSpec, audio_seconds, bad, check_inputs, check_latents
+from tts_server.voice_inputs import VoiceSpec, bad, check_inputs, check_latents, decode_audio
 
 __all__ = ["VoiceStore"]
 
@@ -65,8 +67,8 @@ class VoiceStore:
         voices_dir: Directory of the voices (created if missing). ``None``: in-memory only; changes
             are kept in a private temporary directory that :meth:`close` deletes, so nothing
             survives a restart and :meth:`load_all` loads nothing.
-        engine: ``AsyncEngine`` or ``AsyncEngineGroup`` (``encode_prompt``, ``register_voice``,
-            ``unregister_voice``).
+        engine: ``AsyncEngine`` or ``AsyncEngineGroup`` (``encode_prompt``, ``encode_sample_rate``,
+            ``register_voice``, ``unregister_voice``).
         model_version: 1 (VoxCPM1.x) or 2 (VoxCPM2: references allowed).
         patch_size: The model's patch size ``P``.
         latent_dim: The model's latent dimension ``D``.
@@ -166,24 +168,34 @@ class VoiceStore:
     # --- changes ---------------------------------------------------------------------------------
 
     async def encode(self, audio: bytes, *, reference: bool = False, field: str = "audio") -> tuple[Tensor, float]:
-        """Check the audio's length, encode it in the engine; returns latents ``[T, P, D]`` and seconds.
+        """Check and decode the audio here, encode it in the engine; returns latents ``[T, P, D]`` and seconds.
+
+        The header is checked against ``AudioLimits(max_prompt_seconds)`` before anything is decoded
+        (at most 8 channels, 8-192 kHz, ``max_prompt_seconds``, 2 x 192 kHz decoded samples per
+        second, 1024 samples per byte: see :class:`engine.audio_io.AudioLimits`). Decoding,
+        downmixing and resampling run in a worker thread of this process, so neither the event loop
+        nor the engine's step loop waits for them; the engine gets mono float32 samples at the
+        encoder's rate and only runs the VAE encoder.
 
         Raises:
-            ApiError: 400 naming ``field`` (empty, undecodable, a reference on VoxCPM1); 413 when
-                longer than ``max_prompt_seconds``.
+            ApiError: 400 naming ``field`` (empty, undecodable, a rate below 8 kHz, a header that
+                states no length, a reference on VoxCPM1); 413 when over a limit.
         """
         if reference and self.model_version != 2:
             raise bad(field, f"reference voices need a VoxCPM2 model; this server runs VoxCPM{self.model_version}")
         if not isinstance(audio, bytes) or not audio:
             raise bad(field, "is empty")
-        seconds = await asyncio.to_thread(audio_seconds, audio, field)
-        if seconds > self.max_prompt_seconds:
-            raise bad(field, f"{seconds:.2f} s of audio exceeds the limit of {self.max_prompt_seconds:g} s", 413)
+        samples, seconds = await asyncio.to_thread(self._decode, audio, field)
         try:
-            latents = await self.engine.encode_prompt(audio, reference=reference)
+            latents = await self.engine.encode_prompt(samples, reference=reference)
         except ValueError as exc:
             raise bad(field, str(exc)) from exc
         return check_latents(latents, field, **self._dims()), round(seconds, 3)
+
+    def _decode(self, audio: bytes, field: str) -> tuple[np.ndarray, float]:
+        """Blocking part of :meth:`encode` (worker thread): decoded samples at the encoder's rate, and seconds."""
+        limits = AudioLimits(max_seconds=self.max_prompt_seconds)
+        return decode_audio(audio, field, target_sr=self.engine.encode_sample_rate, limits=limits)
 
     async def add(
         self,

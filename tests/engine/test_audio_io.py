@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import struct
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio_io import load_audio, pad_to_multiple
+from engine.audio_io import AudioLimitError, AudioLimits, check_samples, load_audio, pad_to_multiple, read_header
 
 FORMATS = [
     ("wav", "WAV", "PCM_16"),
@@ -168,3 +170,155 @@ def test_pad_no_op_and_errors() -> None:
         pad_to_multiple(wav, 0, "left")
     with pytest.raises(ValueError, match="side"):
         pad_to_multiple(wav, 4, "center")  # type: ignore[arg-type]
+
+
+# --- limits on untrusted audio ----------------------------------------------------------------------
+
+LIMITS = AudioLimits(max_seconds=2.0)  # 768 000 decoded samples at most
+
+
+def _silence(sr: int, channels: int, seconds: float, fmt: str = "FLAC") -> bytes:
+    """Digital silence: a few bytes of FLAC per 4096-frame block, whatever the rate and channels.
+
+    Written a block at a time: the issue's 30 s of 8-channel 655 kHz would be 314 MB of int16 at once.
+    """
+    buf, frames = io.BytesIO(), int(sr * seconds)
+    block = np.zeros((1 << 16, channels), np.int16)
+    with sf.SoundFile(buf, "w", sr, channels, "PCM_16", format=fmt) as f:
+        for start in range(0, frames, len(block)):
+            f.write(block[: frames - start])
+    return buf.getvalue()
+
+
+def _streamed_flac() -> bytes:
+    """A FLAC whose STREAMINFO gives 0 samples ("unknown"), as one written as a stream has."""
+    data = bytearray(_encode(_sine(440.0, 16000, 0.5), 16000, "FLAC", "PCM_16"))
+    packed = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)  # the low 36 bits: total samples
+    data[18:26] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("audio", "match"),
+    [
+        (_silence(655_000, 8, 1.0), "sample rate 655000 Hz is above the limit of 192000 Hz"),
+        (_silence(192_000, 8, 1.0), "= 1536000 decoded samples exceed the limit of 768000"),
+        (_silence(16_000, 16, 0.1, "WAV"), "audio has 16 channels; at most 8 are accepted"),
+        (_silence(16_000, 1, 3.0), "3.00 s of audio exceeds the limit of 2 s"),
+    ],
+    ids=["rate", "samples", "channels", "seconds"],
+)
+def test_limits_refuse_from_the_header(audio: bytes, match: str) -> None:
+    with pytest.raises(AudioLimitError, match=match):
+        read_header(audio, LIMITS)
+    with pytest.raises(AudioLimitError, match=match):
+        load_audio(audio, 16000, limits=LIMITS)
+    assert len(load_audio(audio, 16000)) > 0  # without limits (trusted input) the same file decodes
+
+
+def test_too_low_a_rate_and_an_unknown_length_are_invalid_not_too_large(tmp_path: Path) -> None:
+    low = _encode(_sine(440.0, 4000, 0.5), 4000, "WAV", "PCM_16")
+    with pytest.raises(ValueError, match="sample rate 4000 Hz is below the minimum of 8000 Hz") as err:
+        load_audio(low, 16000, limits=LIMITS)
+    assert not isinstance(err.value, AudioLimitError)
+    streamed = _streamed_flac()
+    assert sf.info(io.BytesIO(streamed)).frames >= 2**62  # what libsndfile makes of "unknown"
+    for limits in (LIMITS, None):  # without limits too: soundfile would try to allocate 2^63 frames
+        with pytest.raises(ValueError, match="does not state its length") as err:
+            load_audio(streamed, 16000, limits=limits)
+        assert not isinstance(err.value, AudioLimitError)
+
+
+def test_refusal_decodes_nothing() -> None:
+    # The issue's file: 170 KB of FLAC holding 30 s of 8-channel 655 kHz silence (157 M samples; its
+    # decode took ~2.6 s and ~750 MB). With its frames destroyed, a decode would fail with "cannot
+    # decode": the limit error shows that only the header was read.
+    bomb = bytearray(_silence(655_000, 8, 30.0))
+    bomb[4096:] = bytes(len(bomb) - 4096)
+    limits = AudioLimits(max_seconds=30.0)
+    t0 = time.perf_counter()
+    with pytest.raises(AudioLimitError, match="above the limit"):
+        load_audio(bytes(bomb), 16000, limits=limits)
+    assert time.perf_counter() - t0 < 0.2
+    corrupt = bytearray(_encode(_sine(440.0, 16000, 1.0), 16000, "FLAC", "PCM_16"))
+    corrupt[200:] = bytes(len(corrupt) - 200)
+    with pytest.raises(ValueError, match="cannot decode"):
+        load_audio(bytes(corrupt), 16000, limits=limits)
+
+
+def test_samples_per_byte_refuses_implausible_compression() -> None:
+    quiet = _silence(16_000, 1, 2.0)  # ~300 samples per byte: passes the default of 1024
+    header = read_header(quiet, LIMITS)
+    assert 100 < header.samples / header.size < LIMITS.max_samples_per_byte
+    strict = AudioLimits(max_seconds=2.0, max_samples_per_byte=100)
+    with pytest.raises(AudioLimitError, match=r"not plausible audio \(at most 100 samples per byte\)"):
+        load_audio(quiet, 16000, limits=strict)
+    tone = _encode(_sine(440.0, 16000, 2.0), 16000, "FLAC", "PCM_16")  # real audio: a few samples per byte
+    assert len(load_audio(tone, 16000, limits=strict)) == 32000
+
+
+@pytest.mark.parametrize(
+    ("sr", "channels", "seconds"),
+    [(8_000, 1, 2.0), (192_000, 2, 2.0), (48_000, 8, 2.0)],
+    ids=["lowest-rate", "highest-rate-stereo", "most-channels"],
+)
+def test_limits_accept_their_edges(sr: int, channels: int, seconds: float) -> None:
+    wav = np.repeat(_sine(300.0, sr, seconds)[:, None], channels, axis=1)
+    data = _encode(wav, sr, "FLAC", "PCM_24")
+    header = read_header(data, LIMITS)
+    assert (header.sample_rate, header.channels, header.seconds) == (sr, channels, seconds)
+    assert header.samples <= LIMITS.max_samples
+    assert len(load_audio(data, 16000, limits=LIMITS)) == int(seconds * 16000)
+
+
+@pytest.mark.parametrize(("ext", "fmt", "subtype"), FORMATS)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_limits_do_not_change_what_passes(ext: str, fmt: str, subtype: str, channels: int) -> None:
+    # Bit for bit what the unlimited (reference) path decodes: e.g. mp3 read in blocks would differ.
+    wav = np.stack([_sine(300.0 + 50 * c, 22050, 1.3) for c in range(channels)], axis=1)
+    data = _encode(wav, 22050, fmt, subtype)
+    for target_sr in (16000, 22050):
+        np.testing.assert_array_equal(load_audio(data, target_sr, limits=LIMITS), load_audio(data, target_sr))
+
+
+def test_decode_never_reads_past_the_checked_header() -> None:
+    # A WAV whose data chunk declares 1 s with 3 s of samples after it: the header passes a 2 s limit,
+    # and the decode stops where the header said, not where the bytes end.
+    rate = 16000
+    pcm = (_sine(440.0, rate, 3.0) * 32767).astype("<i2").tobytes()
+    header = b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    header += b"data" + struct.pack("<I", rate * 2)
+    data = header + pcm
+    assert read_header(data, LIMITS).frames == rate
+    assert len(load_audio(data, rate, limits=LIMITS)) == rate
+
+
+def test_error_messages_carry_no_object_reprs() -> None:
+    with pytest.raises(ValueError) as err:
+        load_audio(b"garbage bytes that are not audio" * 4, 16000, limits=LIMITS)
+    assert "0x" not in str(err.value) and str(err.value).startswith("<bytes>: cannot decode audio")
+
+
+def test_audio_limits_validate_themselves() -> None:
+    for kwargs in ({"max_seconds": 0}, {"max_seconds": 1, "min_sample_rate": 50_000, "max_sample_rate": 48_000},
+                   {"max_seconds": 1, "max_channels": 0}):  # fmt: skip
+        with pytest.raises(ValueError):
+            AudioLimits(**kwargs)
+    assert AudioLimits(max_seconds=30).max_samples == 30 * 384_000
+
+
+def test_check_samples() -> None:
+    wav = _sine(440.0, 16000, 0.1)
+    assert check_samples(wav) is wav
+    strided = np.repeat(wav, 2)[::2]
+    assert check_samples(strided).flags.c_contiguous
+    for bad, match in [
+        (wav.tobytes(), "numpy array"),
+        (wav[None], "1-D float32"),
+        (wav.astype(np.float64), "1-D float32"),
+        (np.zeros(0, np.float32), "empty"),
+        (np.array([0.0, np.nan], np.float32), "NaN or infinite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check_samples(bad)

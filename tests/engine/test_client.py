@@ -7,16 +7,20 @@ loop it was started on.
 """
 
 import asyncio
+import io
 import os
 import shutil
 import signal
+import threading
 import time
 from multiprocessing import Pipe
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from engine.audio_io import AudioLimitError, AudioLimits, load_audio
 from engine.client import (
     AsyncEngine,
     EngineDeadError,
@@ -29,7 +33,7 @@ from engine.core import EngineCore, serve
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.group import AsyncEngineGroup
-from engine.ipc import AddRequest, Fatal, StepOutputs, recv_message, send_message
+from engine.ipc import AddRequest, Call, Fatal, Reply, Shutdown, StepOutputs, recv_message, send_message
 from engine.loader import CheckpointError, load_checkpoint
 from engine.pipeline import GenerationParams, Voice
 from engine.request import RequestStatus
@@ -291,6 +295,12 @@ def test_group_routes_to_the_least_loaded_engine_and_around_a_dead_one(tiny_v1):
             await asyncio.wait_for(_until(lambda: not group.engines[0].is_alive), 5)
             late = group.generate("late", TEXT, params=_params(LONG, 1))  # left open through the shutdown
             assert owners(group, ["late"]) == [1]
+            # a file is decoded here, then encoded by the live engine: as that engine does its samples
+            audio = _flac(np.stack([_tone(44_100, 0.4), _tone(44_100, 0.4, 330.0)], axis=1), 44_100)
+            samples = load_audio(audio, group.encode_sample_rate)
+            assert torch.equal(await group.encode_prompt(audio), await group.engines[1].encode_prompt(samples))
+            with pytest.raises(AudioLimitError, match="exceeds the limit of 0.1 s"):
+                await group.encode_prompt(audio, limits=AudioLimits(max_seconds=0.1))
             stats = await group.stats()
             assert stats["alive"] and [s["alive"] for s in stats["engines"]] == [False, True]
             assert "engine core failed" in stats["engines"][0]["error"]
@@ -348,3 +358,92 @@ def test_encode_prompt_through_the_process_equals_in_process(runner, engine, loc
     torch.testing.assert_close(prompt, local.frontend.encode_prompt(audio), rtol=0, atol=0)
     torch.testing.assert_close(ref, local.frontend.encode_prompt(audio, reference=True), rtol=0, atol=0)
     assert prompt.dtype == torch.float32 and prompt.shape[-1] == 64
+
+
+def _tone(sr, seconds, freq=220.0):
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _flac(samples, sr):
+    buf = io.BytesIO()
+    sf.write(buf, samples, sr, format="FLAC", subtype="PCM_24")
+    return buf.getvalue()
+
+
+def test_encode_prompt_decodes_here_and_equals_in_process(runner, engine, local):
+    """A file is decoded, downmixed and resampled in this process; the latents equal the in-process path's."""
+    audio = _flac(np.stack([_tone(44_100, 1.3), _tone(44_100, 1.3, 330.0)], axis=1), 44_100)
+    rate = local.frontend.config.encode_sample_rate
+    samples = load_audio(audio, rate)
+
+    async def go():
+        from_file = await engine.encode_prompt(audio, limits=AudioLimits(max_seconds=2.0))
+        from_samples = await engine.encode_prompt(samples, reference=True)
+        with pytest.raises(AudioLimitError, match="1.30 s of audio exceeds the limit of 1 s"):
+            await engine.encode_prompt(audio, limits=AudioLimits(max_seconds=1.0))
+        with pytest.raises(ValueError, match="1-D float32"):
+            await engine.encode_prompt(samples.astype(np.float64))
+        return from_file, from_samples
+
+    from_file, from_samples = runner.run(go())
+    assert engine.encode_sample_rate == rate
+    assert torch.equal(from_file, local.frontend.encode_prompt(audio))
+    assert torch.equal(from_samples, local.frontend.encode_prompt(audio, reference=True))
+
+
+def test_the_core_encodes_decoded_samples_only(local):
+    """The engine process never decodes a file: ``encode_prompt`` takes mono float32 at the encoder's rate."""
+    parent, child = Pipe()
+    core = EngineCore(local, child)
+    rate = local.frontend.config.encode_sample_rate
+    audio = _flac(_tone(rate, 0.3), rate)
+    samples = load_audio(audio, rate)
+    try:
+        ok = core.call(Call(1, "encode_prompt", (samples, rate, False)))
+        assert ok.error is None and torch.equal(ok.value, local.frontend.encode_prompt(audio))
+        refused = [
+            ((audio, rate, False), "must be a numpy array"),
+            ((samples, 2 * rate, False), f"must be at the encoder's {rate} Hz"),
+            ((samples.astype(np.float64), rate, False), "must be 1-D float32"),
+            ((samples[None], rate, False), "must be 1-D float32"),
+        ]
+        for args, match in refused:
+            reply = core.call(Call(2, "encode_prompt", args))
+            assert reply.error_kind == "ValueError" and match in reply.error, reply
+    finally:
+        core.close()
+
+
+def test_prompt_encodes_take_turns_with_the_steps(local):
+    """Prompts that arrive together are encoded one per step while a request runs, so a stream waits
+    for one encode at a time, not for all of them; while idle they are all encoded at once."""
+    parent, child = Pipe()
+    rate = local.frontend.config.encode_sample_rate
+    samples = load_audio(_flac(_tone(rate, 0.1), rate), rate)
+    send_message(parent, AddRequest("turns", TEXT, params=_params(4, 1)))
+    for call_id in range(3):
+        send_message(parent, Call(call_id, "encode_prompt", (samples, rate, False)))
+    core = EngineCore(local, child)
+    thread = threading.Thread(target=serve, args=(core,), daemon=True)
+    thread.start()
+    order = []
+    try:
+        finished = False
+        while not finished or order.count("R") < 3:
+            message = recv_message(parent)
+            if isinstance(message, Reply):
+                assert message.error is None, message.error
+                order.append("R")
+            elif isinstance(message, StepOutputs):
+                order.append("S")
+                finished = finished or any(RequestStatus(o.status).is_finished for o in message.outputs)
+        assert "RR" not in "".join(order), order  # never two encodes without a step between them
+        assert order.count("S") == 4, order
+        for call_id in (10, 11):  # idle: no step to take turns with
+            send_message(parent, Call(call_id, "encode_prompt", (samples, rate, False)))
+        assert [recv_message(parent).call_id for _ in range(2)] == [10, 11]
+    finally:
+        send_message(parent, Shutdown())
+        thread.join(10)
+    assert not thread.is_alive() and not local.has_unfinished()

@@ -3,6 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from engine.audio_io import load_audio
 from engine.pipeline import GenerationParams, Synthesizer, Voice
 
 
@@ -105,6 +106,26 @@ def test_bad_voices_v1(synth_v1, kwargs, needle):
 def test_undecodable_prompt_audio(synth_v2):
     with pytest.raises(ValueError):
         synth_v2.make_voice(prompt_text="x", prompt_audio=b"RIFF....garbage")
+
+
+@pytest.mark.parametrize("name", ["synth_v1", "synth_v2"])
+def test_encode_prompt_of_decoded_samples_equals_of_the_file(request, name, prompt_wav):
+    """What the engine process gets (samples the server decoded) encodes exactly as the file does."""
+    synth = request.getfixturevalue(name)
+    samples = load_audio(prompt_wav, synth.config.encode_sample_rate)
+    assert torch.equal(synth.encode_prompt(samples), synth.encode_prompt(prompt_wav))
+    if synth.config.version == 2:
+        assert torch.equal(
+            synth.encode_prompt(samples, reference=True), synth.encode_prompt(prompt_wav, reference=True)
+        )
+    for bad, match in [
+        (samples.astype(np.float64), "1-D float32"),
+        (np.stack([samples, samples]), "1-D float32"),
+        (samples[:0], "empty"),
+        (np.full(8, np.inf, np.float32), "NaN or infinite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            synth.encode_prompt(bad)
 
 
 def test_empty_text(synth_v1):
