@@ -34,6 +34,10 @@ _ENGINE_DEATH_SETTLE_S = 5.0  # after an engine death: time for open responses t
 # After our own drain, hypercorn closes idle keep-alive connections at once; anything still open
 # then was cut off already and gets this long before its task is cancelled.
 _HYPERCORN_GRACE_S = 1.0
+# Idle keep-alive connections stay open longer than clients and balancers keep them (httpx 5 s,
+# AWS ALB 60 s): a server that closes first races a request sent on the connection at that moment,
+# which the client sees as "disconnected without a response". Idle connections hold no place.
+_KEEP_ALIVE_S = 75.0
 _SAME_SHUTDOWN_S = 1.0  # a signal this soon after the first is the same shutdown request, not a second
 
 
@@ -46,6 +50,7 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     # method, path, status only (no bodies, no keys), and only when debugging
     hyper.accesslog = logging.getLogger("hypercorn.access") if config.log_level == "debug" else None
     hyper.graceful_timeout = _HYPERCORN_GRACE_S
+    hyper.keep_alive_timeout = _KEEP_ALIVE_S
     return hyper
 
 

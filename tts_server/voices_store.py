@@ -43,6 +43,9 @@ __all__ = ["VoiceStore"]
 log = logging.getLogger(__name__)
 
 _LORA_CONFIG_FILE = "lora_config.json"
+# Prompt audio decoded at once (worker threads): the largest accepted prompt is ~11.5 M samples,
+# ~70 MB while decoded and resampled; more uploads than this wait their turn.
+_CONCURRENT_DECODES = 4
 
 
 def _now() -> str:
@@ -103,6 +106,7 @@ class VoiceStore:
         self._entries: dict[str, VoiceEntry] = {}
         self._changes = ChangeLocks(_report_orphan)
         self._loaded = False
+        self._decoding = asyncio.Semaphore(_CONCURRENT_DECODES)
 
     # --- geometry --------------------------------------------------------------------------------
 
@@ -185,7 +189,8 @@ class VoiceStore:
             raise bad(field, f"reference voices need a VoxCPM2 model; this server runs VoxCPM{self.model_version}")
         if not isinstance(audio, bytes) or not audio:
             raise bad(field, "is empty")
-        samples, seconds = await asyncio.to_thread(self._decode, audio, field)
+        async with self._decoding:  # a few at a time: each may hold ~70 MB while it decodes
+            samples, seconds = await asyncio.to_thread(self._decode, audio, field)
         try:
             latents = await self.engine.encode_prompt(samples, reference=reference)
         except ValueError as exc:
