@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from engine.audio_io import AudioLimitError, AudioLimits, check_samples, load_audio, pad_to_multiple, read_header
+from tests.audio_samples import silence as _silence
 
 FORMATS = [
     ("wav", "WAV", "PCM_16"),
@@ -175,19 +176,6 @@ def test_pad_no_op_and_errors() -> None:
 # --- limits on untrusted audio ----------------------------------------------------------------------
 
 LIMITS = AudioLimits(max_seconds=2.0)  # 768 000 decoded samples at most
-
-
-def _silence(sr: int, channels: int, seconds: float, fmt: str = "FLAC") -> bytes:
-    """Digital silence: a few bytes of FLAC per 4096-frame block, whatever the rate and channels.
-
-    Written a block at a time: the issue's 30 s of 8-channel 655 kHz would be 314 MB of int16 at once.
-    """
-    buf, frames = io.BytesIO(), int(sr * seconds)
-    block = np.zeros((1 << 16, channels), np.int16)
-    with sf.SoundFile(buf, "w", sr, channels, "PCM_16", format=fmt) as f:
-        for start in range(0, frames, len(block)):
-            f.write(block[: frames - start])
-    return buf.getvalue()
 
 
 def _streamed_flac() -> bytes:

@@ -28,6 +28,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from tests.audio_samples import best_lag
 from tests.server_process import Server
 
 TEXT = "Every format, read back."
@@ -123,16 +124,6 @@ def read_pyav(data: bytes, fmt: str, rate: int) -> tuple[np.ndarray, int]:
     samples = np.concatenate(frames, axis=1)[0]
     scale = 32768.0 if samples.dtype == np.int16 else 1.0
     return samples.astype(np.float64) / scale, decoded_rate
-
-
-def best_lag(decoded: np.ndarray, reference: np.ndarray, max_lag: int) -> tuple[int, float]:
-    """The lag in [0, max_lag] where ``decoded`` best matches ``reference``, and their normalized correlation."""
-    n = len(decoded) + len(reference)
-    correlation = np.fft.irfft(np.fft.rfft(decoded, n) * np.conj(np.fft.rfft(reference, n)), n)[: max_lag + 1]
-    lag = int(np.argmax(correlation))
-    window = decoded[lag : lag + len(reference)]
-    norms = np.linalg.norm(window) * np.linalg.norm(reference[: len(window)])
-    return lag, float(correlation[lag] / (norms + 1e-12))
 
 
 def check_decoding(decoded: np.ndarray, decoded_rate: int, fmt: str, whole: bool, ref: dict[str, Any]) -> None:

@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.audio_samples import silence
 from tests.reliability.conftest import ADMIN_KEY, API_KEY
 from tests.server_process import Server, running
 
@@ -53,19 +54,6 @@ def b64(data: bytes) -> str:
 def encode(samples: np.ndarray, rate: int, fmt: str = "FLAC", subtype: str = "PCM_16") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format=fmt, subtype=subtype)
-    return buf.getvalue()
-
-
-def silence(rate: int, channels: int, seconds: float, fmt: str = "FLAC") -> bytes:
-    """Digital silence: FLAC stores it in a few bytes per 4096-frame block, whatever the rate.
-
-    Written a block at a time: the issue's 30 s of 8-channel 655 kHz would be 314 MB of int16 at once.
-    """
-    buf, frames = io.BytesIO(), int(rate * seconds)
-    block = np.zeros((1 << 16, channels), np.int16)
-    with sf.SoundFile(buf, "w", rate, channels, "PCM_16", format=fmt) as f:
-        for start in range(0, frames, len(block)):
-            f.write(block[: frames - start])
     return buf.getvalue()
 
 

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from tests.audio_samples import best_lag
 from tts_server.audio_encoder import FORMATS, AudioEncoder
 from tts_server.audio_formats import encode_all, float_to_int16, make_encoder
 
@@ -39,19 +40,6 @@ def noise(rate: int, seconds: float = 1.3) -> np.ndarray:
     spectrum[np.fft.rfftfreq(n, 1 / rate) > 3000] = 0
     audio = np.fft.irfft(spectrum, n)
     return (0.5 * audio / np.abs(audio).max()).astype(np.float32)
-
-
-def best_lag(decoded: np.ndarray, reference: np.ndarray, max_lag: int) -> tuple[int, float]:
-    """The lag in [0, max_lag] where ``decoded`` best matches ``reference``, and their normalized correlation there.
-
-    A codec that delays the audio by d samples (priming) peaks at lag d; a wrong rate or garbage has no clear peak.
-    """
-    n = len(decoded) + len(reference)
-    correlation = np.fft.irfft(np.fft.rfft(decoded, n) * np.conj(np.fft.rfft(reference, n)), n)[: max_lag + 1]
-    lag = int(np.argmax(correlation))
-    window = decoded[lag : lag + len(reference)]
-    norms = np.linalg.norm(window) * np.linalg.norm(reference[: len(window)])
-    return lag, float(correlation[lag] / (norms + 1e-12))
 
 
 def at_rate(audio: np.ndarray, rate: int, out_rate: int) -> np.ndarray:
