@@ -16,8 +16,9 @@ Shared by ``/generate`` and ``/v1/audio/speech`` so both behave the same:
    engine failure): it aborts an unfinished engine request, releases the slot, forgets the id and
    records the outcome.
 
-Audio the engine makes is checked before it is sent: a chunk with NaN or infinite samples fails the
-request (an error, never a 200 of silence: the encoders would turn NaN into zeros).
+Audio the engine makes is checked before it is sent: a chunk with NaN or infinite samples, or a
+first chunk of exact zeros, fails the request (an error, never a 200 of silence: the encoders would
+turn NaN into zeros).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class Job:
             while self._open_next():
                 assert self._stream is not None
                 try:
-                    self._first = _checked(await anext(self._stream))
+                    self._first = _checked(await anext(self._stream), first=True)
                 except StopAsyncIteration:
                     continue  # a segment without audio: on to the next
                 self.svc.metrics.ttfb.observe(time.monotonic() - self.spec.arrived_at)
@@ -390,12 +391,16 @@ class Job:
         return ApiError(500, f"the engine failed the request: {getattr(exc, 'reason', exc)}", type="engine_error")
 
 
-def _checked(chunk: np.ndarray) -> np.ndarray:
-    """The chunk, if every sample is finite.
+def _checked(chunk: np.ndarray, *, first: bool = False) -> np.ndarray:
+    """The chunk, if every sample is finite (and, for a request's first chunk, not all exactly zero).
 
     Raises:
-        RequestFailed: NaN or infinite samples (a numerical failure in the model; never sent as audio).
+        RequestFailed: NaN or infinite samples, or a first chunk of digital silence: a numerical
+            failure in the model (a float VAE never decodes a whole patch to exact zeros), never
+            sent as a 200 of silence.
     """
     if not np.isfinite(chunk).all():
         raise RequestFailed("the engine produced non-finite audio (NaN or infinity)")
+    if first and chunk.size and not chunk.any():
+        raise RequestFailed("the engine produced digital silence (every sample exactly zero)")
     return chunk

@@ -20,3 +20,10 @@ def test_a_non_finite_sample_fails_the_request(bad: float):
     chunk[17] = bad
     with pytest.raises(RequestFailed, match="non-finite audio"):
         _checked(chunk)
+
+
+def test_a_first_chunk_of_exact_zeros_fails_the_request_but_a_later_one_passes():
+    silent = np.zeros(64, dtype=np.float32)
+    with pytest.raises(RequestFailed, match="digital silence"):
+        _checked(silent, first=True)
+    assert _checked(silent) is silent  # a pause inside speech is not a failure
