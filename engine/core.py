@@ -249,7 +249,8 @@ class EngineCore:
 
 
 def _output(out: StepOutput) -> Output:
-    return Output(out.request_id, out.audio, int(out.status))
+    times = out.times.as_tuple() if out.times is not None else None
+    return Output(out.request_id, out.audio, int(out.status), times=times)
 
 
 def model_info(engine: Engine, device: str, checkpoint_dir: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from engine.lora import enable_lora
 from engine.model.audio_vae import StreamingDecoderState
 from engine.paged_kv import gpu_kv_blocks
 from engine.pipeline import GenerationParams, Synthesizer, Voice
-from engine.request import Request, RequestStatus, SamplingParams
+from engine.request import FirstAudioTimes, Request, RequestStatus, SamplingParams
 from engine.runner import ModelRunner, SampledBatch
 from engine.scheduler import Scheduler
 from engine.vae_stream import VaeStreams
@@ -49,6 +49,7 @@ class StepOutput:
     request_id: str
     audio: np.ndarray | None
     status: RequestStatus
+    times: FirstAudioTimes | None = None  # on the request's first audio only
 
     @property
     def finished(self) -> bool:
@@ -171,6 +172,7 @@ class Engine:
             ValueError: Duplicate id, unknown LoRA voice, invalid input, or a request that can
                 never fit the limits.
         """
+        times = FirstAudioTimes(added=time.monotonic())
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in flight")
         if lora is not None and (self.adapters is None or lora not in self.adapters.names()):
@@ -194,10 +196,11 @@ class Engine:
             max_len=max_len,
             temperature=params.temperature,
         )
-        request = Request(request_id, prefill, sampling, gen, arrival=next(self._arrivals), lora_name=lora)
+        request = Request(request_id, prefill, sampling, gen, arrival=next(self._arrivals), lora_name=lora, times=times)
         state = self.vae.new_stream_state(1)
         if prefill.context_patches.shape[0]:
             self.vae.decode_stream(self._frames(prefill.context_patches[None]), state)  # warm-up, output discarded
+        times.queued = time.monotonic()
         self.requests[request_id] = request
         self._warm[request_id] = state
         if deadline_s is not None:
@@ -261,6 +264,7 @@ class Engine:
             audio, audio_ready = self._audio_to_host(self._vae.decode(ids, self._frames(sampled.patches[:, None])))
         # The VAE decode is queued right behind the sampler: the stop flags come back while it runs.
         stops = sampled.stop_list()
+        patched = time.monotonic()  # the stop flags came back: this step's patches are done
         statuses = []
         for row_index, request in enumerate(sampled.requests):
             request.patches.append(sampled.patches[row_index])
@@ -279,8 +283,14 @@ class Engine:
             if audio_ready is not None:
                 audio_ready.synchronize()  # not the next step's work, queued behind the copy
             audio = audio.numpy()
+        decoded = time.monotonic()
         for row_index, (request, status) in enumerate(zip(sampled.requests, statuses, strict=True)):
-            outputs.append(StepOutput(request.request_id, audio[row_index], status))
+            times = request.times
+            if times is not None and not times.first_audio:
+                times.first_patch, times.first_audio = patched, decoded
+            else:
+                times = None
+            outputs.append(StepOutput(request.request_id, audio[row_index], status, times))
         return outputs
 
     @staticmethod
@@ -306,6 +316,10 @@ class Engine:
         self.scheduler.failed.clear()
         if not plan.rows:
             return None
+        launched = time.monotonic()
+        for row in plan.rows:
+            if row.request.times is not None and not row.request.times.scheduled:
+                row.request.times.scheduled = launched
         sampled = self.runner.step(plan.rows)
         self.steps += 1
         self._step_times.append(time.monotonic())

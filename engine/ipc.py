@@ -201,6 +201,8 @@ class Output:
         status: ``RequestStatus`` value after the step (a plain int keeps the pickle small).
         error: Why a FAILED request failed.
         invalid: The request was rejected at admission as invalid (``ValueError``/``KeyError``).
+        times: On a request's first audio only: ``FirstAudioTimes.as_tuple()`` (added, queued,
+            scheduled, first patch, first audio; ``time.monotonic()`` of the engine process).
     """
 
     request_id: str
@@ -208,6 +210,7 @@ class Output:
     status: int
     error: str | None = None
     invalid: bool = False
+    times: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,32 @@ class SamplingParams:
     temperature: float = 1.0
 
 
+@dataclass
+class FirstAudioTimes:
+    """When a request reached each stage on its way to its first audio (``time.monotonic()``).
+
+    ``time.monotonic()`` is the system-wide monotonic clock on Linux, so the server process can
+    place these next to its own stamps.
+
+    Attributes:
+        added: ``add_request`` began (the request reached the engine).
+        queued: ``add_request`` ended (text tokenized, prompt laid out, its VAE state warmed).
+        scheduled: The first step that ran any of its positions was launched.
+        first_patch: Its first latent patch was on the host (the step's results synchronised).
+        first_audio: Its first audio chunk was decoded and on the host.
+    """
+
+    added: float
+    queued: float = 0.0
+    scheduled: float = 0.0
+    first_patch: float = 0.0
+    first_audio: float = 0.0
+
+    def as_tuple(self) -> tuple[float, float, float, float, float]:
+        """The five stamps in stage order (the wire form)."""
+        return (self.added, self.queued, self.scheduled, self.first_patch, self.first_audio)
+
+
 @dataclass(eq=False)
 class Request:
     """One utterance in flight.
@@ -67,6 +93,7 @@ class Request:
             ends (also while preempted), so it finishes with the weights it started with.
         cache_salt: Prefix-cache key material besides the content (the adapter version).
         noise: The sampler noise drawn from ``generator`` (made at the first sample).
+        times: When it reached each stage up to its first audio (None: made outside ``Engine``).
     """
 
     request_id: str
@@ -87,6 +114,7 @@ class Request:
     lora_slot: int = 0
     cache_salt: bytes = b""
     noise: NoiseStream | None = None
+    times: FirstAudioTimes | None = None
 
     @property
     def prompt_len(self) -> int:

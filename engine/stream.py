@@ -121,11 +121,15 @@ class RequestStream:
     Attributes:
         request_id: The request.
         status: Final status once the stream has ended in the engine.
+        engine_times: Once the first chunk has been taken: when the request reached each engine
+            stage (``engine.request.FirstAudioTimes.as_tuple()``: added, queued, scheduled, first
+            patch, first audio; ``time.monotonic()``), if the engine sent them.
     """
 
     def __init__(self, request_id: str, state: StreamState, owner: _Owner) -> None:
         self.request_id = request_id
         self.status: RequestStatus | None = None
+        self.engine_times: tuple[float, ...] | None = None
         self._state = state
         self._finished = False
         self._owner = owner
@@ -153,6 +157,8 @@ class RequestStream:
             self._finished = True
             raise item
         status = RequestStatus(item.status)
+        if item.times is not None:
+            self.engine_times = item.times
         if not status.is_finished:
             return item.audio
         self._finished = True

@@ -32,6 +32,7 @@ from tts_server.auth import OPEN_PATHS, Access, check_access, required_access
 from tts_server.errors import ApiError
 from tts_server.lifecycle import Lifecycle
 from tts_server.openai_errors import error_response_for
+from tts_server.timeline import TIMELINE_KEY, Timeline
 
 __all__ = ["UNCAPPED_PATHS", "Admission", "AdmissionMiddleware"]
 
@@ -132,6 +133,7 @@ class AdmissionMiddleware:
         adm = self.admission
         path: str = scope["path"]
         admitted = False
+        timeline = Timeline(received=Timeline.now())
         try:
             access = required_access(scope["method"], path)
             check_access(access, _authorization(scope), api_key=adm.api_key, admin_key=adm.admin_key)
@@ -146,6 +148,8 @@ class AdmissionMiddleware:
         except ApiError as error:
             await _send_error(scope, receive, send, error)
             return
+        timeline.admitted = Timeline.now()
+        scope.setdefault("state", {})[TIMELINE_KEY] = timeline
         try:
             await self.app(scope, _BodyDeadline(receive, adm), send)
         except ClientDisconnect:  # gone during its upload: nobody to answer, nothing went wrong here

@@ -41,14 +41,15 @@ from engine.stream import (
     EngineError,
     InvalidRequest,
     RequestCancelled,
-    RequestFailed,
     RequestStream,
 )
+from tts_server.audio_checks import checked_audio
 from tts_server.errors import ApiError
 from tts_server.inflight import CancelReason, InflightRequest, RequestState
 from tts_server.metrics import Outcome
 from tts_server.queue import QueueCancelled, QueueClosed, QueueTimeout, Ticket
 from tts_server.services import Services
+from tts_server.timeline import Timeline
 
 __all__ = ["Job", "JobSpec"]
 
@@ -77,6 +78,7 @@ class JobSpec:
         params: Sampling settings (segment ``k`` uses ``seed + k`` when a seed is given).
         text_field: The request's text field, named in errors about the text.
         arrived_at: ``time.monotonic()`` when the request arrived (TTFB and queue wait start here).
+        timeline: Where its time to first audio goes (stamped along the way; see ``tts_server.timeline``).
     """
 
     request_id: str
@@ -88,6 +90,7 @@ class JobSpec:
     params: GenerationParams
     text_field: str = "target_text"
     arrived_at: float = dataclasses.field(default_factory=time.monotonic)
+    timeline: Timeline = dataclasses.field(default_factory=lambda: Timeline(received=time.monotonic()))
 
 
 class Job:
@@ -172,7 +175,8 @@ class Job:
             self.close(Outcome.CANCELLED)
             raise self._cancelled_error() from None
         self._holds_slot = True
-        svc.metrics.queue_wait.observe(time.monotonic() - self.spec.arrived_at)
+        self.spec.timeline.slot = time.monotonic()
+        svc.metrics.queue_wait.observe(self.spec.timeline.slot - self.spec.arrived_at)
         if self.record.cancelled:  # cancelled in the instant between the grant and this task running
             self.close(Outcome.CANCELLED)
             raise self._cancelled_error()
@@ -184,10 +188,12 @@ class Job:
             while self._open_next():
                 assert self._stream is not None
                 try:
-                    self._first = _checked(await anext(self._stream), first=True)
+                    self._first = checked_audio(await anext(self._stream), first=True)
                 except StopAsyncIteration:
                     continue  # a segment without audio: on to the next
-                self.svc.metrics.ttfb.observe(time.monotonic() - self.spec.arrived_at)
+                marks = self.spec.timeline
+                marks.first_chunk, marks.engine = time.monotonic(), self._stream.engine_times
+                self.svc.metrics.ttfb.observe(marks.first_chunk - self.spec.arrived_at)
                 return
             if self.record.cancelled:  # between two segments, before any audio
                 self.close(Outcome.CANCELLED)
@@ -235,7 +241,7 @@ class Job:
         while self._stream is not None:
             async for chunk in self._stream:
                 self.samples += chunk.size
-                yield _checked(chunk)
+                yield checked_audio(chunk)
             if not self._open_next():
                 break
 
@@ -389,18 +395,3 @@ class Job:
             return ApiError(400, f"{field}: {reason.removeprefix('lora: ').removeprefix('text: ')}", field=field)
         log.error("request %s failed in the engine: %s", self.spec.request_id, exc)
         return ApiError(500, f"the engine failed the request: {getattr(exc, 'reason', exc)}", type="engine_error")
-
-
-def _checked(chunk: np.ndarray, *, first: bool = False) -> np.ndarray:
-    """The chunk, if every sample is finite (and, for a request's first chunk, not all exactly zero).
-
-    Raises:
-        RequestFailed: NaN or infinite samples, or a first chunk of digital silence: a numerical
-            failure in the model (a float VAE never decodes a whole patch to exact zeros), never
-            sent as a 200 of silence.
-    """
-    if not np.isfinite(chunk).all():
-        raise RequestFailed("the engine produced non-finite audio (NaN or infinity)")
-    if first and chunk.size and not chunk.any():
-        raise RequestFailed("the engine produced digital silence (every sample exactly zero)")
-    return chunk

@@ -22,6 +22,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENDPOINTS = {"/generate": "generate", "/v1/audio/speech": "openai"}  # path -> the ``endpoint`` label
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0)
 _RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
 
@@ -94,6 +95,13 @@ class ServerMetrics:
         self.ttfb = Histogram(
             "tts_ttfb_seconds", "Time from arrival to the first audio", buckets=_LATENCY_BUCKETS, registry=r
         )
+        self.stages = Histogram(
+            "tts_request_stage_seconds",
+            "Time of each stage on a request's way to its first audio byte (see tts_server/timeline.py)",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
         self.rtf = Histogram(
             "tts_real_time_factor",
             "Generation time / audio duration of completed requests (lower is faster)",
@@ -130,6 +138,11 @@ class ServerMetrics:
         endpoint = ENDPOINTS.get(path or "")
         if endpoint is not None:
             self.request_done(endpoint, Outcome.REJECTED)
+
+    def observe_stages(self, stages: list[tuple[str, float]]) -> None:
+        """Record one request's stage times (``Timeline.stages()``)."""
+        for stage, seconds in stages:
+            self.stages.labels(stage=stage).observe(seconds)
 
     def cut(self, reason: str) -> None:
         """Count one request the server cut off (``send_stall``, ``body_timeout``, ``shutdown``)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tts_server.audio_encoder import FORMATS, AudioEncoder
 from tts_server.audio_formats import make_encoder
@@ -47,8 +47,19 @@ class AudioStreamResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.job.stop_watching()  # from here the response reads the disconnect itself
+        first_byte_pending = True
+
+        async def send_timed(message: Message) -> None:
+            nonlocal first_byte_pending
+            await send(message)
+            if first_byte_pending and message["type"] == "http.response.body" and message.get("body"):
+                first_byte_pending = False
+                marks = self.job.spec.timeline
+                marks.first_byte = marks.now()
+                self.job.svc.metrics.observe_stages(marks.stages())
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_timed)
         finally:
             aclose = getattr(self._body, "aclose", None)
             if aclose is not None:
@@ -71,6 +82,7 @@ def _headers(job: Job, output_rate: int, extra: Mapping[str, str] | None) -> dic
         "X-Queue-Status": str(job.queue_position),
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",  # proxies (nginx) must not hold chunks back
+        "Server-Timing": job.spec.timeline.server_timing(),
     }
     headers.update(extra or {})
     return headers
@@ -112,6 +124,8 @@ async def audio_response(job: Job, fmt: str, *, stream: bool, headers: Mapping[s
         audio = await job.collect()
         # Encoding minutes of audio takes a while: keep the event loop serving the other streams.
         data, rate = await asyncio.to_thread(_encode_whole, fmt, job.svc.sample_rate, audio)
+        job.spec.timeline.encoded = job.spec.timeline.now()
+        job.svc.metrics.observe_stages(job.spec.timeline.stages())
         return Response(
             data, media_type=info.media_type, headers=_headers(job, rate, {**disposition, **(headers or {})})
         )

@@ -207,3 +207,20 @@ def test_deadline_cancels(ckpt_v1):
     engine.add_request("late", "Hello.", params=_params(50, 1), deadline_s=0.0)
     _, status = _run(engine)
     assert status["late"] == RequestStatus.CANCELLED
+
+
+def test_the_first_audio_carries_when_each_stage_was_reached(ckpt_v1):
+    engine = _engine(ckpt_v1, max_num_seqs=1)
+    engine.add_request("a", "Hello.", params=_params(3, 1))
+    engine.add_request("b", "Hello.", params=_params(3, 2))  # waits for "a": scheduled later
+    timed: dict[str, list] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.audio is not None:
+                timed.setdefault(out.request_id, []).append(out.times)
+    for request_id in ("a", "b"):
+        first, *rest = timed[request_id]
+        assert first is not None and all(t is None for t in rest)  # the first audio only
+        stamps = first.as_tuple()
+        assert list(stamps) == sorted(stamps) and stamps[0] > 0, stamps
+    assert timed["b"][0].scheduled >= timed["a"][0].first_audio  # one slot: "b" waited for "a"

@@ -23,9 +23,18 @@ from tts_server.routes._body import decode_base64
 from tts_server.segments import SegmentBudget, plan_segments
 from tts_server.services import Services
 from tts_server.text import clean_text, has_speakable, normalize_text
+from tts_server.timeline import TIMELINE_KEY, Timeline
 from tts_server.voice_entry import ResolvedVoice
 
-__all__ = ["REQUEST_ID_PATTERN", "InlineVoice", "client_id", "prepare_segments", "request_id", "resolve_voice"]
+__all__ = [
+    "REQUEST_ID_PATTERN",
+    "InlineVoice",
+    "client_id",
+    "prepare_segments",
+    "request_id",
+    "resolve_voice",
+    "timeline",
+]
 
 # Ids travel back in a header and into logs: keep them to safe, printable characters.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$"
@@ -51,6 +60,12 @@ def request_id(body_value: str | None, request: Request) -> str:
             field=field,
         )
     return value
+
+
+def timeline(request: Request) -> Timeline:
+    """The request's timeline, begun by the admission middleware (a new one when it was not)."""
+    found = request.scope.get("state", {}).get(TIMELINE_KEY)
+    return found if isinstance(found, Timeline) else Timeline(received=Timeline.now())
 
 
 def client_id(request: Request) -> str:

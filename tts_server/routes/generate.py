@@ -16,7 +16,6 @@ never quietly lowered.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +36,7 @@ from tts_server.routes._speech import (
     prepare_segments,
     request_id,
     resolve_voice,
+    timeline,
 )
 from tts_server.services import Services, services
 from tts_server.streaming import audio_response
@@ -97,7 +97,7 @@ def _check_min_steps(svc: Services, min_steps: int, segments: tuple[str, ...], m
 
 async def generate(request: Request) -> Response:
     """Speak ``target_text``; see the module docstring."""
-    arrived = time.monotonic()
+    marks = timeline(request)
     svc = services(request)
     body = await parse_body(request, GenerateRequest)
     rid = request_id(body.request_id, request)
@@ -106,6 +106,7 @@ async def generate(request: Request) -> Response:
         raise ApiError(400, "min_generate_length: must not exceed max_generate_length", field="min_generate_length")
     inline = InlineVoice(body.prompt_audio, body.prompt_text, body.prompt_latents, body.ref_audio, body.ref_latents)
     resolved = await resolve_voice(svc, body.voice, inline)
+    marks.parsed = marks.now()
     max_steps = body.max_generate_length or svc.config.default_max_generate_length
     segments = await prepare_segments(
         svc,
@@ -116,6 +117,7 @@ async def generate(request: Request) -> Response:
         max_steps=max_steps,
         language=body.language,
     )
+    marks.text_ready = marks.now()
     if min_steps is not None and body.max_generate_length is None:  # an explicit maximum was checked above
         _check_min_steps(svc, min_steps, segments, max_steps)
     params = GenerationParams(
@@ -127,7 +129,15 @@ async def generate(request: Request) -> Response:
         seed=body.seed,
     )
     spec = JobSpec(
-        rid, client_id(request), "generate", segments, resolved.voice, resolved.lora, params, arrived_at=arrived
+        rid,
+        client_id(request),
+        "generate",
+        segments,
+        resolved.voice,
+        resolved.lora,
+        params,
+        arrived_at=marks.received,
+        timeline=marks,
     )
     job = await Job.start(svc, spec, request.receive)
     return await audio_response(job, body.response_format, stream=body.stream)

@@ -25,7 +25,6 @@ server's ``field``.
 from __future__ import annotations
 
 import re
-import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +37,14 @@ from tts_server.errors import ApiError
 from tts_server.jobs import Job, JobSpec
 from tts_server.openai_errors import openai_error_response
 from tts_server.routes._body import parse_body
-from tts_server.routes._speech import REQUEST_ID_PATTERN, client_id, prepare_segments, request_id, resolve_voice
+from tts_server.routes._speech import (
+    REQUEST_ID_PATTERN,
+    client_id,
+    prepare_segments,
+    request_id,
+    resolve_voice,
+    timeline,
+)
 from tts_server.services import Services, services
 from tts_server.streaming import audio_response, sse_response
 
@@ -90,7 +96,7 @@ async def speech(request: Request) -> Response:
 
 
 async def _speech(request: Request) -> Response:
-    arrived = time.monotonic()
+    marks = timeline(request)
     svc = services(request)
     body = await parse_body(request, SpeechRequest)
     if body.speed != 1.0:
@@ -101,6 +107,7 @@ async def _speech(request: Request) -> Response:
     if name is not None and name in OPENAI_VOICES and name not in svc.voices.names():
         name = None
     resolved = await resolve_voice(svc, name)
+    marks.parsed = marks.now()
     max_steps = body.max_generate_length or svc.config.default_max_generate_length
     segments = await prepare_segments(
         svc,
@@ -111,10 +118,22 @@ async def _speech(request: Request) -> Response:
         max_steps=max_steps,
         prefix=prefix,
     )
+    marks.text_ready = marks.now()
     params = GenerationParams(
         cfg_value=body.cfg_value, max_steps=max_steps, temperature=body.temperature, seed=body.seed
     )
-    spec = JobSpec(rid, client_id(request), "openai", segments, resolved.voice, resolved.lora, params, "input", arrived)
+    spec = JobSpec(
+        rid,
+        client_id(request),
+        "openai",
+        segments,
+        resolved.voice,
+        resolved.lora,
+        params,
+        "input",
+        arrived_at=marks.received,
+        timeline=marks,
+    )
     job = await Job.start(svc, spec, request.receive)
     headers = {"X-Model": body.model}
     if body.stream_format == "sse":

@@ -265,3 +265,35 @@ def test_http_errors_are_json(srv):
     missing, wrong_method = srv.run(go())
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "method_not_allowed"
+
+
+# --- where the time goes -----------------------------------------------------------------------
+
+_TO_FIRST_AUDIO = ["admission", "parse", "text", "queue", "submit", "prepare", "wait", "prefill", "vae", "return"]
+
+
+def _server_timing(header: str) -> dict[str, float]:
+    return {
+        name: float(dur.split("=", 1)[1]) for name, dur in (part.strip().split(";", 1) for part in header.split(","))
+    }
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_every_response_says_where_its_time_to_first_audio_went(srv, stream):
+    async def go():
+        async with srv.client() as client:
+            response = await client.post("/generate", json=body(stream=stream, max_generate_length=2))
+            metrics = (await client.get("/metrics")).text
+            return response, metrics
+
+    response, metrics = srv.run(go())
+    assert response.status_code == 200, response.text
+    timing = _server_timing(response.headers["server-timing"])
+    stages = [name for name in timing if name != "total"]
+    # Every stage up to the first audio, in order (a whole file adds the rest of it).
+    assert stages == _TO_FIRST_AUDIO + ([] if stream else ["complete"]), timing
+    assert all(ms >= 0 for ms in timing.values())
+    assert timing["total"] == pytest.approx(sum(timing[s] for s in stages), abs=0.05)
+    assert timing["prefill"] > 0 and timing["total"] < 60_000
+    for stage in [*_TO_FIRST_AUDIO, "send"] if stream else _TO_FIRST_AUDIO:
+        assert f'tts_request_stage_seconds_count{{stage="{stage}"}}' in metrics, stage
