@@ -12,7 +12,9 @@ Modes (``--mode``; default ``http`` with ``--server``, else ``engine``):
              too): TTFB p50/p99, the largest inter-chunk gap per stream p50/p99, the share of streams
              that underrun, and the gap-free capacity (highest rate with <= 1% underruns).
   http       streaming POST /generate against --server (the seed benchmark's flags work), printed in
-             the seed's format, plus 503s counted apart.
+             the seed's format, plus 503s counted apart; where the server sends a Server-Timing
+             header, each level's p50/p90 ms per server stage (admission ... total) follows, and
+             a p50 table of every level ends the run.
 
 --profile runs one level under torch.profiler and prints where a step's time goes by the engine's
 named ranges (host and device ms per step), then the same level through the engine process
@@ -44,7 +46,7 @@ from perf import drivers, report
 from perf.drivers import Sampling
 from perf.flops import audio_seconds_per_patch, format_breakdown, step_flops
 from perf.local_engine import LocalEngine, engine_config
-from perf.metrics import gap_free_capacity, summarize_closed
+from perf.metrics import gap_free_capacity, summarize_closed, summarize_stages
 from perf.system import device_name, peak_tflops, run_metadata
 
 
@@ -294,7 +296,7 @@ def print_engines(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
 
 def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
-    """HTTP mode: one seed-format block per concurrency level."""
+    """HTTP mode: one seed-format block per concurrency level, then its server stages (``Server-Timing``)."""
     from perf.http_client import HttpLoad, http_level
 
     load = HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout)
@@ -309,7 +311,16 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
         errors = sorted({t.error for t in traces if t.error and t.error != "503"})
         for e in errors[:5]:
             print("  error:", e)
-        out["http"].append({"concurrency": level, **summary, "error_kinds": errors})
+        stages = summarize_stages(traces)
+        timed = sum(1 for t in traces if t.ok and t.server_timing)
+        if stages:
+            print(f"\nServer-Timing, ms ({timed} of {summary['ok']} answered requests carried it):")
+            print(report.stage_table(stages), flush=True)
+        row = {"concurrency": level, **summary, "error_kinds": errors}
+        out["http"].append({**row, "server_timing_ms": stages, "server_timing_responses": timed})
+    if len(out["http"]) > 1 and (table := report.stage_levels_table(out["http"])):
+        print("\n## Server stages, p50 ms per concurrency level\n")
+        print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NAN = float("nan")
+# The server's request stages (its Server-Timing metric names) in the order they happen. A stream's
+# header leaves with the first audio, so it ends at "return"; "send" (first byte written) and
+# "encode" / "complete" (the whole file encoded: tts_server/timeline.py names it "complete") come only
+# on a whole file. "total" spans arrival to the end of the last stage reported.
+SERVER_STAGES = (
+    "admission",
+    "parse",
+    "text",
+    "queue",
+    "submit",
+    "prepare",
+    "wait",
+    "prefill",
+    "vae",
+    "return",
+    "send",
+    "encode",
+    "complete",
+    "total",
+)
 _EPS = 1e-9  # seconds: arriving exactly when the audio before runs out is on time
 
 
@@ -45,6 +65,8 @@ class StreamTrace:
         arrivals: Arrival time of each audio chunk, in order.
         durations: Seconds of audio in each chunk.
         error: Why the request failed (``None``: it completed); ``"503"`` for an HTTP rejection.
+        server_timing: The server's own milliseconds per stage, from its ``Server-Timing`` header
+            (HTTP only; empty when the server sent none).
     """
 
     request_id: str
@@ -52,6 +74,7 @@ class StreamTrace:
     arrivals: list[float] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
     error: str | None = None
+    server_timing: dict[str, float] = field(default_factory=dict)
 
     def add_chunk(self, at: float, seconds: float) -> None:
         """Record a chunk of ``seconds`` of audio arriving at ``at``."""
@@ -156,6 +179,38 @@ def summarize_closed(traces: Sequence[StreamTrace], wall_s: float) -> dict[str, 
     out["max_gap_ms_p50"] = percentile(gaps, 50)
     out["max_gap_ms_p99"] = percentile(gaps, 99)
     out["underrun_share"] = sum(t.underrun for t in ok) / len(ok) if ok else NAN
+    return out
+
+
+def stage_order(groups: Iterable[Iterable[str]], known: Sequence[str] = SERVER_STAGES) -> list[str]:
+    """Every stage name in ``groups``, once: those in ``known`` in its order, then the rest as they first appear."""
+    seen: list[str] = []
+    for group in groups:
+        seen += [name for name in group if name not in seen]
+    return [name for name in known if name in seen] + [name for name in seen if name not in known]
+
+
+def summarize_stages(
+    traces: Sequence[StreamTrace], known: Sequence[str] = SERVER_STAGES
+) -> dict[str, dict[str, float | int]]:
+    """Median and p90 milliseconds of each server stage over the completed requests that reported it.
+
+    Failed requests are left out: a 503's timeline stops at admission and would pull the medians
+    down. A stage counts only the responses that carried it (an older server, or a streamed
+    response without ``encode``), so ``n`` can differ between stages.
+
+    Args:
+        traces: Every request of one level.
+        known: Stage names in the order to report them; names not in it follow, in order of first appearance.
+
+    Returns:
+        ``{stage: {"p50": ms, "p90": ms, "n": responses}}`` in that order; empty when no response had timings.
+    """
+    timed = [t.server_timing for t in traces if t.ok and t.server_timing]
+    out: dict[str, dict[str, float | int]] = {}
+    for name in stage_order(timed, known):
+        values = [timing[name] for timing in timed if name in timing]
+        out[name] = {"p50": percentile(values, 50), "p90": percentile(values, 90), "n": len(values)}
     return out
 
 

@@ -1,10 +1,13 @@
-"""Printed tables: closed-batch sweeps, side-by-side comparisons, open-loop runs, the seed's HTTP block, profiles."""
+"""Printed tables: closed-batch sweeps, side-by-side comparisons, open-loop runs, the seed's HTTP block with the
+server's stages, profiles."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from perf.metrics import stage_order
 
 WIDTH = 60
 
@@ -142,6 +145,42 @@ def seed_block(summary: dict[str, Any], concurrency: int, wall_s: float) -> str:
         lines.append(f"❌ NOT REAL-TIME CAPABLE: P95 RTF = {_f(p95, '.3f')}")
     lines.append("=" * WIDTH)
     return "\n".join(lines)
+
+
+def stage_table(stages: dict[str, dict[str, Any]]) -> str:
+    """One level's server stages (see :func:`perf.metrics.summarize_stages`): a column per stage, rows p50 / p90 / n.
+
+    Stages go across so that a level adds three lines under its block; ``n`` shows a stage that
+    only some responses reported. Empty when there are no stages (the server sent no ``Server-Timing``).
+    """
+    if not stages:
+        return ""
+    rows = [[key, *(_f(s[key], ".2f") for s in stages.values())] for key in ("p50", "p90")]
+    rows.append(["n", *(str(s["n"]) for s in stages.values())])
+    return _table(["ms", *stages], rows)
+
+
+def stage_levels_table(levels: Sequence[dict[str, Any]]) -> str:
+    """Median milliseconds per server stage, one line per concurrency level (how the breakdown grows with load).
+
+    Args:
+        levels: ``{"concurrency": int, "server_timing_ms": {stage: {"p50": ...}}}`` per level; a stage
+            missing from a level reads ``-``.
+
+    Returns:
+        The table, stages in the server's order (unknown names after it); empty when no level has stages.
+    """
+    names = stage_order(level["server_timing_ms"] for level in levels)
+    if not names:
+        return ""
+    rows = [
+        [
+            str(level["concurrency"]),
+            *(_f(level["server_timing_ms"].get(name, {}).get("p50"), ".2f") for name in names),
+        ]
+        for level in levels
+    ]
+    return _table(["conc", *names], rows)
 
 
 def profile_table(profile: dict[str, Any]) -> str:

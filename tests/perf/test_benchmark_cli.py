@@ -147,3 +147,37 @@ def test_seed_block_and_tables_render():
     row = {"concurrency": 4, "ttfb_ms_p50": 10.0, "rtf_mean": 0.1, "audio_s_per_s": 100.0}
     table = report.compare_table([row], [{**row, "ttfb_ms_p50": 40.0, "rtf_mean": 0.4, "audio_s_per_s": 25.0}])
     assert "10.0 / 40.0 (0.25)" in table and "100.0 / 25.0 (4.00)" in table
+
+
+def test_http_mode_prints_and_writes_server_stages(tmp_path, monkeypatch, capsys):
+    from perf import http_client
+    from perf.metrics import StreamTrace
+
+    def level(server: str, *, num_requests: int, concurrency: int, **_: object) -> tuple[list[StreamTrace], float]:
+        # Level 1 answers like a server without the header; level 2 with it, one value per request.
+        traces = []
+        for i in range(num_requests):
+            t = StreamTrace(f"c{concurrency}-{i}", 0.0)
+            t.add_chunk(0.05, 2.0)
+            if concurrency == 2:
+                t.server_timing = {"total": 20.0 + i, "queue": 1.0 + i, "gpu": 0.5}
+            traces.append(t)
+        return traces, 1.0
+
+    monkeypatch.setattr(http_client, "http_level", level)
+    out = tmp_path / "http.json"
+    assert benchmark.main(["--server", "http://x", "--concurrency", "1", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    first, second = text.split("TTS BENCHMARK RESULTS")[1:]
+    assert "Server-Timing" not in first  # no header, no breakdown
+    assert "Server-Timing, ms (4 of 4 answered requests carried it):" in second
+    assert "| ms | queue | total | gpu |" in second and "| p50 | 2.50 | 21.50 | 0.50 |" in second
+    assert "| n | 4 | 4 | 4 |" in second
+    assert "| 1 | - | - | - |" in text and "| 2 | 2.50 | 21.50 | 0.50 |" in text  # p50 per level
+    rows = _strict(out.read_text())["http"]
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    assert rows[0]["server_timing_ms"] == {} and rows[0]["server_timing_responses"] == 0
+    assert rows[1]["server_timing_responses"] == 4 and list(rows[1]["server_timing_ms"]) == ["queue", "total", "gpu"]
+    assert rows[1]["server_timing_ms"]["total"] == {"p50": 21.5, "p90": pytest.approx(22.7), "n": 4}
+    # The seed block's figures keep their keys.
+    assert rows[1]["ok"] == 4 and rows[1]["ttfb_ms_p50"] == pytest.approx(50.0) and rows[1]["audio_s"] == 8.0

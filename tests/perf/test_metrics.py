@@ -8,18 +8,27 @@ import numpy as np
 import pytest
 
 from perf.metrics import (
+    SERVER_STAGES,
     StreamTrace,
     gap_free_capacity,
     mean,
     percentile,
     poisson_arrivals,
+    stage_order,
     summarize_closed,
     summarize_open,
+    summarize_stages,
 )
 
 
-def _trace(arrivals: list[float], seconds: float = 0.16, submitted: float = 0.0, error: str | None = None):
-    t = StreamTrace("r", submitted, error=error)
+def _trace(
+    arrivals: list[float],
+    seconds: float = 0.16,
+    submitted: float = 0.0,
+    error: str | None = None,
+    timing: dict[str, float] | None = None,
+):
+    t = StreamTrace("r", submitted, error=error, server_timing=timing or {})
     for at in arrivals:
         t.add_chunk(at, seconds)
     return t
@@ -98,3 +107,32 @@ def test_poisson_arrivals():
     assert gaps.mean() == pytest.approx(1 / 20, rel=0.1)
     assert poisson_arrivals(20.0, 50.0, seed=3) == a
     assert poisson_arrivals(0.0, 10.0, seed=1) == []
+
+
+def test_stage_order_known_first_then_unknown_as_they_appear():
+    assert stage_order([["total", "gpu", "queue"], ["zz", "admission", "gpu"]]) == [
+        "admission",
+        "queue",
+        "total",
+        "gpu",
+        "zz",
+    ]
+    assert stage_order([list(reversed(SERVER_STAGES))]) == list(SERVER_STAGES)
+    assert stage_order([]) == []
+
+
+def test_summarize_stages_per_level():
+    traces = [
+        _trace([1.0], timing={"total": 10.0, "queue": 1.0, "prefill": 5.0}),
+        _trace([1.0], timing={"queue": 3.0, "total": 30.0, "prefill": 7.0, "gpu-sync": 0.5}),
+        _trace([1.0], timing={"queue": 2.0, "total": 20.0}),  # an older server: no engine stages
+        _trace([1.0]),  # no header: counts for nothing
+        _trace([], error="503", timing={"admission": 0.1, "total": 0.1}),  # failed: left out
+    ]
+    s = summarize_stages(traces)
+    assert list(s) == ["queue", "prefill", "total", "gpu-sync"]
+    assert s["queue"] == {"p50": 2.0, "p90": pytest.approx(2.8), "n": 3}
+    assert s["total"]["p50"] == 20.0 and s["total"]["p90"] == pytest.approx(28.0)
+    assert s["prefill"] == {"p50": 6.0, "p90": pytest.approx(6.8), "n": 2}
+    assert s["gpu-sync"] == {"p50": 0.5, "p90": 0.5, "n": 1}
+    assert summarize_stages([_trace([1.0]), _trace([], error="503", timing={"total": 1.0})]) == {}
