@@ -28,7 +28,14 @@ import torch
 
 from engine.config import ModelConfig
 from perf.flops import achieved_figures
-from perf.metrics import StreamTrace, poisson_arrivals, summarize_closed, summarize_open
+from perf.metrics import (
+    ENGINE_STAGES,
+    StreamTrace,
+    poisson_arrivals,
+    summarize_closed,
+    summarize_open,
+    summarize_stages,
+)
 from perf.system import peak_memory, reset_peak_memory
 
 BASE_TEXT = "The quick brown fox jumps over the lazy dog, then it runs across the field into the quiet forest."
@@ -74,12 +81,15 @@ class Chunk:
         samples: Audio samples in the chunk (0: no audio this time).
         finished: This was the request's last output.
         error: Why the request failed or was cancelled (``None`` when it is fine).
+        stages: On a request's first audio, the engine's own milliseconds per stage (``prepare``,
+            ``wait``, ``prefill``, ``vae``), where the engine reports them (ours; not the peer).
     """
 
     request_id: str
     samples: int
     finished: bool
     error: str | None = None
+    stages: dict[str, float] | None = None
 
 
 class EngineAdapter(Protocol):
@@ -163,6 +173,8 @@ def _record(traces: dict[str, StreamTrace], chunks: list[Chunk], now: float, rat
             patches += 1
         if c.error is not None:
             trace.error = c.error
+        if c.stages:
+            trace.server_timing = dict(c.stages)
         if c.finished:
             finished += 1
     return patches, finished
@@ -296,9 +308,12 @@ def closed_sweep(
         row.update(steps=run.steps, patches=run.patches, step_ms_mean=run.wall_s / max(run.steps, 1) * 1e3)
         row["memory"] = run.memory
         row["per_request"] = run.per_request()
+        row["engine_stages_ms"] = summarize_stages(run.traces, ENGINE_STAGES)
+        stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in row["engine_stages_ms"].items())
         log(
             f"[{adapter.name}] concurrency {level}: TTFB p50 {row['ttfb_ms_p50']:.1f} ms, RTF mean "
             f"{row['rtf_mean']:.3f}, {row['audio_s_per_s']:.1f} audio s/s, {row['achieved_tflops']:.3g} TFLOP/s"
+            + (f"; to first audio, p50 ms: {stages}" if stages else "")
         )
         results.append(row)
     return results

@@ -72,7 +72,16 @@ class LocalEngine:
         for o in self.engine.step():
             bad = o.status in (RequestStatus.CANCELLED, RequestStatus.FAILED)
             samples = 0 if o.audio is None else int(o.audio.shape[0])
-            out.append(Chunk(o.request_id, samples, o.finished, o.status.name if bad else None))
+            stages = None
+            if o.times is not None:  # the request's first audio: where its time went in the engine
+                added, queued, scheduled, first_patch, first_audio = o.times.as_tuple()
+                stages = {
+                    "prepare": (queued - added) * 1e3,
+                    "wait": (scheduled - queued) * 1e3,
+                    "prefill": (first_patch - scheduled) * 1e3,
+                    "vae": (first_audio - first_patch) * 1e3,
+                }
+            out.append(Chunk(o.request_id, samples, o.finished, o.status.name if bad else None, stages))
         return out
 
     def has_unfinished(self) -> bool:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NAN = float("nan")
-# The server's request stages (its Server-Timing metric names) in the order they happen. A stream's
-# header leaves with the first audio, so it ends at "return"; "send" (first byte written) and
-# "encode" / "complete" (the whole file encoded: tts_server/timeline.py names it "complete") come only
-# on a whole file. "total" spans arrival to the end of the last stage reported.
+# The server's request stages (its Server-Timing metric names, tts_server/timeline.py) in the order
+# they happen. A stream's header leaves with the first audio, so it ends at "return"; "complete" (the
+# rest of a whole file, generated and encoded) comes only on a whole file. "total" spans arrival to
+# the end of the last stage reported.
 SERVER_STAGES = (
     "admission",
     "parse",
@@ -34,10 +34,11 @@ SERVER_STAGES = (
     "vae",
     "return",
     "send",
-    "encode",
     "complete",
     "total",
 )
+# The engine's own part of them, from its first-audio stamps (in-process benchmark).
+ENGINE_STAGES = ("prepare", "wait", "prefill", "vae")
 _EPS = 1e-9  # seconds: arriving exactly when the audio before runs out is on time
 
 
@@ -65,8 +66,9 @@ class StreamTrace:
         arrivals: Arrival time of each audio chunk, in order.
         durations: Seconds of audio in each chunk.
         error: Why the request failed (``None``: it completed); ``"503"`` for an HTTP rejection.
-        server_timing: The server's own milliseconds per stage, from its ``Server-Timing`` header
-            (HTTP only; empty when the server sent none).
+        server_timing: Milliseconds per stage on the way to the first audio: the server's own, from
+            its ``Server-Timing`` header (HTTP), or the engine's first-audio stamps (in process);
+            empty when neither reported them.
     """
 
     request_id: str

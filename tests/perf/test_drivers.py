@@ -63,6 +63,12 @@ def test_closed_sweep_rows(engine):
         assert r["ttfb_ms_p50"] > 0 and r["rtf_mean"] > 0 and r["audio_s_per_s"] > 0
         assert r["achieved_tflops"] > 0 and r["mfu"] == pytest.approx(r["achieved_tflops"] / 100.0)
         assert len(r["per_request"]) == r["requests"]
+        # Where the engine's part of the time to first audio went, every request reporting it.
+        stages = r["engine_stages_ms"]
+        assert list(stages) == ["prepare", "wait", "prefill", "vae"]
+        assert all(s["n"] == r["requests"] and s["p90"] >= s["p50"] >= 0 for s in stages.values())
+        assert stages["prefill"]["p50"] > 0
+        assert sum(s["p50"] for s in stages.values()) <= r["ttfb_ms_p50"] * 1.5  # inside the time to first audio
 
 
 def test_open_loop_real_run(engine):
