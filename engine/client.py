@@ -28,7 +28,7 @@ import numpy as np
 from engine.audio_io import AudioLimits, check_samples, load_audio
 from engine.client_base import EngineClientBase
 from engine.client_io import start_pipe_threads
-from engine.core import reap, spawn_engine_core, wait_first_message
+from engine.core_spawn import reap, spawn_engine_core, wait_first_message
 from engine.engine_config import EngineConfig
 from engine.ipc import (
     AbortRequest,

@@ -5,22 +5,19 @@ work, queue one message per step with all its outputs for the sender thread (whi
 writes it while the loop runs the next step); when idle, block on the pipe. Control
 messages are applied only between steps, so the engine is never touched mid-step and needs no
 locks. The process is started with ``multiprocessing.get_context("spawn")`` (never fork: the
-parent may hold CUDA state and threads) with :func:`run_engine_core` as its target.
+parent may hold CUDA state and threads) with :func:`run_engine_core` as its target, by
+:mod:`engine.core_spawn` (the parent's side).
 """
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing
 import os
 import signal
 import sys
 import time
 import traceback
-import weakref
 from collections import deque
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from engine.engine_config import EngineConfig
@@ -167,10 +164,11 @@ class EngineCore:
             elif call.method == "stats":
                 value = self.stats()
             elif call.method == "encode_prompt":
-                # Decoded samples only: the client decodes, downmixes and resamples files in the
-                # server process. A file decoded here would stall every running stream for as long
-                # as its decode takes (a small FLAC can hold minutes of 8-channel 655 kHz audio).
-                from engine.audio_io import check_samples  # loaded here anyway; keeps this module light
+                # Decoded samples only (encode_prompt checks them): the client decodes, downmixes
+                # and resamples files in the server process. A file decoded here would stall every
+                # running stream for as long as its decode takes (a small FLAC can hold minutes of
+                # 8-channel 655 kHz audio).
+                import numpy as np  # loaded in this process anyway; the module stays light for the server
 
                 samples, sample_rate, reference = call.args
                 frontend = self.engine.frontend
@@ -179,7 +177,9 @@ class EngineCore:
                         f"prompt samples must be at the encoder's {frontend.config.encode_sample_rate} Hz, "
                         f"got {sample_rate!r}"
                     )
-                value = frontend.encode_prompt(check_samples(samples), reference=reference)
+                if not isinstance(samples, np.ndarray):
+                    raise ValueError(f"prompt samples must be a numpy array, got {type(samples).__name__}")
+                value = frontend.encode_prompt(samples, reference=reference)
             else:
                 raise ValueError(f"unknown method {call.method!r}")
         except Exception as exc:
@@ -345,71 +345,3 @@ def serve(core: EngineCore) -> int:
     except OSError:  # the client left before the last outputs were written: nobody to tell
         pass
     return 0
-
-
-# --- the parent's side of the process -----------------------------------------------------------
-
-
-def spawn_engine_core(
-    checkpoint_dir: str,
-    engine_config: EngineConfig | None,
-    device: str,
-    dtype: str | None = None,
-    num_threads: int | None = None,
-) -> tuple[BaseProcess, Connection]:
-    """Start :func:`run_engine_core` in a spawned daemon process; returns it and the parent's end of the pipe.
-
-    The child starts with :data:`ENGINE_IGNORED_SIGNALS` blocked (a signal mask survives fork and
-    exec), so a signal to the process group while the interpreter starts cannot kill it before it
-    ignores them; here they stay pending for the moment of the spawn and are delivered after it.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=True)
-    args = (child, checkpoint_dir, engine_config, device, dtype, num_threads)
-    process = ctx.Process(target=run_engine_core, args=args, name=f"engine-core[{device}]", daemon=True)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ENGINE_IGNORED_SIGNALS)
-    try:
-        process.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    _spawned.add(process)
-    child.close()  # else our copy of the child's end would hide its death (no EOF)
-    return process, parent
-
-
-def wait_first_message(process: BaseProcess, conn: Connection, timeout_s: float) -> object:
-    """READY / StartFailed, or a string saying why neither came (blocking: run it in a worker thread)."""
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        ready = wait([conn, process.sentinel], timeout=left)
-        if conn in ready:
-            try:
-                return recv_message(conn)
-            except EOFError:
-                pass
-        if ready:
-            process.join(5.0)
-            return f"the process exited with code {process.exitcode} before it was ready"
-    return f"no READY within {timeout_s:.0f} s"
-
-
-def reap(process: BaseProcess, timeout_s: float) -> None:
-    """Wait for the process to exit; kill it if it does not (blocking; it ignores SIGTERM)."""
-    process.join(timeout_s)
-    if process.exitcode is None:
-        process.kill()
-        process.join(2.0)
-
-
-def _kill_left_over_engines() -> None:
-    # multiprocessing's own exit handler would SIGTERM (ignored) and then join them forever; this
-    # one is registered after it and so runs first. Only a parent that never stopped its engine
-    # (an exception, a script that forgot) gets here; the engine has nothing left to save.
-    for process in list(_spawned):
-        if process.exitcode is None:
-            process.kill()
-            process.join(2.0)
-
-
-_spawned: weakref.WeakSet[BaseProcess] = weakref.WeakSet()
-atexit.register(_kill_left_over_engines)

@@ -317,13 +317,13 @@ class Engine:
         if not plan.rows:
             return None
         launched = time.monotonic()
-        for row in plan.rows:
-            if row.request.times is not None and not row.request.times.scheduled:
-                row.request.times.scheduled = launched
         sampled = self.runner.step(plan.rows)
         self.steps += 1
         self._step_times.append(time.monotonic())
         for row in plan.rows:
+            times = row.request.times
+            if times is not None and not times.scheduled:
+                times.scheduled = launched
             row.request.num_computed += row.count
             if row.start < row.request.prompt_len <= row.request.num_computed:  # prompt just completed
                 self.blocks.commit_prompt_blocks(row.request)

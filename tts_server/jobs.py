@@ -36,13 +36,7 @@ import numpy as np
 from starlette.types import Message, Receive
 
 from engine.pipeline import GenerationParams, Voice
-from engine.stream import (
-    EngineDeadError,
-    EngineError,
-    InvalidRequest,
-    RequestCancelled,
-    RequestStream,
-)
+from engine.stream import EngineDeadError, EngineError, InvalidRequest, RequestCancelled, RequestStream
 from tts_server.audio_checks import checked_audio
 from tts_server.errors import ApiError
 from tts_server.inflight import CancelReason, InflightRequest, RequestState
@@ -77,8 +71,8 @@ class JobSpec:
         lora: LoRA voice name in the engine.
         params: Sampling settings (segment ``k`` uses ``seed + k`` when a seed is given).
         text_field: The request's text field, named in errors about the text.
-        arrived_at: ``time.monotonic()`` when the request arrived (TTFB and queue wait start here).
-        timeline: Where its time to first audio goes (stamped along the way; see ``tts_server.timeline``).
+        timeline: Where its time to first audio goes (stamped along the way; see ``tts_server.timeline``);
+            its ``received`` is when the request arrived (TTFB and queue wait start there).
     """
 
     request_id: str
@@ -89,7 +83,6 @@ class JobSpec:
     lora: str | None
     params: GenerationParams
     text_field: str = "target_text"
-    arrived_at: float = dataclasses.field(default_factory=time.monotonic)
     timeline: Timeline = dataclasses.field(default_factory=lambda: Timeline(received=time.monotonic()))
 
 
@@ -176,7 +169,7 @@ class Job:
             raise self._cancelled_error() from None
         self._holds_slot = True
         self.spec.timeline.slot = time.monotonic()
-        svc.metrics.queue_wait.observe(self.spec.timeline.slot - self.spec.arrived_at)
+        svc.metrics.queue_wait.observe(self.spec.timeline.slot - self.spec.timeline.received)
         if self.record.cancelled:  # cancelled in the instant between the grant and this task running
             self.close(Outcome.CANCELLED)
             raise self._cancelled_error()
@@ -193,7 +186,7 @@ class Job:
                     continue  # a segment without audio: on to the next
                 marks = self.spec.timeline
                 marks.first_chunk, marks.engine = time.monotonic(), self._stream.engine_times
-                self.svc.metrics.ttfb.observe(marks.first_chunk - self.spec.arrived_at)
+                self.svc.metrics.ttfb.observe(marks.first_chunk - marks.received)
                 return
             if self.record.cancelled:  # between two segments, before any audio
                 self.close(Outcome.CANCELLED)

@@ -68,7 +68,11 @@ class Timeline:
         return time.monotonic()
 
     def _points(self) -> list[tuple[str, float]]:
-        engine = tuple(self.engine) if self.engine is not None and len(self.engine) == _ENGINE_POINTS else (0.0,) * 5
+        engine = (
+            tuple(self.engine)
+            if self.engine is not None and len(self.engine) == _ENGINE_POINTS
+            else (0.0,) * _ENGINE_POINTS
+        )
         added, queued, scheduled, first_patch, first_audio = engine
         return [
             ("admission", self.admitted),

@@ -69,9 +69,9 @@ def decode_audio(audio: bytes, field: str, *, target_sr: int, limits: AudioLimit
     Raises:
         ApiError: As :func:`audio_seconds`; also 400 when the samples cannot be decoded or are not finite.
     """
-    seconds = audio_seconds(audio, field, limits)
+    seconds = audio_seconds(audio, field, limits)  # the header, checked once
     try:
-        samples = load_audio(audio, target_sr, limits=limits)
+        samples = load_audio(audio, target_sr)  # reads no more frames than the checked header declares
     except ValueError as exc:
         raise _audio_error(field, exc) from exc
     return samples, seconds

@@ -136,7 +136,6 @@ async def generate(request: Request) -> Response:
         resolved.voice,
         resolved.lora,
         params,
-        arrived_at=marks.received,
         timeline=marks,
     )
     job = await Job.start(svc, spec, request.receive)

@@ -131,7 +131,6 @@ async def _speech(request: Request) -> Response:
         resolved.lora,
         params,
         "input",
-        arrived_at=marks.received,
         timeline=marks,
     )
     job = await Job.start(svc, spec, request.receive)
