@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 _LORA_CONFIG_FILE = "lora_config.json"
 # Prompt audio decoded at once (worker threads): the largest accepted prompt is ~11.5 M samples,
-# ~70 MB while decoded and resampled; more uploads than this wait their turn.
+# 78 MB at its peak while decoded and resampled (scripts/prompt_decode_cost.py); more uploads than this wait their turn.
 _CONCURRENT_DECODES = 4
 
 
@@ -189,7 +189,7 @@ class VoiceStore:
             raise bad(field, f"reference voices need a VoxCPM2 model; this server runs VoxCPM{self.model_version}")
         if not isinstance(audio, bytes) or not audio:
             raise bad(field, "is empty")
-        async with self._decoding:  # a few at a time: each may hold ~70 MB while it decodes
+        async with self._decoding:  # a few at a time: each may hold ~80 MB while it decodes
             samples, seconds = await asyncio.to_thread(self._decode, audio, field)
         try:
             latents = await self.engine.encode_prompt(samples, reference=reference)
