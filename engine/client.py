@@ -28,7 +28,7 @@ import numpy as np
 from engine.audio_io import AudioLimits, check_samples, load_audio
 from engine.client_base import EngineClientBase
 from engine.client_io import start_pipe_threads
-from engine.core_spawn import reap, spawn_engine_core, wait_first_message
+from engine.core_spawn import reap, spawn_engine_core, wait_until_started
 from engine.engine_config import EngineConfig
 from engine.ipc import (
     AbortRequest,
@@ -45,6 +45,7 @@ from engine.ipc import (
 )
 from engine.loader import read_config
 from engine.pipeline import GenerationParams, Voice
+from engine.startup import StartupProgress
 from engine.stream import (
     EngineDeadError,
     EngineError,
@@ -104,6 +105,7 @@ class AsyncEngine(EngineClientBase):
         self.num_threads = num_threads
         self.start_timeout_s = start_timeout_s
         self.ready: Ready | None = None
+        self.startup: StartupProgress | None = None  # the engine process's last start-up report
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,7 +138,9 @@ class AsyncEngine(EngineClientBase):
             self.checkpoint_dir, self.engine_config, self.device, self.dtype, self.num_threads
         )
         try:
-            first = await asyncio.to_thread(wait_first_message, self._process, self._conn, self.start_timeout_s)
+            first = await asyncio.to_thread(
+                wait_until_started, self._process, self._conn, self.start_timeout_s, self._started_some
+            )
         except BaseException:  # e.g. the server is cancelled during start-up: leave no orphan behind
             self._process.kill()
             self._exited.set()
@@ -161,6 +165,16 @@ class AsyncEngine(EngineClientBase):
             receive=self._ipc.receive,
             label=self.device,
         )
+
+    def _started_some(self, progress: StartupProgress) -> None:
+        # Called on start()'s worker thread; a plain attribute swap, read by the event loop.
+        previous, self.startup = self.startup, progress
+        if previous is None or previous.phase is not progress.phase:
+            log.info("engine %s: %s", self.device, progress.describe())
+
+    def startup_progress(self) -> list[StartupProgress]:
+        """The engine's last start-up report (empty before the first, and for an engine started elsewhere)."""
+        return [self.startup] if self.startup is not None else []
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Shut the engine down: open requests end as cancelled; terminate/kill if it does not exit in time."""

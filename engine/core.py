@@ -18,6 +18,7 @@ import time
 import traceback
 from collections import deque
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.engine_config import EngineConfig
@@ -33,11 +34,13 @@ from engine.ipc import (
     RollingStats,
     Shutdown,
     StartFailed,
+    Starting,
     StepOutputs,
     recv_message,
     send_message,
 )
 from engine.request import RequestStatus
+from engine.startup import ProgressClock, StartupPhase, warm_up, warm_up_batches
 
 if TYPE_CHECKING:  # the server process imports this module for spawn_engine_core: keep it light
     from engine.engine import Engine, StepOutput
@@ -266,7 +269,17 @@ def model_info(engine: Engine, device: str, checkpoint_dir: str) -> dict[str, An
         "max_num_seqs": engine.config.max_num_seqs,
         "max_loras": engine.config.max_loras,
         "kv_blocks": engine.blocks.num_blocks,
+        "kernel_cache_dir": _kernel_cache_dir(),
     }
+
+
+def _kernel_cache_dir() -> str | None:
+    """Where this process's Triton keeps compiled kernels (``None`` without Triton)."""
+    try:
+        from triton import knobs
+    except ImportError:
+        return None
+    return str(knobs.cache.dir)
 
 
 def run_engine_core(
@@ -299,11 +312,19 @@ def run_engine_core(
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, ENGINE_IGNORED_SIGNALS)  # blocked by spawn_engine_core
     try:
+        if engine_config is not None and engine_config.kernel_cache_dir:
+            # Read by Triton when it compiles or looks up a kernel: before the first one.
+            os.environ["TRITON_CACHE_DIR"] = str(Path(engine_config.kernel_cache_dir).expanduser().resolve())
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         if torch.device(device).type == "cuda" and torch.device(device).index is not None:
             torch.cuda.set_device(device)  # Triton launches and bare allocations use the current device
-        engine = Engine(load_checkpoint(checkpoint_dir, device=device, dtype=dtype), engine_config)
+        progress = ProgressClock(lambda p: send_message(conn, Starting(p)))
+        progress(StartupPhase.LOADING)
+        engine = Engine(load_checkpoint(checkpoint_dir, device=device, dtype=dtype), engine_config, progress=progress)
+        if engine.config.warm_up or (engine.config.warm_up is None and engine.runner.model.device.type == "cuda"):
+            progress(StartupPhase.WARM_UP, 0, len(warm_up_batches(engine.config.max_num_seqs)))
+            warm_up(engine, progress.phase(StartupPhase.WARM_UP))
         info = model_info(engine, device, checkpoint_dir)
         ready = Ready(os.getpid(), engine.sample_rate, engine.model_config.samples_per_patch, info)
     except BaseException as exc:  # whatever went wrong, the client must hear why, not just see an exit code

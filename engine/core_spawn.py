@@ -14,14 +14,16 @@ import multiprocessing
 import signal
 import time
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
 from engine.core import ENGINE_IGNORED_SIGNALS, run_engine_core
 from engine.engine_config import EngineConfig
-from engine.ipc import recv_message
+from engine.ipc import Starting, recv_message
+from engine.startup import StartupProgress
 
-__all__ = ["reap", "spawn_engine_core", "wait_first_message"]
+__all__ = ["reap", "spawn_engine_core", "wait_until_started"]
 
 
 def spawn_engine_core(
@@ -51,16 +53,26 @@ def spawn_engine_core(
     return process, parent
 
 
-def wait_first_message(process: BaseProcess, conn: Connection, timeout_s: float) -> object:
-    """READY / StartFailed, or a string saying why neither came (blocking: run it in a worker thread)."""
+def wait_until_started(
+    process: BaseProcess, conn: Connection, timeout_s: float, on_progress: Callable[[StartupProgress], None]
+) -> object:
+    """READY / StartFailed, or a string saying why neither came (blocking: run it in a worker thread).
+
+    Every :class:`~engine.ipc.Starting` message before it goes to ``on_progress``.
+    """
     deadline = time.monotonic() + timeout_s
     while (left := deadline - time.monotonic()) > 0:
         ready = wait([conn, process.sentinel], timeout=left)
         if conn in ready:
             try:
-                return recv_message(conn)
+                message = recv_message(conn)
             except EOFError:
                 pass
+            else:
+                if isinstance(message, Starting):
+                    on_progress(message.progress)
+                    continue
+                return message
         if ready:
             process.join(5.0)
             return f"the process exited with code {process.exitcode} before it was ready"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -109,10 +110,18 @@ class DecodeGraphs:
         max_model_len: Longest sequence (sizes the block tables and the attention split factor).
         timesteps: Sampler step counts served (each captured separately); other counts run eager.
         capture: Capture CUDA graphs (requires a CUDA model); ``False`` runs the same forward eagerly.
+        on_capture: Called with ``(graphs captured, graphs)`` after each capture (start-up progress).
     """
 
     def __init__(
-        self, runner: ModelRunner, max_batch: int, max_model_len: int, timesteps: tuple[int, ...], *, capture: bool
+        self,
+        runner: ModelRunner,
+        max_batch: int,
+        max_model_len: int,
+        timesteps: tuple[int, ...],
+        *,
+        capture: bool,
+        on_capture: Callable[[int, int], None] | None = None,
     ) -> None:
         self.runner = runner
         self.max_batch = max_batch
@@ -124,6 +133,7 @@ class DecodeGraphs:
         self.capture_enabled = capture
         self.graphs: dict[tuple[str, int, int, bool], torch.cuda.CUDAGraph] = {}
         self.capture_s = 0.0
+        self._on_capture = on_capture
         if capture:
             self._capture_all()
 
@@ -312,6 +322,7 @@ class DecodeGraphs:
         pool = None
         variants = [False, True] if self.runner.lora_enabled else [False]
         stream = torch.cuda.Stream(device=self.runner.model.device)
+        total = len(self.timesteps) * len(variants) * len(self.buckets) * 2
         for steps in self.timesteps:
             for lora in variants:
                 for size in reversed(self.buckets):
@@ -325,6 +336,8 @@ class DecodeGraphs:
                             fn(size, steps, lora)
                         pool = graph.pool()
                         self.graphs[(kind, size, steps, lora)] = graph
+                        if self._on_capture is not None:
+                            self._on_capture(len(self.graphs), total)
         torch.cuda.synchronize()
         self.capture_s = time.perf_counter() - start
         log.info(

@@ -22,7 +22,6 @@ from torch.profiler import record_function
 
 from engine.adapters import AdapterRegistry
 from engine.block_manager import BlockManager
-from engine.cuda_graphs import DecodeGraphs
 from engine.engine_config import EngineConfig
 from engine.loader import LoadedCheckpoint, load_checkpoint
 from engine.lora import enable_lora
@@ -32,6 +31,7 @@ from engine.pipeline import GenerationParams, Synthesizer, Voice
 from engine.request import FirstAudioTimes, Request, RequestStatus, SamplingParams
 from engine.runner import ModelRunner, SampledBatch
 from engine.scheduler import Scheduler
+from engine.startup import ProgressClock, StartupPhase, capture_step_graphs
 from engine.vae_stream import VaeStreams
 
 
@@ -64,10 +64,15 @@ class Engine:
         checkpoint: A loaded checkpoint.
         config: Engine limits.
         attention_backend: Force a kernel backend (default: best for the device).
+        progress: Told each CUDA graph captured (start-up progress of the engine process).
     """
 
     def __init__(
-        self, checkpoint: LoadedCheckpoint, config: EngineConfig | None = None, attention_backend: str | None = None
+        self,
+        checkpoint: LoadedCheckpoint,
+        config: EngineConfig | None = None,
+        attention_backend: str | None = None,
+        progress: ProgressClock | None = None,
     ) -> None:
         self.config = config or EngineConfig()
         self.config.validate_for(checkpoint.config)
@@ -94,13 +99,7 @@ class Engine:
         # The torch reference attention syncs with the host (it loops over sequences): not capturable.
         graphs = checkpoint.device.type == "cuda" and not self.config.enforce_eager
         if graphs and attention_backend != "torch":
-            self.runner.graphs = DecodeGraphs(
-                self.runner,
-                self.config.max_num_seqs,
-                self.config.max_model_len,
-                self.config.cuda_graph_timesteps,
-                capture=True,
-            )
+            capture_step_graphs(self.runner, self.config, progress)
         self.requests: dict[str, Request] = {}
         async_scheduling = self.config.async_scheduling
         self.async_scheduling = self.runner.graphs is not None if async_scheduling is None else async_scheduling
@@ -108,7 +107,13 @@ class Engine:
         # Causal VAE decoder state: one row per request in a long-lived slot state, so a step gathers
         # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up)
         # until its first chunk takes a slot.
-        self._vae = VaeStreams(self.vae, self.model_config.patch_size, self.config.max_num_seqs, capture=graphs)
+        self._vae = VaeStreams(
+            self.vae,
+            self.model_config.patch_size,
+            self.config.max_num_seqs,
+            capture=graphs,
+            on_capture=progress.phase(StartupPhase.VAE_GRAPHS) if progress else None,
+        )
         self._warm: dict[str, StreamingDecoderState] = {}
         self._deadlines: dict[str, float] = {}
         self._ended: list[StepOutput] = []

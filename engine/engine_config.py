@@ -37,6 +37,15 @@ class EngineConfig:
         async_scheduling: Schedule and launch the next decode step before copying a step's audio
             out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
             later). ``None``: wherever CUDA graphs run.
+        packed_lm_graphs: On CUDA, also capture both LMs of non-decode steps (a new request's
+            prompt, alone or beside running streams) per padded token and sequence count
+            (:mod:`engine.lm_graphs`); ``False`` runs those LMs op by op.
+        warm_up: Run throw-away requests of every batch shape before the engine process says
+            READY (:func:`engine.startup.warm_up`), so no first request pays a compile. ``None``:
+            on CUDA only.
+        kernel_cache_dir: Where the engine process keeps compiled Triton kernels (it sets
+            ``TRITON_CACHE_DIR`` for itself before anything compiles). ``None``: Triton's own
+            choice (``TRITON_CACHE_DIR`` as inherited, else ``~/.triton/cache``).
     """
 
     max_num_seqs: int = 16
@@ -53,6 +62,9 @@ class EngineConfig:
     fused_kernels: bool | None = None
     vae_tf32: bool = True
     async_scheduling: bool | None = None
+    packed_lm_graphs: bool = True
+    warm_up: bool | None = None
+    kernel_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         checks = [

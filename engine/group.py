@@ -19,6 +19,7 @@ from engine.client import AsyncEngine
 from engine.client_base import EngineClientBase
 from engine.engine_config import EngineConfig
 from engine.pipeline import GenerationParams, Voice
+from engine.startup import StartupProgress
 from engine.stream import EngineDeadError, RequestStream
 
 _SUMMED = ("running", "waiting", "unfinished", "kv_blocks_total", "kv_blocks_free", "steps")
@@ -62,6 +63,10 @@ class AsyncEngineGroup(EngineClientBase):
         if errors:
             await self.stop()
             raise errors[0]
+
+    def startup_progress(self) -> list[StartupProgress]:
+        """The last start-up report of each engine that has sent one (device order)."""
+        return [p for e in self.engines for p in e.startup_progress()]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop every engine (concurrently)."""

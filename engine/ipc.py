@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.pipeline import GenerationParams, Voice
+from engine.startup import StartupProgress
 
 
 def dumps(message: object) -> bytes:
@@ -182,6 +183,13 @@ class Ready:
     sample_rate: int
     samples_per_patch: int
     model: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Starting:
+    """Start-up progress, sent any number of times before :class:`Ready` (or :class:`StartFailed`)."""
+
+    progress: StartupProgress
 
 
 @dataclass(frozen=True, slots=True)

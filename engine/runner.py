@@ -18,6 +18,7 @@ from torch.profiler import record_function
 
 from engine.config import ModelConfig
 from engine.cuda_graphs import DecodeGraphs, DecodeOutputs
+from engine.lm_graphs import PackedLMGraphs
 from engine.lora import set_lora_rows
 from engine.model.sampler import NoiseStream
 from engine.model.voxcpm import VoxCPMModel
@@ -101,6 +102,8 @@ class ModelRunner:
         self.base_cache = PagedKVCache(self.cfg.base_lm_config(), num_blocks, block_size, **kw)
         self.residual_cache = PagedKVCache(self.cfg.residual_lm_config(), num_blocks, block_size, **kw)
         self.graphs: DecodeGraphs | None = None  # set by the engine on CUDA (engine.cuda_graphs)
+        self.lm_graphs: PackedLMGraphs | None = None  # set by the engine on CUDA (engine.lm_graphs)
+        self.lm_graph_steps = 0  # non-decode steps whose LMs ran as a packed-LM graph
         self.graph_steps = 0  # steps served by the static decode path
         self.graph_samples = 0  # other steps whose sampling ran on the static sampler path
 
@@ -169,11 +172,34 @@ class ModelRunner:
 
     def _lm(self, rows: list[ScheduledRow]) -> list[tuple[int, ScheduledRow]]:
         """Both LMs over the rows' new positions; returns the rows that sample, with their last packed index."""
+        x, audio_embed, tm, am = self._inputs(rows)
+        if self.lm_graphs is not None and self.lm_graphs.accepts(rows):
+            hidden, residual = self.lm_graphs.run(rows, x, audio_embed, tm, am)
+            self.lm_graph_steps += 1
+        else:
+            hidden, residual = self._lm_eager(rows, x, audio_embed, tm, am)
+        ready, end = [], 0
+        for row in rows:
+            end += row.count
+            if row.sample:
+                ready.append((end - 1, row))
+        if ready:
+            # One gather, copied out of the (possibly static) outputs before the next step reuses them.
+            last = torch.tensor([i for i, _ in ready], device=hidden.device)
+            hidden_rows, residual_rows = hidden[last], residual[last]
+            for j, (_, row) in enumerate(ready):
+                row.request.lm_hidden = hidden_rows[j]
+                row.request.residual_hidden = residual_rows[j]
+        return ready
+
+    def _lm_eager(
+        self, rows: list[ScheduledRow], x: Tensor, audio_embed: Tensor, tm: Tensor, am: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Both LMs over the packed positions, op by op (any rows, LoRA voices included)."""
         model = self.model
         layout = BatchLayout.build(
             [(r.start, r.count, r.request.block_table) for r in rows], self.block_size, model.device
         )
-        x, audio_embed, tm, am = self._inputs(rows)
         # Packed tokens go in as [N, 1, H]: each token is a "row" of its own, so per-request LoRA
         # slots can be set per token, and the attention kernels see them in packed order.
         positions = layout.positions.view(-1, 1)
@@ -185,16 +211,7 @@ class ModelRunner:
             residual_in[:, None], positions, PagedAttention(self.residual_cache, layout, self.backend)
         )[:, 0]
         self._lora_rows(None)
-
-        ready, end = [], 0
-        for row in rows:
-            end += row.count
-            if row.sample:
-                ready.append((end - 1, row))
-        for last, row in ready:
-            row.request.lm_hidden = hidden[last]
-            row.request.residual_hidden = residual[last]
-        return ready
+        return hidden, residual
 
     def _lora_rows(self, slots: list[int] | None) -> None:
         """Route each row of the next forward to its request's adapter slot (no-op without adapters)."""

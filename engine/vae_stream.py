@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -31,9 +32,18 @@ class VaeStreams:
         frames_per_step: Latent frames each stream decodes per step (the patch size).
         max_batch: Most streams decoded in one step (the engine's ``max_num_seqs``).
         capture: Capture a CUDA graph per batch bucket (the VAE must be on CUDA).
+        on_capture: Called with ``(graphs captured, graphs)`` after each capture (start-up progress).
     """
 
-    def __init__(self, vae: AudioVAE, frames_per_step: int, max_batch: int, *, capture: bool) -> None:
+    def __init__(
+        self,
+        vae: AudioVAE,
+        frames_per_step: int,
+        max_batch: int,
+        *,
+        capture: bool,
+        on_capture: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.vae = vae
         self.frames = frames_per_step
         self.max_batch = max_batch
@@ -53,6 +63,7 @@ class VaeStreams:
         self._out = torch.zeros(max_batch, 1, frames_per_step * vae.decode_hop, dtype=dtype, device=self.device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.capture_s = 0.0
+        self._on_capture = on_capture
         if capture:
             self._capture_all()
 
@@ -155,6 +166,8 @@ class VaeStreams:
                 self._forward(size)
             pool = graph.pool()
             self.graphs[size] = graph
+            if self._on_capture is not None:
+                self._on_capture(len(self.graphs), len(self.buckets))
         torch.cuda.synchronize()
         self.capture_s = time.perf_counter() - start
         log.info("captured %d VAE decode graphs in %.1f s", len(self.graphs), self.capture_s)

@@ -1,0 +1,89 @@
+"""Start-up of an engine (``engine.startup``): warm-up requests and the progress the process reports.
+
+CPU, the tiny models: what the warm-up runs, that it leaves the engine as it found it, and that
+an engine process reports its phases before READY (the server's ``/ready`` relies on it).
+"""
+
+import asyncio
+
+import pytest
+import torch
+
+from engine.client import AsyncEngine
+from engine.engine import Engine
+from engine.engine_config import EngineConfig
+from engine.loader import load_checkpoint
+from engine.pipeline import GenerationParams
+from engine.startup import ProgressClock, StartupPhase, StartupProgress, warm_up, warm_up_batches
+
+
+def test_warm_up_batches_straddle_sixteen_and_stay_within_the_batch():
+    assert warm_up_batches(1) == [1]
+    assert warm_up_batches(4) == [1, 2, 3, 4]
+    assert warm_up_batches(128) == [1, 2, 3, 16, 17, 128]
+
+
+def test_describe_names_the_phase_and_its_count():
+    assert StartupProgress(StartupPhase.PACKED_LM_GRAPHS, 12, 66, 14.2).describe() == (
+        "capturing prefill CUDA graphs (12/66), 14 s in"
+    )
+    assert StartupProgress(StartupPhase.LOADING, 0, 0, 0.4).describe() == "loading the checkpoint, 0 s in"
+
+
+def test_progress_clock_reports_phases_with_elapsed_time():
+    seen: list[StartupProgress] = []
+    clock = ProgressClock(seen.append, started=0.0)
+    clock(StartupPhase.LOADING)
+    clock.phase(StartupPhase.WARM_UP)(1, 3)
+    assert [(p.phase, p.done, p.total) for p in seen] == [(StartupPhase.LOADING, 0, 0), (StartupPhase.WARM_UP, 1, 3)]
+    assert all(p.elapsed_s > 0 for p in seen)
+
+
+@pytest.mark.parametrize("name", ["tiny_v1", "tiny_v2"])
+def test_warm_up_runs_every_batch_and_leaves_nothing_behind(request, name):
+    engine = Engine(load_checkpoint(request.getfixturevalue(name)), EngineConfig(max_num_seqs=4, max_model_len=256))
+    ticks: list[tuple[int, int]] = []
+    warm_up(engine, lambda done, total: ticks.append((done, total)), steps=2)
+    assert ticks == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert not engine.has_unfinished() and engine.blocks.num_free == engine.blocks.num_blocks
+    engine.check_invariants()
+    # A real request afterwards is served as on a fresh engine (same seed, same audio).
+    fresh = Engine(load_checkpoint(request.getfixturevalue(name)), EngineConfig(max_num_seqs=4, max_model_len=256))
+    outs = []
+    for e in (engine, fresh):
+        e.add_request("r", "After the warm-up.", params=GenerationParams(min_steps=3, max_steps=3, seed=7))
+        chunks = []
+        while e.has_unfinished():
+            chunks += [o.audio for o in e.step() if o.audio is not None]
+        outs.append(torch.tensor(sum((c.tolist() for c in chunks), [])))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=0)
+
+
+def test_engine_process_reports_its_phases_before_ready(tiny_v2, tmp_path):
+    pytest.importorskip("triton")
+    cache = tmp_path / "kernels"
+    config = EngineConfig(
+        max_num_seqs=2, max_num_batched_tokens=64, max_model_len=256, warm_up=True, kernel_cache_dir=str(cache)
+    )
+    engine = AsyncEngine(tiny_v2, config, num_threads=1)
+    seen: list[StartupProgress] = []
+    original = engine._started_some
+
+    def record(progress: StartupProgress) -> None:
+        seen.append(progress)
+        original(progress)
+
+    engine._started_some = record
+
+    async def go() -> None:
+        await engine.start()
+        await engine.stop()
+
+    asyncio.run(go())
+    # The engine process keeps its kernels where it was told (what a restarted server finds again).
+    assert engine.ready is not None and engine.ready.model["kernel_cache_dir"] == str(cache.resolve())
+    phases = [p.phase for p in seen]
+    assert phases[0] is StartupPhase.LOADING and phases[-1] is StartupPhase.WARM_UP
+    assert (seen[-1].done, seen[-1].total) == (2, 2)  # batches of 1 and 2
+    assert engine.startup_progress() == [seen[-1]]
+    assert [p.elapsed_s for p in seen] == sorted(p.elapsed_s for p in seen)
