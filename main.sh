@@ -10,6 +10,8 @@
 #           "synthetic"; when the model cannot be downloaded, a SYNTHETIC random-weight checkpoint
 #           is used (its voice is noise; tiny-v1 on CPU, VoxCPM1.5-shaped on a GPU)
 #   PORT    server port (default 8000); HOST (default 0.0.0.0); any TTS_* server setting
+#   TTS_KERNEL_CACHE_DIR   compiled GPU kernels, kept across runs (default out/kernel-cache): a
+#           restart finds them there and is ready in a fraction of a first start's time
 #   VENV    virtual environment (default .venv); PARITY=0 skips the parity tests
 #   FOREGROUND=0   stop the server after the example instead of keeping it running
 set -euo pipefail
@@ -112,6 +114,7 @@ run_server() {
     dir=$(model_dir)
     port=${PORT:-8000}
     mkdir -p out
+    export TTS_KERNEL_CACHE_DIR=${TTS_KERNEL_CACHE_DIR:-$PWD/out/kernel-cache}
     "$PY" -m tts_server --model "$dir" --host "${HOST:-0.0.0.0}" --port "$port" --voices-dir "${TTS_VOICES_DIR:-out/voices}" &
     pid=$!
     # Signals go to the server, which drains and exits on its own.

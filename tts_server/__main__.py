@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from tts_server.config import ConfigError, load_config
+from tts_server.lifecycle import EXIT_START_FAILED
 
 log = logging.getLogger("tts_server")
 
 EXIT_CONFIG = 2
-EXIT_START_FAILED = 1
 
 
 def _setup_logging(level: str) -> None:

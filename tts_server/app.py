@@ -42,6 +42,7 @@ from tts_server.routes.openai import openai_routes
 from tts_server.routes.ops import ops_routes
 from tts_server.routes.voices import voice_routes
 from tts_server.services import Services
+from tts_server.startup import StartupState
 from tts_server.text import load_normalizers
 from tts_server.transport import TransportGuard
 from tts_server.voices_store import VoiceStore
@@ -186,18 +187,43 @@ def create_app(config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup |
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The socket serves from the first moment: /ready and /status answer (503, with the
+        # engine's start-up progress) while the engine loads, captures and warms up.
         owned = given_engine is None
         engine = _make_engine(config) if given_engine is None else given_engine
-        if owned:
-            await engine.start()
-        voices: VoiceStore | None = None
-        monitor: asyncio.Task[None] | None = None
+        app.state.startup = StartupState(engine, owned)
+        held: dict[str, Any] = {}
+        starting = asyncio.create_task(_start(app, engine, owned, held), name="server-start")
         try:
+            yield
+        finally:
+            if not starting.done():
+                starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            svc: Services | None = getattr(app.state, "services", None)
+            try:
+                if svc is not None:
+                    await svc.registry.cancel_all(CancelReason.SHUTDOWN)
+            finally:
+                lifecycle.stopped()
+                if (monitor := held.get("monitor")) is not None:
+                    monitor.cancel()
+                if owned:
+                    await engine.stop()
+                if (voices := held.get("voices")) is not None:
+                    voices.close()
+
+    async def _start(app: Starlette, engine: AsyncEngine | AsyncEngineGroup, owned: bool, held: dict[str, Any]) -> None:
+        """Start the engine(s), tokenizer and voices, then open for work; a failure ends the process (exit 1)."""
+        try:
+            if owned:
+                await engine.start()
+            app.state.startup.step = "loading the tokenizer and voices"
             info = _model_info(config, engine)
             tokenizer = await asyncio.to_thread(TextTokenizer.from_dir, config.model)
             await asyncio.to_thread(load_normalizers)  # ~0.5 s once, not on the first request
             voices_dir = Path(config.voices_dir) if config.voices_dir else None
-            voices = VoiceStore(
+            voices = held["voices"] = VoiceStore(
                 voices_dir,
                 engine,
                 model_version=int(info["version"]),
@@ -214,23 +240,20 @@ def create_app(config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup |
             app.state.services = svc
             app.state.engine, app.state.voices, app.state.model_info = engine, voices, info
             app.state.registry = registry
-            monitor = asyncio.create_task(_monitor(svc), name="engine-monitor")
+            held["monitor"] = asyncio.create_task(_monitor(svc), name="engine-monitor")
+            app.state.startup.finished()
             lifecycle.ready()
             log.info(
-                "serving %s (VoxCPM%s) on %s: %d inference slots, connection cap %d, %d voice(s)",
+                "serving %s (VoxCPM%s) on %s: %d inference slots, connection cap %d, %d voice(s); ready in %.1f s",
                 config.model, info["version"], ", ".join(info["devices"]), queue.slots, admission.cap,
-                len(voices.names()),
+                len(voices.names()), app.state.startup.ready_s,
             )  # fmt: skip
-            yield
-            await registry.cancel_all(CancelReason.SHUTDOWN)
-        finally:
-            lifecycle.stopped()
-            if monitor is not None:
-                monitor.cancel()
-            if owned:
-                await engine.stop()
-            if voices is not None:
-                voices.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("the server could not start: %s", exc)
+            log.debug("start-up failure in full", exc_info=exc)
+            lifecycle.start_failed(str(exc))
 
     app = Starlette(
         routes=[*generate_routes(), *openai_routes(), *ops_routes(), *voice_routes(), *openapi_routes()],

@@ -128,6 +128,25 @@ class ServerConfig:
         "host's per-step work overlaps the GPU's (arrivals join one step later); off: strictly one step at a time.",
         parse=_bool,
     )
+    packed_lm_graphs: bool = _setting(
+        True,
+        "With CUDA graphs, also capture both LMs of prefill and mixed steps per padded token and sequence count "
+        "(a new request's first step without hundreds of launches; costs start-up time); off: those LMs op by op.",
+        parse=_bool,
+    )
+    warm_up: bool = _setting(
+        True,
+        "On CUDA, run throw-away requests of every batch shape (prefill with and without a voice prompt, each "
+        "decode batch-size bucket, the VAE) before /ready says 200, so no first request pays a kernel compile.",
+        parse=_bool,
+    )
+    kernel_cache_dir: str | None = _setting(
+        None,
+        "Directory of the compiled GPU kernels (Triton's cache). Keep it across restarts (a volume in a "
+        "container): a server that finds its kernels there starts in a fraction of the time. Default: Triton's "
+        "own (TRITON_CACHE_DIR, else ~/.triton/cache).",
+        parse=_optional_str,
+    )
     engine_threads: int | None = _setting(
         None, "torch CPU threads in each engine process; default: torch's choice.", parse=_optional_int
     )
@@ -286,6 +305,9 @@ class ServerConfig:
             fused_kernels=None if self.fused_kernels else False,
             vae_tf32=self.vae_tf32,
             async_scheduling=None if self.async_scheduling else False,
+            packed_lm_graphs=self.packed_lm_graphs,
+            warm_up=None if self.warm_up else False,
+            kernel_cache_dir=self.kernel_cache_dir,
         )
 
     def resolved_devices(self) -> list[str]:

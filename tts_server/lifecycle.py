@@ -1,8 +1,8 @@
 """The server's own lifecycle: starting, ready, draining, engine dead, stopped.
 
 One object answers "may new work come in?" for the admission middleware and ``/ready``, and
-carries the process's exit code: 0 after a drain, non-zero after the engine died (so the
-supervisor restarts the whole server, see ``tts_server.app``).
+carries the process's exit code: 0 after a drain, 1 when the start failed, 3 after the engine died
+(so the supervisor restarts the whole server, see ``tts_server.app``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import asyncio
 import enum
 import logging
 
-__all__ = ["EXIT_ENGINE_DEAD", "Lifecycle", "ServerState"]
+__all__ = ["EXIT_ENGINE_DEAD", "EXIT_START_FAILED", "Lifecycle", "ServerState"]
 
 log = logging.getLogger(__name__)
 
+EXIT_START_FAILED = 1
 EXIT_ENGINE_DEAD = 3
 
 
@@ -25,6 +26,7 @@ class ServerState(enum.Enum):
     READY = "ready"
     DRAINING = "draining"
     ENGINE_DEAD = "engine_dead"
+    START_FAILED = "start_failed"
     STOPPED = "stopped"
 
 
@@ -76,8 +78,17 @@ class Lifecycle:
         self.exit_code = EXIT_ENGINE_DEAD
         self._shutdown.set()
 
+    def start_failed(self, message: str) -> None:
+        """The engine, tokenizer or voices could not be loaded: exit non-zero at once."""
+        if self.state is not ServerState.STARTING:
+            return
+        self.state = ServerState.START_FAILED
+        self.reason = f"the server could not start: {message}"
+        self.exit_code = EXIT_START_FAILED
+        self._shutdown.set()
+
     def stopped(self) -> None:
         """The app has shut down."""
-        if self.state is not ServerState.ENGINE_DEAD:
+        if self.state not in (ServerState.ENGINE_DEAD, ServerState.START_FAILED):
             self.state = ServerState.STOPPED
             self.reason = "the server has stopped"

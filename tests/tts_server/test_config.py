@@ -25,6 +25,10 @@ def test_derived_limits():
     assert load_config(["--model", "m", "--voices-dir", ""], {}).voices_dir is None
     graphs = load_config(["--model", "m", "--cuda-graph-timesteps", "10,5", "--enforce-eager"], {}).engine_config()
     assert graphs.cuda_graph_timesteps == (10, 5) and graphs.enforce_eager is True
+    # Warm-up: on CUDA by default (None), off when asked; the kernel cache goes to the engine processes.
+    assert engine.warm_up is None and engine.kernel_cache_dir is None
+    cold = load_config(["--model", "m", "--no-warm-up"], {"TTS_KERNEL_CACHE_DIR": "/var/cache/k"}).engine_config()
+    assert cold.warm_up is False and cold.kernel_cache_dir == "/var/cache/k"
 
 
 def test_voice_admin_key_falls_back_to_the_api_key():

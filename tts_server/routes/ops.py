@@ -29,6 +29,7 @@ from tts_server.routes._speech import REQUEST_ID_PATTERN
 from tts_server.routes.schemas import (
     CancelResponse,
     EngineFigures,
+    EngineStartup,
     FormatDescription,
     HealthResponse,
     InferenceUsage,
@@ -36,6 +37,7 @@ from tts_server.routes.schemas import (
     Limits,
     QueueResponse,
     ReadyResponse,
+    StartupFigures,
     StatusResponse,
     Usage,
 )
@@ -109,48 +111,77 @@ async def health(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    """The seed's load-balancer view, plus engine figures under ``engine``."""
-    svc = services(request)
-    c = _counts(svc)
-    lifecycle = svc.lifecycle
-    can_accept = lifecycle.accepting and svc.engines_alive and c["active_connections"] < c["max_concurrent_connections"]
-    stats = svc.engine_stats
+    """The seed's load-balancer view, plus engine figures under ``engine`` and start-up progress under ``startup``.
+
+    Answers from the server's first moment: while the engine starts, ``status`` is ``starting``,
+    ``reason`` says which phase each engine is in, and ``startup`` has the counts.
+    """
+    state = request.app.state
+    admission, queue, lifecycle = state.admission, state.queue, state.lifecycle
+    svc: Services | None = getattr(state, "services", None)
+    alive = svc is not None and svc.engines_alive
+    active, cap = admission.active, admission.cap
+    stats = svc.engine_stats if svc is not None else {}
     body = StatusResponse(
         status=lifecycle.state.value,
-        can_accept_requests=can_accept,
-        connections=Usage(
-            active=c["active_connections"],
-            max=c["max_concurrent_connections"],
-            utilization_pct=_pct(c["active_connections"], c["max_concurrent_connections"]),
-        ),
+        can_accept_requests=lifecycle.accepting and alive and active < cap,
+        connections=Usage(active=active, max=cap, utilization_pct=_pct(active, cap)),
         inference=InferenceUsage(
-            active=c["active_inference"],
-            queued=c["queued_inference"],
-            max_slots=c["max_inference_slots"],
-            utilization_pct=_pct(c["active_inference"], c["max_inference_slots"]),
+            active=queue.active,
+            queued=queue.depth,
+            max_slots=queue.slots,
+            utilization_pct=_pct(queue.active, queue.slots),
         ),
         engine=EngineFigures(
-            alive=svc.engines_alive,
+            alive=alive,
             running=int(stats.get("running", 0)),
             waiting=int(stats.get("waiting", 0)),
             steps=int(stats.get("steps", 0)),
             kv_blocks_free=int(stats.get("kv_blocks_free", 0)),
             kv_blocks_total=int(stats.get("kv_blocks_total", 0)),
         ),
-        reason=lifecycle.reason,
+        reason=None if lifecycle.accepting else _not_ready_reason(request),
+        startup=_startup(request),
     )
     return _json(body)
 
 
+def _startup(request: Request) -> StartupFigures | None:
+    startup = getattr(request.app.state, "startup", None)
+    if startup is None:
+        return None
+    engines = [
+        EngineStartup(
+            device=device,
+            phase=p.phase.name.lower(),
+            detail=p.phase.value,
+            done=p.done,
+            total=p.total,
+            elapsed_s=round(p.elapsed_s, 1),
+        )
+        for device, p in startup.engines()
+    ]
+    ready_s = None if startup.ready_s is None else round(startup.ready_s, 1)
+    return StartupFigures(step=None if ready_s is not None else startup.step, ready_s=ready_s, engines=engines)
+
+
+def _not_ready_reason(request: Request) -> str:
+    state = getattr(request.app.state, "lifecycle", None)
+    startup = getattr(request.app.state, "startup", None)
+    if state is None or (state.state is ServerState.STARTING and startup is not None):
+        return startup.reason() if startup is not None else "the server is starting"
+    return state.reason or "the server is not taking work"
+
+
 async def ready(request: Request) -> Response:
-    """200 when the engine is loaded and alive and the server takes work; else 503."""
+    """200 when the engine is loaded, warmed up and alive and the server takes work; else 503 with why."""
     state = getattr(request.app.state, "lifecycle", None)
     svc = getattr(request.app.state, "services", None)
     is_ready = state is not None and svc is not None and state.accepting and svc.engines_alive
     body = ReadyResponse(
         ready=is_ready,
         status=state.state.value if state is not None else "starting",
-        reason=None if is_ready else (state.reason if state is not None else "the server is starting"),
+        reason=None if is_ready else _not_ready_reason(request),
     )
     return _json(body, 200 if is_ready else 503)
 

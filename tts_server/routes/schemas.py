@@ -94,6 +94,25 @@ class EngineFigures(_Out):
     kv_blocks_total: int
 
 
+class EngineStartup(_Out):
+    """One engine's last start-up report."""
+
+    device: str
+    phase: str = Field(description="loading, decode_graphs, packed_lm_graphs, vae_graphs or warm_up.")
+    detail: str = Field(description="The phase in words.")
+    done: int = Field(description="Units of the phase done (graphs captured, warm-up batches run).")
+    total: int = Field(description="Units of the phase (0: not counted, e.g. loading).")
+    elapsed_s: float = Field(description="Seconds since the engine process began loading.")
+
+
+class StartupFigures(_Out):
+    """Start-up of the server and its engines."""
+
+    step: str | None = Field(description="What the server is doing before it is ready (null once ready).")
+    ready_s: float | None = Field(description="Seconds from the server's start to ready (null until then).")
+    engines: list[EngineStartup]
+
+
 class StatusResponse(_Out):
     """``GET /status``: the seed's fields, then extras."""
 
@@ -103,6 +122,7 @@ class StatusResponse(_Out):
     inference: InferenceUsage
     engine: EngineFigures
     reason: str | None = None
+    startup: StartupFigures | None = None
 
 
 class ReadyResponse(_Out):

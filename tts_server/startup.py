@@ -1,0 +1,55 @@
+"""The server's start-up as ``/ready`` and ``/status`` report it while the engine loads and warms up.
+
+The server listens from its first moment; until the engine processes have loaded the checkpoint,
+captured their CUDA graphs and run their warm-up requests (:mod:`engine.startup`), ``/ready`` is
+503 with a reason that says which phase each engine is in, and ``/status`` lists the progress.
+A load balancer that routes on ``/ready`` so never sends a user to a replica whose first requests
+would wait for kernels to compile.
+"""
+
+from __future__ import annotations
+
+import time
+
+from engine.client import AsyncEngine
+from engine.group import AsyncEngineGroup
+from engine.startup import StartupProgress
+
+__all__ = ["StartupState"]
+
+
+class StartupState:
+    """Start-up of one server: which step it is in and what its engines report.
+
+    Args:
+        engine: The engine client or group being started.
+        owned: Whether this server starts the engine (else it was started by the embedding code).
+
+    Attributes:
+        step: The server's own step (``starting the engine``, then ``loading the tokenizer and voices``).
+        ready_s: Seconds from the server's start to ready (None until then).
+    """
+
+    def __init__(self, engine: AsyncEngine | AsyncEngineGroup, owned: bool) -> None:
+        self.engine = engine
+        self.started_at = time.monotonic()
+        self.step = "starting the engine" if owned else "loading the tokenizer and voices"
+        self.ready_s: float | None = None
+
+    def finished(self) -> None:
+        """The server is about to take work."""
+        self.ready_s = time.monotonic() - self.started_at
+
+    def engines(self) -> list[tuple[str, StartupProgress]]:
+        """``(device, last report)`` of each engine that has reported."""
+        clients = self.engine.engines if isinstance(self.engine, AsyncEngineGroup) else [self.engine]
+        return [(e.device, p) for e in clients for p in e.startup_progress()]
+
+    def reason(self) -> str:
+        """Why the server is not ready yet, e.g. ``warming up: cuda:0: capturing prefill CUDA graphs (12/66)``."""
+        elapsed = time.monotonic() - self.started_at
+        reports = self.engines()
+        if self.ready_s is None and self.step == "starting the engine" and reports:
+            detail = "; ".join(f"{device}: {p.describe()}" for device, p in reports)
+            return f"the engine is starting ({detail})"
+        return f"the server is starting: {self.step}, {elapsed:.0f} s in"
