@@ -11,6 +11,10 @@ Modes (``--mode``; default ``http`` with ``--server``, else ``engine``):
   open-loop  Poisson arrivals at --rates per second for --duration seconds each (--compare: the peer
              too): TTFB p50/p99, the largest inter-chunk gap per stream p50/p99, the share of streams
              that underrun, and the gap-free capacity (highest rate with <= 1% underruns).
+  cold-start starts `python -m tts_server` itself on an empty kernel cache (--kernel-cache-dir, else
+             a new temporary one): seconds to /ready, then each level's very first requests (no
+             warm-up) against the same level warm (--repeats runs), the longest gap of any stream;
+             then again on the cache the first start filled. Default levels 1 4 16 64 128.
   http       streaming POST /generate against --server (the seed benchmark's flags work), printed in
              the seed's format, plus 503s counted apart; where the server sends a Server-Timing
              header, each level's p50/p90 ms per server stage (admission ... total) follows, and
@@ -46,7 +50,7 @@ from perf import drivers, report
 from perf.drivers import Sampling
 from perf.flops import audio_seconds_per_patch, format_breakdown, step_flops
 from perf.local_engine import LocalEngine, engine_config
-from perf.metrics import gap_free_capacity, summarize_closed, summarize_stages
+from perf.metrics import combine_repeats, gap_free_capacity, summarize_closed, summarize_stages
 from perf.system import device_name, peak_tflops, run_metadata
 
 
@@ -58,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--mode", choices=["engine", "peer", "open-loop", "http"], help="what to run (see above)")
+    ap.add_argument(
+        "--mode", choices=["engine", "peer", "open-loop", "http", "cold-start"], help="what to run (see above)"
+    )
     src = ap.add_argument_group("model")
     src.add_argument("--model", type=Path, help="checkpoint directory (official layout)")
     src.add_argument("--preset", help="random-weight checkpoint of this preset (voxcpm1.5, voxcpm2, tiny-v1, ...)")
@@ -91,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="warm-up runs per level before measuring (http: warm-up requests; default 1)",
     )
     load.add_argument("--warmup-steps", type=int, default=4, help="patches per warm-up request (default 4)")
+    load.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measured runs per level after its warm-up; tables give the median and the spread (default 3)",
+    )
     load.add_argument("--seed", type=int, default=0, help="seed of request 0 and of the Poisson arrivals")
     ol = ap.add_argument_group("open loop")
     ol.add_argument("--rates", type=float, nargs="+", default=[4, 8, 16, 24], help="arrivals per second")
@@ -114,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="ours: one step at a time (no launch of the next step before the audio is copied out)",
     )
+    eng.add_argument(
+        "--no-packed-lm-graphs",
+        dest="packed_lm_graphs",
+        action="store_false",
+        help="ours: the LMs of prefill and mixed steps op by op (no packed-LM CUDA graphs)",
+    )
     eng.add_argument("--loras", type=int, default=0, help="ours: N random LoRA voices, requests cycle through them")
     eng.add_argument("--lora-rank", type=int, default=32, help="rank of the --loras adapters (default 32)")
     ap.add_argument("--compare", action="store_true", help="also run nano-vllm-voxcpm (engine / open-loop modes)")
@@ -132,6 +150,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     http.add_argument("--server", help="base URL of a running server, e.g. http://localhost:8000")
     http.add_argument("--min-generate-length", type=int, help="also send min_generate_length (fixes real lengths)")
     http.add_argument("--timeout", type=float, default=600.0, help="seconds per HTTP request (default 600)")
+    http.add_argument(
+        "--http-workers",
+        type=int,
+        help="load-generator processes per level (default min(level, CPUs / 2, 8)); each opens its share of "
+        "the level's keep-alive connections, then all send together, so the client is not what TTFB measures",
+    )
+    cold = ap.add_argument_group("cold start")
+    cold.add_argument("--kernel-cache-dir", type=Path, help="an empty directory for the servers' kernel cache")
+    cold.add_argument("--server-args", help='more tts_server flags, one string (e.g. "--max-num-batched-tokens 4096")')
     ap.add_argument("--json", type=Path, help="write all results as JSON here")
     args = ap.parse_args(argv)
     args.mode = args.mode or ("http" if args.server else "engine")
@@ -141,9 +168,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--mode {args.mode} needs --model DIR or --preset NAME")
     if args.model and args.preset:
         ap.error("give --model or --preset, not both")
-    if args.steps < 1 or args.warmup < 0 or args.warmup_steps < 0:
-        ap.error("--steps must be >= 1 and --warmup/--warmup-steps >= 0")
-    args.concurrency = args.concurrency or ([16] if args.mode == "http" else [1, 16, 64, 128])
+    if args.steps < 1 or args.warmup < 0 or args.warmup_steps < 0 or args.repeats < 1:
+        ap.error("--steps and --repeats must be >= 1 and --warmup/--warmup-steps >= 0")
+    default_levels = {"http": [16], "cold-start": [1, 4, 16, 64, 128]}.get(args.mode, [1, 16, 64, 128])
+    args.concurrency = args.concurrency or default_levels
     if min(args.concurrency) < 1:
         ap.error("--concurrency levels must be >= 1")
     return args
@@ -181,6 +209,7 @@ def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
         fused_kernels=args.fused_kernels,
         vae_tf32=args.vae_tf32,
         async_scheduling=args.async_scheduling,
+        packed_lm_graphs=args.packed_lm_graphs,
         **lora,
     )
     engine = LocalEngine.load(model_dir, args.device, config, attention_backend=args.attention_backend)
@@ -232,6 +261,7 @@ def run_engines(args: argparse.Namespace, model_dir: Path, out: dict[str, Any]) 
                     warmup=args.warmup,
                     warmup_steps=args.warmup_steps,
                     peak_tflops=peak,
+                    repeats=args.repeats,
                 )
                 out[name] = rows
             if name == "ours" and args.profile:
@@ -261,6 +291,9 @@ def print_engines(args: argparse.Namespace, out: dict[str, Any]) -> None:
     if "ours" in out or "peer" in out:
         print("\n## Closed batch: requests of", args.steps, "patches started together\n")
         print(report.closed_table(out.get("ours", []) + out.get("peer", [])))
+        if args.repeats > 1:
+            print(f"\n## Median (min-max) over {args.repeats} runs per level\n")
+            print(report.repeats_table(out.get("ours", []) + out.get("peer", [])))
     if "ours" in out and "peer" in out:
         print("\n## Side by side (ratio = ours / peer)\n")
         print(report.compare_table(out["ours"], out["peer"]))
@@ -296,31 +329,75 @@ def print_engines(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
 
 def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
-    """HTTP mode: one seed-format block per concurrency level, then its server stages (``Server-Timing``)."""
+    """HTTP mode: one seed-format block per run of each level, then its server stages (``Server-Timing``)."""
     from perf.http_client import HttpLoad, http_level
 
     load = HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout)
     out["http"] = []
     for level in args.concurrency:
         n = args.requests or 2 * level
-        traces, wall = http_level(
-            args.server, num_requests=n, concurrency=level, load=load, warmup=args.warmup, tag=f"c{level}-"
-        )
-        summary = summarize_closed(traces, wall)
-        print(report.seed_block(summary, level, wall), flush=True)
-        errors = sorted({t.error for t in traces if t.error and t.error != "503"})
-        for e in errors[:5]:
-            print("  error:", e)
-        stages = summarize_stages(traces)
-        timed = sum(1 for t in traces if t.ok and t.server_timing)
-        if stages:
-            print(f"\nServer-Timing, ms ({timed} of {summary['ok']} answered requests carried it):")
-            print(report.stage_table(stages), flush=True)
-        row = {"concurrency": level, **summary, "error_kinds": errors}
-        out["http"].append({**row, "server_timing_ms": stages, "server_timing_responses": timed})
+        runs = []
+        for r in range(args.repeats):
+            traces, wall = http_level(
+                args.server,
+                num_requests=n,
+                concurrency=level,
+                load=load,
+                warmup=args.warmup if r == 0 else 0,  # the level's warm-up once, before its first run
+                tag=f"c{level}-" if r == 0 else f"c{level}r{r}-",
+                workers=args.http_workers,
+            )
+            summary = summarize_closed(traces, wall)
+            if args.repeats > 1:
+                print(f"\n(run {r + 1} of {args.repeats})")
+            print(report.seed_block(summary, level, wall), flush=True)
+            errors = sorted({t.error for t in traces if t.error and t.error != "503"})
+            for e in errors[:5]:
+                print("  error:", e)
+            stages = summarize_stages(traces)
+            timed = sum(1 for t in traces if t.ok and t.server_timing)
+            if stages:
+                print(f"\nServer-Timing, ms ({timed} of {summary['ok']} answered requests carried it):")
+                print(report.stage_table(stages), flush=True)
+            runs.append(
+                {
+                    "engine": "server",
+                    "concurrency": level,
+                    **summary,
+                    "error_kinds": errors,
+                    "server_timing_ms": stages,
+                    "server_timing_responses": timed,
+                }
+            )
+        out["http"].append(combine_repeats(runs))
+    if args.repeats > 1:
+        print(f"\n## Median (min-max) over {args.repeats} runs per level\n")
+        print(report.repeats_table(out["http"]))
     if len(out["http"]) > 1 and (table := report.stage_levels_table(out["http"])):
-        print("\n## Server stages, p50 ms per concurrency level\n")
+        print("\n## Server stages, p50 ms per concurrency level (first run of each)\n")
         print(table)
+
+
+def run_cold_start(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Cold-start mode: two server starts (empty, then filled kernel cache), each measured per level."""
+    from perf.cold_start import ColdStartPlan, cold_start, parse_server_args
+    from perf.http_client import HttpLoad
+
+    model_dir = args.model or drivers.preset_checkpoint(args.preset, args.cache_dir)
+    plan = ColdStartPlan(
+        model_dir=Path(model_dir),
+        levels=tuple(args.concurrency),
+        load=HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout),
+        repeats=args.repeats,
+        max_num_seqs=args.max_num_seqs,
+        kernel_cache_dir=args.kernel_cache_dir,
+        server_args=parse_server_args(args.server_args),
+        log_dir=args.json.parent if args.json else Path(args.cache_dir),
+    )
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    out["cold_start"] = cold_start(plan)
+    print(f"\n## Cold start: first requests per level against warm ({args.steps}-patch requests)\n")
+    print(report.cold_start_table(out["cold_start"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "http":
         out["meta"]["device_name"] = f"server {args.server}"
         run_http(args, out)
+    elif args.mode == "cold-start":
+        run_cold_start(args, out)
     else:
         from engine.loader import read_config
 

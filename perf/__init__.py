@@ -8,7 +8,10 @@ Modules:
     drivers: the in-process closed-batch and open-loop drivers, generic over an engine adapter.
     local_engine: the adapter for our in-process engine, and the engine limits of a benchmark run.
     peer: the adapter for ``nano-vllm-voxcpm`` (same protocol, when it is importable).
-    http_client: the streaming ``POST /generate`` load generator.
+    http_client: the streaming ``POST /generate`` load generator (its entry points).
+    http_wire: its HTTP/1.1 client on raw asyncio streams, one request per call.
+    http_workers: that client's runs spread over worker processes started together.
+    server_timing: the ``Server-Timing`` header parser.
     report: the printed tables.
     profiling: where a step's time goes (``--profile``) and the IPC cost of the engine process.
 """

@@ -31,6 +31,7 @@ from perf.flops import achieved_figures
 from perf.metrics import (
     ENGINE_STAGES,
     StreamTrace,
+    combine_repeats,
     poisson_arrivals,
     summarize_closed,
     summarize_open,
@@ -273,14 +274,19 @@ def closed_sweep(
     warmup: int,
     warmup_steps: int,
     peak_tflops: float | None,
+    repeats: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """The closed-batch sweep: per level, ``warmup`` short runs, then the measured run.
+    """The closed-batch sweep: per level, ``warmup`` short runs, then ``repeats`` measured runs.
 
     Returns:
-        One dict per level: the :func:`~perf.metrics.summarize_closed` figures, compute figures,
-        ``steps``, ``patches``, ``memory`` and ``per_request``.
+        One dict per level, combined over its runs (:func:`~perf.metrics.combine_repeats`: medians,
+        ``spread``, ``runs``): the :func:`~perf.metrics.summarize_closed` figures, compute figures,
+        ``steps``, ``patches``, ``memory``, ``per_request`` and ``engine_stages_ms`` (the last three
+        of the first run).
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, not {repeats}")
     results = []
     for level in levels:
         n = requests_per_level or level
@@ -292,30 +298,36 @@ def closed_sweep(
                 sampling=_short(sampling, warmup_steps),
                 tag=f"w{w}c{level}-",
             )
-        run = run_closed(adapter, concurrency=level, num_requests=n, sampling=sampling, tag=f"c{level}-")
-        row: dict[str, Any] = {"engine": adapter.name, "concurrency": level}
-        row.update(summarize_closed(run.traces, run.wall_s))
-        row.update(
-            achieved_figures(
-                adapter.model_config,
-                timesteps=sampling.timesteps,
-                steps=sampling.steps,
-                patches=run.patches,
-                wall_s=run.wall_s,
-                peak_tflops=peak_tflops,
+        rows = []
+        for r in range(repeats):
+            tag = f"c{level}-" if r == 0 else f"c{level}r{r}-"
+            run = run_closed(adapter, concurrency=level, num_requests=n, sampling=sampling, tag=tag)
+            row: dict[str, Any] = {"engine": adapter.name, "concurrency": level}
+            row.update(summarize_closed(run.traces, run.wall_s))
+            row.update(
+                achieved_figures(
+                    adapter.model_config,
+                    timesteps=sampling.timesteps,
+                    steps=sampling.steps,
+                    patches=run.patches,
+                    wall_s=run.wall_s,
+                    peak_tflops=peak_tflops,
+                )
             )
-        )
-        row.update(steps=run.steps, patches=run.patches, step_ms_mean=run.wall_s / max(run.steps, 1) * 1e3)
-        row["memory"] = run.memory
-        row["per_request"] = run.per_request()
-        row["engine_stages_ms"] = summarize_stages(run.traces, ENGINE_STAGES)
-        stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in row["engine_stages_ms"].items())
-        log(
-            f"[{adapter.name}] concurrency {level}: TTFB p50 {row['ttfb_ms_p50']:.1f} ms, RTF mean "
-            f"{row['rtf_mean']:.3f}, {row['audio_s_per_s']:.1f} audio s/s, {row['achieved_tflops']:.3g} TFLOP/s"
-            + (f"; to first audio, p50 ms: {stages}" if stages else "")
-        )
-        results.append(row)
+            row.update(steps=run.steps, patches=run.patches, step_ms_mean=run.wall_s / max(run.steps, 1) * 1e3)
+            row["memory"] = run.memory
+            row["per_request"] = run.per_request()
+            row["engine_stages_ms"] = summarize_stages(run.traces, ENGINE_STAGES)
+            stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in row["engine_stages_ms"].items())
+            log(
+                f"[{adapter.name}] concurrency {level}"
+                + (f" (run {r + 1}/{repeats})" if repeats > 1 else "")
+                + f": TTFB p50 {row['ttfb_ms_p50']:.1f} ms, RTF mean {row['rtf_mean']:.3f}, "
+                f"{row['audio_s_per_s']:.1f} audio s/s, {row['achieved_tflops']:.3g} TFLOP/s"
+                + (f"; to first audio, p50 ms: {stages}" if stages else "")
+            )
+            rows.append(row)
+        results.append(combine_repeats(rows))
     return results
 
 

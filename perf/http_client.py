@@ -8,115 +8,31 @@ every received piece of the body is a chunk of ``bytes / 2 / rate`` seconds for 
 underrun figures. A 503 answer is counted as a rejection, apart from other errors. The server's
 ``Server-Timing`` header (its own milliseconds per stage, see :func:`parse_server_timing`) is kept
 on each answered request's trace.
+
+Two clients send the requests. Against a real server (no ``transport``) a minimal HTTP/1.1
+client on raw ``asyncio`` streams (:mod:`perf.http_wire`): one keep-alive connection per in-flight
+slot, opened before the clock starts; each request leaves in one write and its body is read as it
+comes with nothing between the socket and the trace but the chunked / ``Content-Length`` framing;
+the slots are spread over worker processes that start together on a barrier
+(:mod:`perf.http_workers`). One event loop sending 128 requests through httpx (about 1 ms of
+Python each) and then reading 128 fast streams measures itself, not the server; here a request
+costs one write and a piece one read and a counter. With an httpx ``transport`` (tests) the
+requests go through ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
-from perf.drivers import request_text
+from perf.http_wire import BYTES_PER_SAMPLE, HttpLoad, RemoteProtocolError
+from perf.http_workers import run_raw
 from perf.metrics import StreamTrace
+from perf.server_timing import parse_server_timing
 
-_BYTES_PER_SAMPLE = 2  # s16le mono
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a metric or parameter name
-# A plain decimal: float() alone would also take "nan", "inf" and "1_0", none of which is a duration.
-_DURATION = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-
-
-def _split(value: str, sep: str) -> Iterator[str]:
-    """``value`` split at ``sep`` outside double-quoted strings (a ``desc`` may hold commas and semicolons)."""
-    start, quoted, escaped = 0, False, False
-    for i, ch in enumerate(value):
-        if escaped:
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == sep and not quoted:
-            yield value[start:i]
-            start = i + 1
-    yield value[start:]
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
-def parse_server_timing(value: str | None) -> dict[str, float]:
-    """The stage durations of a ``Server-Timing`` header (W3C Server Timing), in milliseconds.
-
-    The header is a comma-separated list of metrics ``name;dur=<ms>;desc=...``; several header
-    lines are the same list joined with commas. Names are case-folded. A metric is skipped when it
-    is malformed (its name is not a token) or carries no usable duration (no ``dur``, or one that is
-    not a non-negative decimal): a stage without a duration says nothing about where time went.
-    Of a repeated metric or ``dur`` the first counts, as the spec says for parameters.
-
-    Args:
-        value: The header's value (``None`` or empty: no header).
-
-    Returns:
-        ``{name: milliseconds}`` in the header's order; empty without a usable metric.
-    """
-    out: dict[str, float] = {}
-    if not value:
-        return out
-    for metric in _split(value, ","):
-        name, *params = (part.strip() for part in _split(metric, ";"))
-        if not _TOKEN.fullmatch(name) or name.lower() in out:
-            continue
-        dur = None
-        for param in params:
-            key, eq, raw = param.partition("=")
-            if eq and key.strip().lower() == "dur":
-                dur = _unquote(raw.strip())
-                break
-        if dur is None or not _DURATION.fullmatch(dur) or not math.isfinite(ms := float(dur)):
-            continue
-        out[name.lower()] = ms
-    return out
-
-
-@dataclass(frozen=True)
-class HttpLoad:
-    """What each HTTP request asks for.
-
-    Attributes:
-        max_generate_length: Most patches per request (``max_generate_length``).
-        min_generate_length: Sent when not ``None`` (fixes the length of a real model's output too).
-        temperature: Initial-noise scale.
-        cfg_value: Guidance scale.
-        timeout_s: Longest wait for a whole request.
-    """
-
-    max_generate_length: int = 50
-    min_generate_length: int | None = None
-    temperature: float = 1.0
-    cfg_value: float = 2.0
-    timeout_s: float = 600.0
-
-    def body(self, text: str) -> dict[str, Any]:
-        """The JSON body of one request."""
-        body: dict[str, Any] = {
-            "target_text": text,
-            "max_generate_length": self.max_generate_length,
-            "temperature": self.temperature,
-            "cfg_value": self.cfg_value,
-            "response_format": "pcm",
-        }
-        if self.min_generate_length is not None:
-            body["min_generate_length"] = self.min_generate_length
-        return body
+__all__ = ["HttpLoad", "RemoteProtocolError", "http_level", "parse_server_timing", "run_http"]
 
 
 async def _one(client: httpx.AsyncClient, load: HttpLoad, rid: str, text: str) -> StreamTrace:
@@ -140,7 +56,7 @@ async def _one(client: httpx.AsyncClient, load: HttpLoad, rid: str, text: str) -
             trace.server_timing = parse_server_timing(resp.headers.get("server-timing"))
             async for data in resp.aiter_bytes():
                 if data:
-                    trace.add_chunk(time.perf_counter(), len(data) / _BYTES_PER_SAMPLE / rate)
+                    trace.add_chunk(time.perf_counter(), len(data) / BYTES_PER_SAMPLE / rate)
     except httpx.HTTPError as exc:
         trace.error = f"{type(exc).__name__}: {exc}"
     if trace.error is None and not trace.arrivals:
@@ -148,28 +64,18 @@ async def _one(client: httpx.AsyncClient, load: HttpLoad, rid: str, text: str) -
     return trace
 
 
-async def run_http(
+async def _run_httpx(
     server: str,
     *,
     num_requests: int,
     concurrency: int,
     load: HttpLoad,
-    tag: str = "",
-    transport: httpx.AsyncBaseTransport | None = None,
+    tag: str,
+    transport: httpx.AsyncBaseTransport | None,
 ) -> tuple[list[StreamTrace], float]:
-    """Send ``num_requests`` streaming requests, at most ``concurrency`` at a time.
+    """The httpx client: one ``AsyncClient``, a semaphore of ``concurrency`` (see :func:`run_http`)."""
+    from perf.drivers import request_text  # here: perf.drivers imports torch, which a worker need not load
 
-    Args:
-        server: Base URL.
-        num_requests: Requests to send.
-        concurrency: Most requests in flight.
-        load: What each request asks for.
-        tag: Prefix of the request texts (keeps runs apart).
-        transport: An httpx transport to use instead of the network (tests).
-
-    Returns:
-        Every request's trace and the wall time from the first send to the last byte.
-    """
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     timeout = httpx.Timeout(load.timeout_s, connect=30.0)
@@ -188,6 +94,51 @@ async def run_http(
     return list(traces), wall
 
 
+async def run_http(
+    server: str,
+    *,
+    num_requests: int,
+    concurrency: int,
+    load: HttpLoad,
+    tag: str = "",
+    transport: httpx.AsyncBaseTransport | None = None,
+    workers: int | None = None,
+) -> tuple[list[StreamTrace], float]:
+    """Send ``num_requests`` streaming requests, at most ``concurrency`` at a time.
+
+    Without ``transport`` the raw client sends them (see the module docstring): ``concurrency``
+    connections, opened first, split over ``workers`` processes that start together; with one
+    worker it runs here, on this event loop. The processes are started by ``multiprocessing``
+    (forkserver, else spawn), which imports the main module in them: a script that calls this with
+    more than one worker must keep its own work under ``if __name__ == "__main__":``.
+
+    Args:
+        server: Base URL.
+        num_requests: Requests to send.
+        concurrency: Most requests in flight.
+        load: What each request asks for.
+        tag: Prefix of the request texts (keeps runs apart).
+        transport: An httpx transport to use instead of the network (tests): the httpx client.
+        workers: Load-generator processes (default ``min(concurrency, CPUs // 2, 8)``, at least 1;
+            never more than the requests in flight). Ignored with ``transport``.
+
+    Returns:
+        Every request's trace (in request order) and the wall time from the start (the first send)
+        to the last byte.
+
+    Raises:
+        ValueError: ``concurrency`` or ``workers`` below 1, or ``server`` not an http(s) URL.
+        RuntimeError: A worker process failed.
+    """
+    if transport is not None:
+        return await _run_httpx(
+            server, num_requests=num_requests, concurrency=concurrency, load=load, tag=tag, transport=transport
+        )
+    if num_requests < 1:
+        return [], 0.0
+    return (await run_raw(server, load, [(num_requests, tag)], concurrency, workers))[0]
+
+
 def http_level(
     server: str,
     *,
@@ -197,13 +148,25 @@ def http_level(
     warmup: int = 0,
     tag: str = "",
     transport: httpx.AsyncBaseTransport | None = None,
+    workers: int | None = None,
 ) -> tuple[list[StreamTrace], float]:
-    """:func:`run_http` after ``warmup`` discarded requests (sent at the same concurrency), synchronously."""
-    kw = {"concurrency": concurrency, "load": load, "transport": transport}
+    """:func:`run_http` after ``warmup`` discarded requests (sent at the same concurrency), synchronously.
 
-    async def both() -> tuple[list[StreamTrace], float]:
-        if warmup > 0:
-            await run_http(server, num_requests=warmup, tag=f"w{tag}", **kw)
-        return await run_http(server, num_requests=num_requests, tag=tag, **kw)
+    With the raw client the warm-up and the level run in the same worker processes, which start
+    once, and the level reuses the warm-up's connections.
+    """
+    if transport is not None:
+        kw = {"concurrency": concurrency, "load": load, "transport": transport}
 
-    return asyncio.run(both())
+        async def both() -> tuple[list[StreamTrace], float]:
+            if warmup > 0:
+                await run_http(server, num_requests=warmup, tag=f"w{tag}", **kw)
+            return await run_http(server, num_requests=num_requests, tag=tag, **kw)
+
+        return asyncio.run(both())
+    runs = [(warmup, f"w{tag}")] if warmup > 0 else []
+    if num_requests < 1:
+        if runs:
+            asyncio.run(run_raw(server, load, runs, concurrency, workers))
+        return [], 0.0
+    return asyncio.run(run_raw(server, load, [*runs, (num_requests, tag)], concurrency, workers))[-1]

@@ -104,6 +104,7 @@ def engine_config(
     fused_kernels: bool = True,
     vae_tf32: bool = True,
     async_scheduling: bool = True,
+    packed_lm_graphs: bool = True,
     max_loras: int = 0,
     max_lora_rank: int = 32,
 ) -> EngineConfig:
@@ -112,6 +113,7 @@ def engine_config(
         fused_kernels=None if fused_kernels else False,
         vae_tf32=vae_tf32,
         async_scheduling=None if async_scheduling else False,
+        packed_lm_graphs=packed_lm_graphs,
         max_loras=max_loras,
         max_lora_rank=max_lora_rank,
         max_num_seqs=max_num_seqs,

@@ -216,6 +216,50 @@ def summarize_stages(
     return out
 
 
+# Figures whose spread over repeats is reported (the level's headline numbers).
+SPREAD_KEYS = ("ttfb_ms_p50", "ttfb_ms_p90", "ttfb_ms_p99", "audio_s_per_s", "rtf_mean", "max_gap_ms_p99")
+_COUNTS = ("requests", "ok", "errors", "rejected_503")
+
+
+def combine_repeats(runs: Sequence[dict[str, object]]) -> dict[str, object]:
+    """One level's repeated runs as one row: the median of each figure, with the spread of the headline ones.
+
+    Every number of the runs becomes its median over the runs (a slow first run of a level, a
+    warm-up artefact, does not make the figure), except the request counts, which add up. Other
+    values (engine name, concurrency, nested dicts) come from the first run.
+
+    Args:
+        runs: The rows of one level (:func:`summarize_closed` figures and anything beside them), one per repeat.
+
+    Returns:
+        The combined row, with ``repeats`` (how many), ``spread`` (``{key: [min, max]}`` over the
+        runs for :data:`SPREAD_KEYS`) and ``runs`` (the ``SPREAD_KEYS`` of each run, in order).
+    """
+    if not runs:
+        raise ValueError("combine_repeats needs at least one run")
+    out: dict[str, object] = dict(runs[0])
+    for key, first in runs[0].items():
+        if isinstance(first, bool) or not isinstance(first, int | float):
+            continue
+        values = [float(r[key]) for r in runs if isinstance(r.get(key), int | float)]  # type: ignore[arg-type]
+        if key in _COUNTS:
+            out[key] = int(sum(values))
+        else:
+            median = percentile(values, 50)
+            out[key] = int(median) if isinstance(first, int) and median == int(median) else median
+    out["repeats"] = len(runs)
+    out["spread"] = {
+        key: [min(vals), max(vals)] if (vals := _finite(r.get(key) for r in runs)) else [NAN, NAN]
+        for key in SPREAD_KEYS
+    }
+    out["runs"] = [{key: r.get(key) for key in SPREAD_KEYS} for r in runs]
+    return out
+
+
+def _finite(values: Iterable[object]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+
+
 def summarize_open(traces: Sequence[StreamTrace], rate: float, duration_s: float) -> dict[str, float | int]:
     """Open-loop figures at one arrival rate: TTFB, largest gap per stream, share of streams that underrun.
 

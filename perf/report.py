@@ -74,6 +74,32 @@ def compare_table(ours: Sequence[dict[str, Any]], peer: Sequence[dict[str, Any]]
     return _table(header, rows)
 
 
+def _spread(row: dict[str, Any], key: str, spec: str = ".1f") -> str:
+    """``median (min-max)`` of a combined row's figure; the bare value for a single run."""
+    low, high = row.get("spread", {}).get(key, (None, None))
+    if row.get("repeats", 1) <= 1 or low is None:
+        return _f(row[key], spec)
+    return f"{_f(row[key], spec)} ({_f(low, spec)}-{_f(high, spec)})"
+
+
+def repeats_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per (engine, concurrency) of rows combined over repeats: median (min-max) of the headline figures."""
+    header = ["engine", "conc", "runs", "TTFB p50 ms", "TTFB p90 ms", "audio s/s", "max gap p99 ms"]
+    out = [
+        [
+            r["engine"],
+            str(r["concurrency"]),
+            str(r.get("repeats", 1)),
+            _spread(r, "ttfb_ms_p50"),
+            _spread(r, "ttfb_ms_p90"),
+            _spread(r, "audio_s_per_s"),
+            _spread(r, "max_gap_ms_p99"),
+        ]
+        for r in rows
+    ]
+    return _table(header, out)
+
+
 def open_table(rows: Sequence[dict[str, Any]]) -> str:
     """One line per (engine, rate): TTFB p50/p99, largest gap per stream p50/p99, share that underran."""
     header = ["engine", "arrivals/s", "reqs", "TTFB p50 / p99 ms", "max gap p50 / p99 ms", "underrun", "mem GiB"]
@@ -217,3 +243,34 @@ def ipc_lines(ipc: dict[str, Any]) -> str:
     if audio.get("count"):
         out.append(f"  audio bytes per message (mean): {audio['mean']:.0f}")
     return "\n".join(out)
+
+
+def cold_start_table(starts: Sequence[dict[str, Any]]) -> str:
+    """Per start and level: time to /ready, the first run's TTFB against the warm median, the longest gap."""
+    header = [
+        "start",
+        "to /ready s",
+        "conc",
+        "first TTFB p50 / max ms",
+        "warm TTFB p50 ms",
+        "first / warm",
+        "longest gap ms",
+        "ok",
+    ]
+    rows = []
+    for start in starts:
+        for i, level in enumerate(start["levels"]):
+            first, warm = level["first"], level["warm"]
+            rows.append(
+                [
+                    start["label"] if i == 0 else "",
+                    _f(start["ready_s"]) if i == 0 else "",
+                    str(level["concurrency"]),
+                    f"{_f(first['ttfb_ms_p50'])} / {_f(first['ttfb_ms_max'])}",
+                    _spread(warm, "ttfb_ms_p50"),
+                    _f(level["first_over_warm"], ".2f"),
+                    _f(first["max_gap_ms_max"]),
+                    "yes" if level["ok"] else "NO",
+                ]
+            )
+    return _table(header, rows)

@@ -66,7 +66,7 @@ def test_help_documents_every_mode_and_flag(capsys):
 
 def test_engine_mode_tiny_preset_writes_strict_json(tmp_path):
     out = tmp_path / "out.json"
-    args = ["--preset", "tiny-v1", "--device", "cpu", "--concurrency", "1", "2", "--steps", "3"]
+    args = ["--preset", "tiny-v1", "--device", "cpu", "--concurrency", "1", "2", "--steps", "3", "--repeats", "2"]
     proc = _run(*args, "--json", str(out), "--cache-dir", str(tmp_path / "ckpt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _strict(out.read_text())
@@ -75,15 +75,32 @@ def test_engine_mode_tiny_preset_writes_strict_json(tmp_path):
     rows = data["ours"]
     assert [r["concurrency"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["ok"] == r["requests"] == r["concurrency"] and r["patches"] == 3 * r["concurrency"]
+        # Two measured runs per level: the counts add up, the figures are medians with their spread.
+        assert r["repeats"] == 2 and r["ok"] == r["requests"] == 2 * r["concurrency"]
+        assert r["patches"] == 3 * r["concurrency"]
         assert r["ttfb_ms_p50"] > 0 and r["rtf_mean"] > 0 and r["achieved_tflops"] > 0
+        low, high = r["spread"]["ttfb_ms_p50"]
+        assert low <= r["ttfb_ms_p50"] <= high and len(r["runs"]) == 2
         assert r["mfu"] is None  # no peak known for a CPU
-    assert "| ours | 2 |" in proc.stdout
+    assert "| ours | 2 |" in proc.stdout and "Median (min-max) over 2 runs per level" in proc.stdout
 
 
 def test_engine_mode_with_lora_voices_on_every_row(tmp_path):
     out = tmp_path / "out.json"
-    args = ["--preset", "tiny-v2", "--device", "cpu", "--concurrency", "2", "--steps", "2", "--loras", "2"]
+    args = [
+        "--preset",
+        "tiny-v2",
+        "--device",
+        "cpu",
+        "--concurrency",
+        "2",
+        "--steps",
+        "2",
+        "--loras",
+        "2",
+        "--repeats",
+        "1",
+    ]
     proc = _run(*args, "--lora-rank", "4", "--json", str(out), "--cache-dir", str(tmp_path / "ckpt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _strict(out.read_text())
@@ -166,7 +183,8 @@ def test_http_mode_prints_and_writes_server_stages(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(http_client, "http_level", level)
     out = tmp_path / "http.json"
-    assert benchmark.main(["--server", "http://x", "--concurrency", "1", "2", "--json", str(out)]) == 0
+    argv = ["--server", "http://x", "--concurrency", "1", "2", "--repeats", "1", "--json", str(out)]
+    assert benchmark.main(argv) == 0
     text = capsys.readouterr().out
     first, second = text.split("TTS BENCHMARK RESULTS")[1:]
     assert "Server-Timing" not in first  # no header, no breakdown

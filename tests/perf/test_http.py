@@ -1,20 +1,32 @@
-"""HTTP mode: the load generator against a mock transport (503s, errors) and against ``python -m tts_server``."""
+"""HTTP mode: the load generator against a mock transport (503s, errors), against a tiny app on hypercorn
+(the raw client's framing, keep-alive and worker processes) and against ``python -m tts_server``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
-from perf.http_client import HttpLoad, http_level, parse_server_timing
+from perf.http_client import HttpLoad, RemoteProtocolError, http_level, parse_server_timing, run_http
+from perf.http_wire import _Chunked
 from perf.metrics import SERVER_STAGES, summarize_closed, summarize_stages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,3 +213,188 @@ def test_the_real_servers_server_timing_reads_as_its_stages(server):
     assert "total" in timing and set(timing) <= set(SERVER_STAGES) - {"send", "encode", "complete"}, raw
     assert len(timing) == raw.count("dur="), raw
     assert all(ms <= timing["total"] + 0.1 for ms in timing.values()), raw  # stages lie within total (rounding)
+
+
+# --- The raw client against a real hypercorn on loopback ------------------------------------------
+
+N_SAMPLES = 8000  # 0.5 s at RATE per answer
+_INDEX = re.compile(r"Request \D*(\d+)\.")
+
+
+def _tiny_app(seen: list[tuple[str, int, str]]) -> Starlette:
+    """Answers like the server's ``/generate`` in the shapes the raw client must read.
+
+    ``/chunked``: a stream of N_SAMPLES s16 samples in odd-sized pieces, 50 ms apart (hypercorn sends
+    it chunked), with two Server-Timing lines; ``/slow``: the same, 0.4 s apart. ``/length``: the
+    same samples in one body with a Content-Length. ``/close``: that, plus ``Connection: close``.
+    ``/mix``: by request index, a stream, a 503 and a 422 in turn. Every request is logged as
+    (route, client port, text): one client port is one connection.
+    """
+
+    async def generate(request: Request) -> Response:
+        route = request.path_params["route"]
+        text = (await request.json())["target_text"]
+        seen.append((route, request.client.port, text))
+        pcm = np.arange(N_SAMPLES, dtype="<i2").tobytes()
+        headers = {"X-Sample-Rate": str(RATE)}
+        if route == "mix":
+            kind = int(_INDEX.match(text)[1]) % 3
+            if kind == 1:
+                return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": "1"})
+            if kind == 2:
+                return JSONResponse({"error": "bad voice"}, status_code=422)
+        if route in ("length", "close"):
+            if route == "close":
+                headers["Connection"] = "close"
+            return Response(pcm, media_type="application/octet-stream", headers=headers)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            # 3 bytes then 1: an odd byte waits for its other half, never counted as half a sample.
+            for start, end in ((0, 3), (3, 4), (4, len(pcm))):
+                yield pcm[start:end]
+                await asyncio.sleep(0.4 if route == "slow" else 0.05)
+
+        resp = StreamingResponse(pieces(), media_type="application/octet-stream", headers=headers)
+        resp.raw_headers += [(b"server-timing", b"queue;dur=0.5"), (b"server-timing", b"total;dur=2")]
+        return resp
+
+    return Starlette(routes=[Route("/{route}/generate", generate, methods=["POST"])])
+
+
+@pytest.fixture(scope="module")
+def tiny_app_server():
+    """The tiny app on hypercorn (its asyncio ``serve``, in a thread); yields (base URL, request log)."""
+    seen: list[tuple[str, int, str]] = []
+    config = Config()
+    port = _free_port()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(serve(_tiny_app(seen), config, shutdown_trigger=stop.wait),)
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail("hypercorn did not start")
+            time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def app(tiny_app_server):
+    """The tiny app's base URL and its request log, emptied for this test."""
+    url, seen = tiny_app_server
+    seen.clear()
+    return url, seen
+
+
+def _run(url: str, **kw: object) -> tuple[list, float]:
+    return asyncio.run(run_http(url, load=HttpLoad(max_generate_length=5), **kw))
+
+
+def test_raw_client_reads_chunked_and_content_length_bodies(app):
+    url, seen = app
+    # The app really answers in both framings (else this test would test one of them twice).
+    chunked = httpx.post(f"{url}/chunked/generate", json={"target_text": "x"})
+    length = httpx.post(f"{url}/length/generate", json={"target_text": "x"})
+    assert chunked.headers["transfer-encoding"] == "chunked" and "content-length" not in chunked.headers
+    assert length.headers["content-length"] == str(2 * N_SAMPLES) and "transfer-encoding" not in length.headers
+
+    traces, wall = _run(f"{url}/chunked", num_requests=2, concurrency=2, workers=1, tag="a")
+    for t in traces:
+        assert t.ok, t.error
+        assert t.audio_s == pytest.approx(N_SAMPLES / RATE)
+        # Whole samples per piece: the 3-byte piece is 1 sample, the 1 byte after it completes the 2nd.
+        samples = [d * RATE for d in t.durations]
+        assert samples[:2] == [pytest.approx(1.0), pytest.approx(1.0)] and len(samples) >= 3, samples
+        assert all(s == pytest.approx(round(s)) for s in samples)
+        assert t.arrivals == sorted(t.arrivals) and t.arrivals[1] - t.arrivals[0] > 0.03  # pieces as they came
+        assert 0 < t.ttfb < 5 and t.server_timing == {"queue": 0.5, "total": 2.0}
+    assert [t.request_id for t in traces] == ["ah0", "ah1"]
+    assert wall >= max(t.arrivals[-1] for t in traces) - min(t.submitted for t in traces) - 1e-6
+
+    traces, _ = _run(f"{url}/length", num_requests=2, concurrency=1, workers=1)
+    assert [t.error for t in traces] == [None, None]
+    assert [t.audio_s for t in traces] == [pytest.approx(N_SAMPLES / RATE)] * 2
+    assert all(t.server_timing == {} for t in traces)
+    assert [text for route, _, text in seen if route in ("chunked", "length")][-1].startswith("Request 1.")
+
+
+def test_raw_client_keeps_one_connection_per_slot_alive(app):
+    url, seen = app
+    traces, _ = _run(f"{url}/length", num_requests=3, concurrency=1, workers=1)
+    assert all(t.ok for t in traces), [t.error for t in traces]
+    assert len(seen) == 3 and len({port for _, port, _ in seen}) == 1  # one connection, reused
+    seen.clear()
+    traces, _ = _run(f"{url}/chunked", num_requests=4, concurrency=2, workers=1)
+    assert all(t.ok for t in traces) and len({port for _, port, _ in seen}) == 2
+    seen.clear()
+    # "Connection: close": the slot reconnects for each request, and every request still succeeds.
+    traces, _ = _run(f"{url}/close", num_requests=3, concurrency=1, workers=1)
+    assert all(t.ok for t in traces), [t.error for t in traces]
+    assert len({port for _, port, _ in seen}) == 3
+
+
+def test_raw_client_counts_503_apart_from_error_statuses(app):
+    url, seen = app
+    traces, wall = _run(f"{url}/mix", num_requests=6, concurrency=1, workers=1, tag="mix-")
+    errors = [t.error for t in traces]
+    assert errors[0] is None and errors[3] is None and errors[1] == errors[4] == "503", errors
+    assert errors[2] == errors[5] == 'HTTP 422: {"error":"bad voice"}', errors
+    assert traces[1].server_timing == {} and not traces[1].arrivals
+    s = summarize_closed(traces, wall)
+    assert (s["ok"], s["rejected_503"], s["errors"]) == (2, 2, 2)
+    # The error answers were read to their end: the one connection carried all six requests.
+    assert len(seen) == 6 and len({port for _, port, _ in seen}) == 1
+
+
+def test_raw_client_records_network_errors():
+    traces, _ = _run(f"http://127.0.0.1:{_free_port()}", num_requests=2, concurrency=2, workers=1)
+    assert [t.error.split(":")[0] for t in traces] == ["ConnectionRefusedError"] * 2
+    with pytest.raises(ValueError, match="workers"):
+        _run("http://127.0.0.1:1", num_requests=1, concurrency=1, workers=0)
+
+
+def test_raw_client_workers_start_together_and_return_every_trace(app):
+    url, seen = app
+    traces, wall = _run(f"{url}/length", num_requests=4, concurrency=4, workers=2, tag="p")
+    assert [t.request_id for t in traces] == ["ph0", "ph1", "ph2", "ph3"]
+    assert all(t.ok for t in traces), [t.error for t in traces]
+    sent = [t.submitted for t in traces]
+    assert max(sent) - min(sent) < 0.5  # the barrier: both processes send at once
+    assert 0 < wall and wall >= max(t.latency for t in traces) - 1e-6
+    assert len({port for _, port, _ in seen}) == 4
+    seen.clear()
+    # The warm-up runs in the same processes and its connections carry on into the level. Its one
+    # request (~0.8 s) is worker 0's: worker 1, idle meanwhile, must still wait for it to start the level.
+    traces, _ = http_level(f"{url}/slow", num_requests=4, concurrency=4, load=HttpLoad(), warmup=1, workers=2)
+    assert [t.request_id for t in traces] == ["h0", "h1", "h2", "h3"] and all(t.ok for t in traces)
+    sent = [t.submitted for t in traces]
+    assert max(sent) - min(sent) < 0.3
+    assert len(seen) == 5 and len({port for _, port, _ in seen}) == 4
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 8, 13])
+def test_chunked_framing_split_anywhere(cut):
+    body = bytes(range(256)) * 3
+    wire = b"3;ext=1\r\n" + body[:3] + b"\r\n" + b"2FD\r\n" + body[3:] + b"\r\n0\r\nX-Trailer: y\r\n\r\n"
+    decoder, got = _Chunked(), bytearray()
+    for i in range(0, len(wire), cut):
+        assert not decoder.done
+        for piece in decoder.feed(wire[i : i + cut]):
+            got += piece
+    assert decoder.done and decoder.reusable and bytes(got) == body
+    with pytest.raises(RemoteProtocolError):
+        _Chunked().feed(b"zz\r\n")

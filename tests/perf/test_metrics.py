@@ -10,6 +10,7 @@ import pytest
 from perf.metrics import (
     SERVER_STAGES,
     StreamTrace,
+    combine_repeats,
     gap_free_capacity,
     mean,
     percentile,
@@ -136,3 +137,25 @@ def test_summarize_stages_per_level():
     assert s["prefill"] == {"p50": 6.0, "p90": pytest.approx(6.8), "n": 2}
     assert s["gpu-sync"] == {"p50": 0.5, "p90": 0.5, "n": 1}
     assert summarize_stages([_trace([1.0]), _trace([], error="503", timing={"total": 1.0})]) == {}
+
+
+def test_combine_repeats_takes_medians_adds_counts_and_keeps_the_spread():
+    runs = [
+        {"engine": "ours", "concurrency": 4, "requests": 4, "ok": 4, "errors": 0, "rejected_503": 0,
+         "ttfb_ms_p50": 90.0, "audio_s_per_s": 10.0, "patches": 200, "memory": {"gib": 1.0}},
+        {"engine": "ours", "concurrency": 4, "requests": 4, "ok": 3, "errors": 1, "rejected_503": 0,
+         "ttfb_ms_p50": 12.0, "audio_s_per_s": 30.0, "patches": 200, "memory": {"gib": 2.0}},
+        {"engine": "ours", "concurrency": 4, "requests": 4, "ok": 4, "errors": 0, "rejected_503": 2,
+         "ttfb_ms_p50": 10.0, "audio_s_per_s": 31.0, "patches": 200, "memory": {"gib": 3.0}},
+    ]  # fmt: skip
+    row = combine_repeats(runs)
+    # A slow first run (a warm-up artefact) does not make the figure; an error in any run is not hidden.
+    assert row["ttfb_ms_p50"] == 12.0 and row["audio_s_per_s"] == 30.0 and row["patches"] == 200
+    assert (row["requests"], row["ok"], row["errors"], row["rejected_503"]) == (12, 11, 1, 2)
+    assert row["spread"]["ttfb_ms_p50"] == [10.0, 90.0] and row["spread"]["audio_s_per_s"] == [10.0, 31.0]
+    assert math.isnan(row["spread"]["rtf_mean"][0])  # not measured: no spread, not zero
+    assert row["repeats"] == 3 and [r["ttfb_ms_p50"] for r in row["runs"]] == [90.0, 12.0, 10.0]
+    assert row["engine"] == "ours" and row["concurrency"] == 4 and row["memory"] == {"gib": 1.0}
+    assert combine_repeats(runs[:1])["repeats"] == 1 and combine_repeats(runs[:1])["ttfb_ms_p50"] == 90.0
+    with pytest.raises(ValueError):
+        combine_repeats([])

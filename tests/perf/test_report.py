@@ -38,3 +38,30 @@ def test_stage_levels_table_orders_stages_and_marks_missing_ones():
     assert lines[3] == ["16", "-", "-", "-", "-"]
     assert lines[4] == ["64", "0.10", "-", "99.00", "-"]
     assert report.stage_levels_table([{"concurrency": 1, "server_timing_ms": {}}]) == ""
+
+
+def test_repeats_table_gives_median_and_range():
+    row = {"engine": "ours", "concurrency": 16, "repeats": 3, "ttfb_ms_p50": 30.0, "ttfb_ms_p90": 41.0,
+           "audio_s_per_s": 300.0, "max_gap_ms_p99": 25.0,
+           "spread": {"ttfb_ms_p50": [28.0, 35.5], "ttfb_ms_p90": [40.0, 44.0], "audio_s_per_s": [290.0, 310.0],
+                      "max_gap_ms_p99": [20.0, 30.0]}}  # fmt: skip
+    lines = _lines(report.repeats_table([row, {**row, "repeats": 1, "engine": "peer"}]))
+    assert lines[0] == ["engine", "conc", "runs", "TTFB p50 ms", "TTFB p90 ms", "audio s/s", "max gap p99 ms"]
+    assert lines[2] == ["ours", "16", "3", "30.0 (28.0-35.5)", "41.0 (40.0-44.0)", "300.0 (290.0-310.0)",
+                        "25.0 (20.0-30.0)"]  # fmt: skip
+    assert lines[3][3] == "30.0"  # one run: no range
+
+
+def test_cold_start_table_flags_a_level_that_misses():
+    warm = {"ttfb_ms_p50": 10.0, "repeats": 3, "spread": {"ttfb_ms_p50": [9.0, 11.0]}}
+    first_ok = {"ttfb_ms_p50": 12.0, "ttfb_ms_max": 14.0, "max_gap_ms_max": 30.0}
+    first_slow = {"ttfb_ms_p50": 480.0, "ttfb_ms_max": 650.0, "max_gap_ms_max": 585.0}
+    starts = [
+        {"label": "empty-cache", "ready_s": 41.25, "levels": [
+            {"concurrency": 1, "first": first_ok, "warm": warm, "first_over_warm": 1.2, "ok": True},
+            {"concurrency": 4, "first": first_slow, "warm": warm, "first_over_warm": 48.0, "ok": False},
+        ]},
+    ]  # fmt: skip
+    lines = _lines(report.cold_start_table(starts))
+    assert lines[2] == ["empty-cache", "41.2", "1", "12.0 / 14.0", "10.0 (9.0-11.0)", "1.20", "30.0", "yes"]
+    assert lines[3] == ["", "", "4", "480.0 / 650.0", "10.0 (9.0-11.0)", "48.00", "585.0", "NO"]
