@@ -26,6 +26,7 @@ from starlette.responses import Response
 from engine.client import AsyncEngine
 from engine.config import ModelConfig
 from engine.group import AsyncEngineGroup
+from engine.startup import freeze_heap
 from engine.stream import EngineError
 from engine.tokenizer import TextTokenizer
 from tts_server.admission import Admission, AdmissionMiddleware
@@ -157,13 +158,19 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response_for(request.url.path, error)
 
 
-def create_app(config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup | None = None) -> Starlette:
+def create_app(
+    config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup | None = None, freeze_when_ready: bool = False
+) -> Starlette:
     """Build the app; its lifespan starts the engine(s) and loads the voices.
 
     Args:
         config: The server settings.
         engine: An engine already started on the serving event loop, to use instead of starting
             one from ``config`` (embedding, tests); the caller keeps it and stops it.
+        freeze_when_ready: Once started, move every object of the process into the permanent GC
+            generation (:func:`engine.startup.freeze_heap`), so no full collection of start-up's
+            objects lands on the first requests. For a process that is only this server (the
+            process runner); an embedding process keeps its heap as it is.
 
     Returns:
         The Starlette app (``app.state`` gets ``config``, ``lifecycle``, ``queue``, ``metrics``,
@@ -241,6 +248,8 @@ def create_app(config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup |
             app.state.engine, app.state.voices, app.state.model_info = engine, voices, info
             app.state.registry = registry
             held["monitor"] = asyncio.create_task(_monitor(svc), name="engine-monitor")
+            if freeze_when_ready:
+                freeze_heap()
             app.state.startup.finished()
             lifecycle.ready()
             log.info(

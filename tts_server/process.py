@@ -121,4 +121,4 @@ def run_server(config: ServerConfig) -> int:
     Raises:
         Exception: The app could not start (engine load failure, unreadable voices directory...).
     """
-    return asyncio.run(_Runner(create_app(config), config).run())
+    return asyncio.run(_Runner(create_app(config, freeze_when_ready=True), config).run())

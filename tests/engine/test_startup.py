@@ -14,7 +14,7 @@ from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.loader import load_checkpoint
 from engine.pipeline import GenerationParams
-from engine.startup import ProgressClock, StartupPhase, StartupProgress, warm_up, warm_up_batches
+from engine.startup import ProgressClock, StartupPhase, StartupProgress, freeze_heap, warm_up, warm_up_batches
 
 
 def test_warm_up_batches_straddle_sixteen_and_stay_within_the_batch():
@@ -87,3 +87,13 @@ def test_engine_process_reports_its_phases_before_ready(tiny_v2, tmp_path):
     assert (seen[-1].done, seen[-1].total) == (2, 2)  # batches of 1 and 2
     assert engine.startup_progress() == [seen[-1]]
     assert [p.elapsed_s for p in seen] == sorted(p.elapsed_s for p in seen)
+
+
+def test_freeze_heap_keeps_start_up_objects_out_of_later_collections():
+    import gc
+
+    try:
+        assert freeze_heap() >= 0.0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

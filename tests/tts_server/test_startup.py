@@ -6,6 +6,7 @@ come while it is still starting.
 """
 
 import asyncio
+import gc
 
 import httpx
 import pytest
@@ -34,8 +35,9 @@ async def _until(client, path, code, timeout_s=60.0):
 
 
 def test_ready_is_503_with_the_phase_until_the_engine_is_up(tiny_v2):
-    app = create_app(_config(tiny_v2))
+    app = create_app(_config(tiny_v2), freeze_when_ready=True)
     server = AppServer(app)
+    assert gc.get_freeze_count() == 0
 
     async def go():
         url = await server.start()
@@ -53,6 +55,8 @@ def test_ready_is_503_with_the_phase_until_the_engine_is_up(tiny_v2):
                 await _until(client, "/ready", 200)
                 status = (await client.get("/status")).json()
                 assert status["status"] == "ready" and status["reason"] is None
+                # Start-up's objects are out of every later collection (no full GC on the first requests).
+                assert gc.get_freeze_count() > 0
                 assert status["startup"]["step"] is None and status["startup"]["ready_s"] > 0
                 [engine] = status["startup"]["engines"]
                 assert engine["device"] == "cpu" and engine["phase"] == "loading"  # CPU: no graphs, no warm-up
@@ -60,6 +64,7 @@ def test_ready_is_503_with_the_phase_until_the_engine_is_up(tiny_v2):
                 assert work.status_code == 200 and work.content
         finally:
             await server.stop()
+            gc.unfreeze()
 
     asyncio.run(go())
 
