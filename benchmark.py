@@ -398,6 +398,12 @@ def run_cold_start(args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["cold_start"] = cold_start(plan)
     print(f"\n## Cold start: first requests per level against warm ({args.steps}-patch requests)\n")
     print(report.cold_start_table(out["cold_start"]))
+    for start in out["cold_start"]:
+        for kind in ("first", "warm"):
+            rows = [level[kind] for level in start["levels"]]
+            if table := report.stage_levels_table(rows):
+                print(f"\n### {start['label']}: server stages of the {kind} runs, p50 ms per level\n")
+                print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from perf.http_client import HttpLoad, http_level
-from perf.metrics import combine_repeats, summarize_closed
+from perf.metrics import combine_repeats, summarize_closed, summarize_stages
 
 FIRST_OVER_WARM_MAX = 1.5  # the first run's TTFB p50 over the warm median, at most
 GAP_MAX_MS = 100.0  # the longest silence a running stream may see while others start
@@ -130,6 +130,7 @@ def _level(url: str, level: int, load: HttpLoad, tag: str) -> dict[str, Any]:
     gaps = [t.max_gap * 1e3 for t in traces if t.ok]
     row["max_gap_ms_max"] = max(gaps) if gaps else float("nan")
     row["ttfb_ms_max"] = max((t.ttfb * 1e3 for t in traces if t.ok), default=float("nan"))
+    row["server_timing_ms"] = summarize_stages(traces)
     return row
 
 

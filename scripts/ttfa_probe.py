@@ -25,6 +25,7 @@ import torch
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.pipeline import GenerationParams
+from engine.startup import warm_up
 from perf.drivers import request_text
 
 
@@ -70,12 +71,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--max-num-seqs", type=int, default=128)
+    ap.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="run the engine process's start-up warm-up first; the cold request is then profiled (top CPU ops)",
+    )
     args = ap.parse_args()
     result: dict[str, Any] = {}
     start = time.perf_counter()
     engine = Engine.from_dir(args.model, EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=512))
     result["load_s"] = time.perf_counter() - start
-    result["cold_first_ms"] = _first_chunk(engine, "cold", request_text(0, "c"), args.steps)
+    if args.warm_up:
+        result["warm_up_s"] = warm_up(engine)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as cold:
+            result["cold_first_ms"] = _first_chunk(engine, "cold", request_text(0, "c"), args.steps)
+        result["cold_table"] = cold.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        result["second_ms"] = _first_chunk(engine, "second", request_text(1, "c"), args.steps)
+    else:
+        result["cold_first_ms"] = _first_chunk(engine, "cold", request_text(0, "c"), args.steps)
     for i in range(3):
         _first_chunk(engine, f"warm{i}", request_text(i, "w"), args.steps)
     plain = [_first_chunk(engine, f"p{i}", request_text(i, "p"), args.steps) for i in range(args.repeats)]

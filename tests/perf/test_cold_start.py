@@ -42,6 +42,9 @@ def test_cold_start_mode_starts_twice_on_one_cache_and_measures_each_level(tmp_p
             assert lv["first_over_warm"] == pytest.approx(first["ttfb_ms_p50"] / warm["ttfb_ms_p50"])
             assert lv["ok"] == (lv["first_over_warm"] <= 1.5 and first["max_gap_ms_max"] <= 100.0)
     assert "## Cold start" in proc.stdout and "| empty-cache |" in proc.stdout
+    # Where the first requests' time went, from the server's Server-Timing headers.
+    assert "empty-cache: server stages of the first runs" in proc.stdout
+    assert starts[0]["levels"][0]["first"]["server_timing_ms"]["total"]["n"] == 1
     # Each server's log is kept beside the JSON.
     assert (tmp_path / "cold-start-server-empty-cache.log").is_file()
 
