@@ -40,7 +40,7 @@ from engine.ipc import (
     send_message,
 )
 from engine.request import RequestStatus
-from engine.startup import ProgressClock, StartupPhase, freeze_heap, warm_up, warm_up_batches
+from engine.startup import ProgressClock, StartupPhase, freeze_heap, warm_up, warm_up_plan
 
 if TYPE_CHECKING:  # the server process imports this module for spawn_engine_core: keep it light
     from engine.engine import Engine, StepOutput
@@ -323,7 +323,7 @@ def run_engine_core(
         progress(StartupPhase.LOADING)
         engine = Engine(load_checkpoint(checkpoint_dir, device=device, dtype=dtype), engine_config, progress=progress)
         if engine.config.warm_up or (engine.config.warm_up is None and engine.runner.model.device.type == "cuda"):
-            progress(StartupPhase.WARM_UP, 0, len(warm_up_batches(engine.config.max_num_seqs)))
+            progress(StartupPhase.WARM_UP, 0, len(warm_up_plan(engine)))
             warm_up(engine, progress.phase(StartupPhase.WARM_UP))
         freeze_heap()  # start-up's objects out of every later collection: no full GC on a request's path
         info = model_info(engine, device, checkpoint_dir)

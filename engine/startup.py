@@ -3,11 +3,12 @@
 A freshly built :class:`~engine.engine.Engine` has captured its CUDA graphs (every decode batch
 size, every packed-LM shape, the VAE), which compiles the kernels those graphs hold. What is left
 cold are the eager pieces around them: the embeddings and local encoder of a step's inputs, a
-voice prompt's VAE warm-up, the pinned host buffers of the audio copies, the first use of each
-request's random generator. :func:`warm_up` runs a few throw-away requests of the shapes the
-engine serves through the real step loop, so the first real request of any shape pays none of
-that. The engine process reports each phase (:class:`StartupProgress`) before it says READY, and
-the server keeps ``/ready`` at 503 until then.
+voice prompt's VAE warm-up, the LoRA kernels of rows with an adapter (their LMs run op by op), the
+pinned host buffers of the audio copies, the first use of each request's random generator.
+:func:`warm_up` runs a few throw-away requests of the shapes the engine serves through the real
+step loop, so the first real request of any shape pays none of that. The engine process reports
+each phase (:class:`StartupProgress`) before it says READY, and the server keeps ``/ready`` at 503
+until then.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 if TYPE_CHECKING:
     from engine.engine import Engine
     from engine.engine_config import EngineConfig
+    from engine.lora_files import Adapter
     from engine.runner import ModelRunner
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "freeze_heap",
     "warm_up",
     "warm_up_batches",
+    "warm_up_plan",
 ]
 
 
@@ -128,13 +131,42 @@ def warm_up_batches(max_num_seqs: int) -> list[int]:
     return sorted({s for s in sizes if s <= max_num_seqs})
 
 
+def warm_up_plan(engine: Engine) -> list[tuple[int, bool]]:
+    """The warm-up's batches in order: ``(size, with LoRA rows)``; the LoRA pass only with adapter slots."""
+    sizes = warm_up_batches(engine.config.max_num_seqs)
+    plan = [(size, False) for size in sizes]
+    if engine.adapters is not None:
+        plan += [(size, True) for size in sizes]
+    return plan
+
+
+WARM_UP_ADAPTER = "__warm_up_lora"  # registered for the LoRA pass only, then removed
+
+
+def _zero_adapter(engine: Engine) -> Adapter:
+    """An adapter of the engine's largest rank on every LoRA layer, all zeros (adds nothing)."""
+    from engine.lora_files import Adapter, LoRAConfig
+
+    assert engine.adapters is not None
+    slots = engine.adapters.slots
+    rank = slots.max_rank
+    weights = {
+        name: (torch.zeros(rank, layer.in_features), torch.zeros(layer.out_features, rank))
+        for name, layer in slots.layers.items()
+    }
+    config = LoRAConfig(enable_lm=True, enable_dit=True, enable_proj=True, r=rank, alpha=rank)
+    return Adapter(config, weights, engine.model_config.architecture)
+
+
 def warm_up(engine: Engine, tick: Callable[[int, int], None] | None = None, steps: int = 3) -> float:
     """Run throw-away requests through the engine's step loop; returns the seconds it took.
 
     Each batch is added at once and run to its end (``steps`` patches per request): the first
     step is a packed prefill of the batch, the rest are decode steps. The first batch's request
     carries a voice prompt (audio positions in the prefill and the VAE's prompt warm-up); text
-    lengths differ so that prompts are not all one length.
+    lengths differ so that prompts are not all one length. With LoRA slots the batch sizes run
+    again with every other request (the first included) on a zero adapter of the largest rank,
+    which is removed afterwards.
 
     Args:
         engine: A freshly built engine with nothing in flight.
@@ -145,18 +177,27 @@ def warm_up(engine: Engine, tick: Callable[[int, int], None] | None = None, step
 
     start = time.perf_counter()
     cfg = engine.model_config
-    batches = warm_up_batches(engine.config.max_num_seqs)
+    plan = warm_up_plan(engine)
     prompt = Voice(prompt_text="Warm up.", prompt_latents=torch.zeros(3, cfg.patch_size, cfg.feat_dim))
-    for b, size in enumerate(batches):
-        for i in range(size):
-            voice = prompt if b == 0 else None
-            text = "Warm-up sentence number one. " * (1 + i % 3)
-            params = GenerationParams(min_steps=steps, max_steps=steps, seed=i)
-            engine.add_request(f"__warmup_{b}_{i}", text, voice=voice, params=params)
-        while engine.has_unfinished():
-            engine.step()
-        if tick is not None:
-            tick(b + 1, len(batches))
+    if any(lora for _, lora in plan):
+        engine.adapters.register(WARM_UP_ADAPTER, _zero_adapter(engine))  # type: ignore[union-attr]
+    try:
+        for b, (size, lora) in enumerate(plan):
+            for i in range(size):
+                engine.add_request(
+                    f"__warmup_{b}_{i}",
+                    "Warm-up sentence number one. " * (1 + i % 3),
+                    voice=prompt if b == 0 else None,
+                    params=GenerationParams(min_steps=steps, max_steps=steps, seed=i),
+                    lora=WARM_UP_ADAPTER if lora and i % 2 == 0 else None,
+                )
+            while engine.has_unfinished():
+                engine.step()
+            if tick is not None:
+                tick(b + 1, len(plan))
+    finally:
+        if engine.adapters is not None and WARM_UP_ADAPTER in engine.adapters.names():
+            engine.adapters.unregister(WARM_UP_ADAPTER)
     if torch.cuda.is_available() and engine.runner.model.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

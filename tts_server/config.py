@@ -137,7 +137,8 @@ class ServerConfig:
     warm_up: bool = _setting(
         True,
         "On CUDA, run throw-away requests of every batch shape (prefill with and without a voice prompt, each "
-        "decode batch-size bucket, the VAE) before /ready says 200, so no first request pays a kernel compile.",
+        "decode batch-size bucket, the VAE; again with LoRA rows when --max-loras > 0) before /ready says 200, so "
+        "no first request pays a kernel compile.",
         parse=_bool,
     )
     kernel_cache_dir: str | None = _setting(

@@ -97,3 +97,34 @@ def test_freeze_heap_keeps_start_up_objects_out_of_later_collections():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_warm_up_with_lora_slots_runs_a_lora_pass_and_removes_its_adapter(tiny_v2, tmp_path):
+    from engine.startup import WARM_UP_ADAPTER, warm_up_plan
+    from engine.synthetic_lora import write_lora
+
+    config = EngineConfig(max_num_seqs=3, max_model_len=256, max_loras=2, max_lora_rank=16)
+    engine = Engine(load_checkpoint(tiny_v2), config)
+    assert warm_up_plan(engine) == [(1, False), (2, False), (3, False), (1, True), (2, True), (3, True)]
+    ticks: list[tuple[int, int, int]] = []
+    warm_up(engine, lambda done, total: ticks.append((done, total, engine.adapters.stats()["resident"])), steps=2)
+    # The LoRA pass really put rows on the adapter: it was made resident in a slot.
+    assert ticks == [(1, 6, 0), (2, 6, 0), (3, 6, 0), (4, 6, 1), (5, 6, 1), (6, 6, 1)]
+    # The zero adapter is gone, its slot free again, and nothing is left in flight.
+    assert engine.adapters is not None and WARM_UP_ADAPTER not in engine.adapters.names()
+    stats = engine.adapters.stats()
+    assert stats["registered"] == stats["resident"] == stats["in_use"] == 0 and not stats["draining"]
+    assert not engine.has_unfinished() and engine.blocks.num_free == engine.blocks.num_blocks
+    engine.check_invariants()
+    # A real LoRA voice afterwards sounds as on a fresh engine.
+    lora = write_lora(tiny_v2, tmp_path / "calm", rank=8, seed=3)
+    fresh = Engine(load_checkpoint(tiny_v2), config)
+    outs = []
+    for e in (engine, fresh):
+        e.register_voice("calm", lora)
+        e.add_request("r", "With a voice.", params=GenerationParams(min_steps=3, max_steps=3, seed=7), lora="calm")
+        chunks = []
+        while e.has_unfinished():
+            chunks += [o.audio for o in e.step() if o.audio is not None]
+        outs.append(torch.tensor(sum((c.tolist() for c in chunks), [])))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=0)

@@ -2,9 +2,9 @@
 
 An engine built with its CUDA graphs and run through :func:`engine.startup.warm_up` serves new
 batch sizes, prompts of new lengths, a voice prompt, arrivals beside running streams and decode
-batches of every size without Triton compiling a single kernel (Triton's post-compile hook counts
-every kernel it builds, whether from source or from its disk cache). LoRA voices are not part of
-the warm-up (their eager path is compiled on the first LoRA request).
+batches of every size, and with LoRA slots requests on a real LoRA voice beside plain ones, without
+Triton compiling a single kernel (Triton's post-compile hook counts every kernel it builds, whether
+from source or from its disk cache).
 """
 
 import pytest
@@ -25,11 +25,19 @@ def _params(steps: int, seed: int) -> GenerationParams:
     return GenerationParams(min_steps=steps, max_steps=steps, seed=seed)
 
 
-@pytest.mark.parametrize("name", ["tiny_v1", "tiny_v2"])
-def test_nothing_compiles_after_warm_up(request, name, monkeypatch):
-    ckpt = load_checkpoint(request.getfixturevalue(name), device="cuda")
-    engine = Engine(ckpt, EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256))
+@pytest.mark.parametrize(("name", "loras"), [("tiny_v1", 0), ("tiny_v2", 0), ("tiny_v2", 2)])
+def test_nothing_compiles_after_warm_up(request, name, loras, monkeypatch, tmp_path):
+    ckpt_dir = request.getfixturevalue(name)
+    ckpt = load_checkpoint(ckpt_dir, device="cuda")
+    config = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, max_loras=loras)
+    engine = Engine(ckpt, config)
     warm_up(engine)
+    lora = None
+    if loras:
+        from engine.synthetic_lora import write_lora
+
+        engine.register_voice("calm", write_lora(ckpt_dir, tmp_path / "calm", rank=8, seed=3, enable_proj=True))
+        lora = "calm"
     compiled: list[str] = []
     monkeypatch.setattr(triton.knobs.runtime, "jit_post_compile_hook", lambda *a, **kw: compiled.append(str(kw)))
     cfg = engine.model_config
@@ -39,7 +47,9 @@ def test_nothing_compiles_after_warm_up(request, name, monkeypatch):
     engine.step()
     engine.add_request("voiced", "Joins with a voice.", voice=voice, params=_params(5, 2))
     for i in range(6):
-        engine.add_request(f"crowd{i}", "Word " * (3 + 5 * i), params=_params(4 + i % 3, 10 + i))
+        engine.add_request(
+            f"crowd{i}", "Word " * (3 + 5 * i), params=_params(4 + i % 3, 10 + i), lora=lora if i % 3 == 0 else None
+        )
     while engine.has_unfinished():
         engine.step()
     torch.cuda.synchronize()
