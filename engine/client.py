@@ -172,9 +172,9 @@ class AsyncEngine(EngineClientBase):
         if previous is None or previous.phase is not progress.phase:
             log.info("engine %s: %s", self.device, progress.describe())
 
-    def startup_progress(self) -> list[StartupProgress]:
-        """The engine's last start-up report (empty before the first, and for an engine started elsewhere)."""
-        return [self.startup] if self.startup is not None else []
+    def startup_progress(self) -> list[tuple[str, StartupProgress]]:
+        """``(device, last start-up report)``; empty before the first report (and for an engine started elsewhere)."""
+        return [(self.device, self.startup)] if self.startup is not None else []
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Shut the engine down: open requests end as cancelled; terminate/kill if it does not exit in time."""

@@ -64,9 +64,9 @@ class AsyncEngineGroup(EngineClientBase):
             await self.stop()
             raise errors[0]
 
-    def startup_progress(self) -> list[StartupProgress]:
-        """The last start-up report of each engine that has sent one (device order)."""
-        return [p for e in self.engines for p in e.startup_progress()]
+    def startup_progress(self) -> list[tuple[str, StartupProgress]]:
+        """``(device, last start-up report)`` of each engine that has sent one, in device order."""
+        return [report for e in self.engines for report in e.startup_progress()]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop every engine (concurrently)."""

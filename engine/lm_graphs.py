@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,22 +37,23 @@ if TYPE_CHECKING:  # the runner imports this module
 log = logging.getLogger(__name__)
 
 
-def token_buckets(max_tokens: int) -> list[int]:
-    """Padded token counts: 16, 32, 64, ... doubling below ``max_tokens``, then ``max_tokens`` itself."""
-    sizes, size = [], 16
-    while size < max_tokens:
+def _doubling(first: int, limit: int) -> list[int]:
+    """``first``, twice that, ... while below ``limit``, then ``limit`` itself."""
+    sizes, size = [], first
+    while size < limit:
         sizes.append(size)
         size *= 2
-    return sizes + [max_tokens]
+    return sizes + [limit]
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """Padded token counts: 16, 32, 64, ... doubling below ``max_tokens``, then ``max_tokens`` itself."""
+    return _doubling(16, max_tokens)
 
 
 def seq_buckets(max_seqs: int) -> list[int]:
     """Padded sequence counts: 1, 2, 4, ... doubling below ``max_seqs``, then ``max_seqs`` itself."""
-    sizes, size = [], 1
-    while size < max_seqs:
-        sizes.append(size)
-        size *= 2
-    return sizes + [max_seqs]
+    return _doubling(1, max_seqs)
 
 
 class PackedLMGraphs:
@@ -163,9 +165,9 @@ class PackedLMGraphs:
         tables = i32[2 * total + 1 :].reshape(total, w)
         end = 0
         for i, (start, count, table) in enumerate(spans):
-            pos = range(start, start + count)
+            pos = np.arange(start, start + count)
             i64[0, end : end + count] = pos
-            i64[1, end : end + count] = [table[p // bs] * bs + p % bs for p in pos]
+            i64[1, end : end + count] = np.asarray(table)[pos // bs] * bs + pos % bs
             cu[i], lens[i] = end, start + count
             tables[i, : len(table)] = table
             tables[i, len(table) :] = 0

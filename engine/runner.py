@@ -175,6 +175,9 @@ class ModelRunner:
         x, audio_embed, tm, am = self._inputs(rows)
         if self.lm_graphs is not None and self.lm_graphs.accepts(rows):
             hidden, residual = self.lm_graphs.run(rows, x, audio_embed, tm, am)
+            # The graph's static outputs are overwritten by its next replay: the rows keep a copy
+            # (one device copy each, queued like the rest: no index upload, no wait for the GPU).
+            hidden, residual = hidden.clone(), residual.clone()
             self.lm_graph_steps += 1
         else:
             hidden, residual = self._lm_eager(rows, x, audio_embed, tm, am)
@@ -183,13 +186,9 @@ class ModelRunner:
             end += row.count
             if row.sample:
                 ready.append((end - 1, row))
-        if ready:
-            # One gather, copied out of the (possibly static) outputs before the next step reuses them.
-            last = torch.tensor([i for i, _ in ready], device=hidden.device)
-            hidden_rows, residual_rows = hidden[last], residual[last]
-            for j, (_, row) in enumerate(ready):
-                row.request.lm_hidden = hidden_rows[j]
-                row.request.residual_hidden = residual_rows[j]
+        for last, row in ready:
+            row.request.lm_hidden = hidden[last]
+            row.request.residual_hidden = residual[last]
         return ready
 
     def _lm_eager(

@@ -12,6 +12,8 @@ Modules:
     http_wire: its HTTP/1.1 client on raw asyncio streams, one request per call.
     http_workers: that client's runs spread over worker processes started together.
     server_timing: the ``Server-Timing`` header parser.
+    server_modes: the HTTP and cold-start modes of ``benchmark.py`` (a running server; one it starts).
+    cold_start: a server started on an empty, then a filled kernel cache, measured per level.
     report: the printed tables.
     profiling: where a step's time goes (``--profile``) and the IPC cost of the engine process.
 """

@@ -43,7 +43,7 @@ from tts_server.routes.openai import openai_routes
 from tts_server.routes.ops import ops_routes
 from tts_server.routes.voices import voice_routes
 from tts_server.services import Services
-from tts_server.startup import StartupState
+from tts_server.startup import StartStep, StartupState
 from tts_server.text import load_normalizers
 from tts_server.transport import TransportGuard
 from tts_server.voices_store import VoiceStore
@@ -225,7 +225,7 @@ def create_app(
         try:
             if owned:
                 await engine.start()
-            app.state.startup.step = "loading the tokenizer and voices"
+            app.state.startup.step = StartStep.TOKENIZER_AND_VOICES
             info = _model_info(config, engine)
             tokenizer = await asyncio.to_thread(TextTokenizer.from_dir, config.model)
             await asyncio.to_thread(load_normalizers)  # ~0.5 s once, not on the first request

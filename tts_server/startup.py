@@ -9,13 +9,21 @@ would wait for kernels to compile.
 
 from __future__ import annotations
 
+import enum
 import time
 
 from engine.client import AsyncEngine
 from engine.group import AsyncEngineGroup
 from engine.startup import StartupProgress
 
-__all__ = ["StartupState"]
+__all__ = ["StartStep", "StartupState"]
+
+
+class StartStep(enum.Enum):
+    """The server's own steps before it serves (its engines report their phases apart)."""
+
+    ENGINE = "starting the engine"
+    TOKENIZER_AND_VOICES = "loading the tokenizer and voices"
 
 
 class StartupState:
@@ -26,14 +34,14 @@ class StartupState:
         owned: Whether this server starts the engine (else it was started by the embedding code).
 
     Attributes:
-        step: The server's own step (``starting the engine``, then ``loading the tokenizer and voices``).
+        step: The server's own step.
         ready_s: Seconds from the server's start to ready (None until then).
     """
 
     def __init__(self, engine: AsyncEngine | AsyncEngineGroup, owned: bool) -> None:
         self.engine = engine
         self.started_at = time.monotonic()
-        self.step = "starting the engine" if owned else "loading the tokenizer and voices"
+        self.step = StartStep.ENGINE if owned else StartStep.TOKENIZER_AND_VOICES
         self.ready_s: float | None = None
 
     def finished(self) -> None:
@@ -42,14 +50,13 @@ class StartupState:
 
     def engines(self) -> list[tuple[str, StartupProgress]]:
         """``(device, last report)`` of each engine that has reported."""
-        clients = self.engine.engines if isinstance(self.engine, AsyncEngineGroup) else [self.engine]
-        return [(e.device, p) for e in clients for p in e.startup_progress()]
+        return self.engine.startup_progress()
 
     def reason(self) -> str:
         """Why the server is not ready yet, e.g. ``warming up: cuda:0: capturing prefill CUDA graphs (12/66)``."""
         elapsed = time.monotonic() - self.started_at
         reports = self.engines()
-        if self.ready_s is None and self.step == "starting the engine" and reports:
+        if self.ready_s is None and self.step is StartStep.ENGINE and reports:
             detail = "; ".join(f"{device}: {p.describe()}" for device, p in reports)
             return f"the engine is starting ({detail})"
-        return f"the server is starting: {self.step}, {elapsed:.0f} s in"
+        return f"the server is starting: {self.step.value}, {elapsed:.0f} s in"

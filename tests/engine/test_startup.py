@@ -85,7 +85,7 @@ def test_engine_process_reports_its_phases_before_ready(tiny_v2, tmp_path):
     phases = [p.phase for p in seen]
     assert phases[0] is StartupPhase.LOADING and phases[-1] is StartupPhase.WARM_UP
     assert (seen[-1].done, seen[-1].total) == (2, 2)  # batches of 1 and 2
-    assert engine.startup_progress() == [seen[-1]]
+    assert engine.startup_progress() == [("cpu", seen[-1])]
     assert [p.elapsed_s for p in seen] == sorted(p.elapsed_s for p in seen)
 
 

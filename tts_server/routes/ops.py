@@ -13,6 +13,8 @@ request is ``not_found``, exactly like an id that does not exist.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -85,13 +87,14 @@ def _owner(request: Request, svc: Services) -> str | None:
     )
 
 
-def _counts(svc: Services) -> dict[str, int]:
+def _counts(state: Any) -> dict[str, int]:
+    """The seed's counters from ``app.state`` (its admission and queue exist from the first moment)."""
     return {
-        "active_connections": svc.admission.active,
-        "max_concurrent_connections": svc.admission.cap,
-        "active_inference": svc.queue.active,
-        "queued_inference": svc.queue.depth,
-        "max_inference_slots": svc.queue.slots,
+        "active_connections": state.admission.active,
+        "max_concurrent_connections": state.admission.cap,
+        "active_inference": state.queue.active,
+        "queued_inference": state.queue.depth,
+        "max_inference_slots": state.queue.slots,
     }
 
 
@@ -103,7 +106,7 @@ async def health(request: Request) -> Response:
         status="engine_dead" if dead else "ok",
         sample_rate=svc.sample_rate,
         available_voices=_voice_names(request, svc),
-        **_counts(svc),
+        **_counts(request.app.state),
         server_state=svc.lifecycle.state.value,
         engine_alive=svc.engines_alive,
     )
@@ -117,20 +120,24 @@ async def status(request: Request) -> Response:
     ``reason`` says which phase each engine is in, and ``startup`` has the counts.
     """
     state = request.app.state
-    admission, queue, lifecycle = state.admission, state.queue, state.lifecycle
+    lifecycle = state.lifecycle
     svc: Services | None = getattr(state, "services", None)
     alive = svc is not None and svc.engines_alive
-    active, cap = admission.active, admission.cap
+    c = _counts(state)
     stats = svc.engine_stats if svc is not None else {}
     body = StatusResponse(
         status=lifecycle.state.value,
-        can_accept_requests=lifecycle.accepting and alive and active < cap,
-        connections=Usage(active=active, max=cap, utilization_pct=_pct(active, cap)),
+        can_accept_requests=lifecycle.accepting and alive and c["active_connections"] < c["max_concurrent_connections"],
+        connections=Usage(
+            active=c["active_connections"],
+            max=c["max_concurrent_connections"],
+            utilization_pct=_pct(c["active_connections"], c["max_concurrent_connections"]),
+        ),
         inference=InferenceUsage(
-            active=queue.active,
-            queued=queue.depth,
-            max_slots=queue.slots,
-            utilization_pct=_pct(queue.active, queue.slots),
+            active=c["active_inference"],
+            queued=c["queued_inference"],
+            max_slots=c["max_inference_slots"],
+            utilization_pct=_pct(c["active_inference"], c["max_inference_slots"]),
         ),
         engine=EngineFigures(
             alive=alive,
@@ -162,14 +169,16 @@ def _startup(request: Request) -> StartupFigures | None:
         for device, p in startup.engines()
     ]
     ready_s = None if startup.ready_s is None else round(startup.ready_s, 1)
-    return StartupFigures(step=None if ready_s is not None else startup.step, ready_s=ready_s, engines=engines)
+    return StartupFigures(step=None if ready_s is not None else startup.step.value, ready_s=ready_s, engines=engines)
 
 
 def _not_ready_reason(request: Request) -> str:
     state = getattr(request.app.state, "lifecycle", None)
     startup = getattr(request.app.state, "startup", None)
-    if state is None or (state.state is ServerState.STARTING and startup is not None):
-        return startup.reason() if startup is not None else "the server is starting"
+    if startup is not None and (state is None or state.state is ServerState.STARTING):
+        return startup.reason()
+    if state is None:
+        return "the server is starting"
     return state.reason or "the server is not taking work"
 
 

@@ -1,0 +1,94 @@
+"""The benchmark's modes against a real server over HTTP: ``--mode http`` and ``--mode cold-start``.
+
+Each takes ``benchmark.py``'s parsed arguments and the result dict it writes as JSON, prints its
+tables as it goes, and adds its figures under ``http`` / ``cold_start``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from perf import drivers, report
+from perf.metrics import combine_repeats, summarize_closed, summarize_stages
+
+__all__ = ["run_cold_start", "run_http"]
+
+
+def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """HTTP mode: one seed-format block per run of each level, then its server stages (``Server-Timing``)."""
+    from perf.http_client import HttpLoad, http_level
+
+    load = HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout)
+    out["http"] = []
+    for level in args.concurrency:
+        n = args.requests or 2 * level
+        runs = []
+        for r in range(args.repeats):
+            traces, wall = http_level(
+                args.server,
+                num_requests=n,
+                concurrency=level,
+                load=load,
+                warmup=args.warmup if r == 0 else 0,  # the level's warm-up once, before its first run
+                tag=f"c{level}-" if r == 0 else f"c{level}r{r}-",
+                workers=args.http_workers,
+            )
+            summary = summarize_closed(traces, wall)
+            if args.repeats > 1:
+                print(f"\n(run {r + 1} of {args.repeats})")
+            print(report.seed_block(summary, level, wall), flush=True)
+            errors = sorted({t.error for t in traces if t.error and t.error != "503"})
+            for e in errors[:5]:
+                print("  error:", e)
+            stages = summarize_stages(traces)
+            timed = sum(1 for t in traces if t.ok and t.server_timing)
+            if stages:
+                print(f"\nServer-Timing, ms ({timed} of {summary['ok']} answered requests carried it):")
+                print(report.stage_table(stages), flush=True)
+            runs.append(
+                {
+                    "engine": "server",
+                    "concurrency": level,
+                    **summary,
+                    "error_kinds": errors,
+                    "server_timing_ms": stages,
+                    "server_timing_responses": timed,
+                }
+            )
+        out["http"].append(combine_repeats(runs))
+    if args.repeats > 1:
+        print(f"\n## Median (min-max) over {args.repeats} runs per level\n")
+        print(report.repeats_table(out["http"]))
+    if len(out["http"]) > 1 and (table := report.stage_levels_table(out["http"])):
+        print("\n## Server stages, p50 ms per concurrency level (first run of each)\n")
+        print(table)
+
+
+def run_cold_start(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Cold-start mode: two server starts (empty, then filled kernel cache), each measured per level."""
+    from perf.cold_start import ColdStartPlan, cold_start, parse_server_args
+    from perf.http_client import HttpLoad
+
+    model_dir = args.model or drivers.preset_checkpoint(args.preset, args.cache_dir)
+    plan = ColdStartPlan(
+        model_dir=Path(model_dir),
+        levels=tuple(args.concurrency),
+        load=HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout),
+        repeats=args.repeats,
+        max_num_seqs=args.max_num_seqs,
+        kernel_cache_dir=args.kernel_cache_dir,
+        server_args=parse_server_args(args.server_args),
+        log_dir=args.json.parent if args.json else Path(args.cache_dir),
+    )
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    out["cold_start"] = cold_start(plan)
+    print(f"\n## Cold start: first requests per level against warm ({args.steps}-patch requests)\n")
+    print(report.cold_start_table(out["cold_start"]))
+    for start in out["cold_start"]:
+        for kind in ("first", "warm"):
+            rows = [level[kind] for level in start["levels"]]
+            if table := report.stage_levels_table(rows):
+                print(f"\n### {start['label']}: server stages of the {kind} runs, p50 ms per level\n")
+                print(table)
