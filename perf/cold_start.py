@@ -48,6 +48,8 @@ class ColdStartPlan:
         load: What each request asks for.
         repeats: Warm runs per level.
         max_num_seqs: The server's inference slots (default: the largest level).
+        max_num_batched_tokens: The server's token budget per step (``None``: the server's default);
+            the benchmark passes its own, so a server runs with the budget of the in-process runs.
         kernel_cache_dir: The cache to start from; ``None``: a new, empty temporary directory.
         server_args: More ``tts_server`` flags.
         ready_timeout_s: Longest wait for ``/ready``.
@@ -59,6 +61,7 @@ class ColdStartPlan:
     load: HttpLoad = HttpLoad()
     repeats: int = 3
     max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
     kernel_cache_dir: Path | None = None
     server_args: tuple[str, ...] = ()
     ready_timeout_s: float = 900.0
@@ -75,6 +78,18 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def server_argv(plan: ColdStartPlan, port: int, cache_dir: Path) -> list[str]:
+    """The command line of one server start: the plan's limits, then its extra flags (which win)."""
+    argv = [
+        sys.executable, "-m", "tts_server", "--model", str(plan.model_dir), "--host", "127.0.0.1",
+        "--port", str(port), "--max-num-seqs", str(plan.max_num_seqs or max(plan.levels)),
+        "--voices-dir", "", "--kernel-cache-dir", str(cache_dir),
+    ]  # fmt: skip
+    if plan.max_num_batched_tokens is not None:
+        argv += ["--max-num-batched-tokens", str(plan.max_num_batched_tokens)]
+    return argv + list(plan.server_args)
+
+
 class ServerProcess:
     """``python -m tts_server`` on loopback, started now; its log goes to a file."""
 
@@ -82,11 +97,7 @@ class ServerProcess:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = plan.log_dir / f"cold-start-server-{label}.log"
-        argv = [
-            sys.executable, "-m", "tts_server", "--model", str(plan.model_dir), "--host", "127.0.0.1",
-            "--port", str(self.port), "--max-num-seqs", str(plan.max_num_seqs or max(plan.levels)),
-            "--voices-dir", "", "--kernel-cache-dir", str(cache_dir), *plan.server_args,
-        ]  # fmt: skip
+        argv = server_argv(plan, self.port, cache_dir)
         self.started = time.perf_counter()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

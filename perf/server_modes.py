@@ -78,6 +78,7 @@ def run_cold_start(args: argparse.Namespace, out: dict[str, Any]) -> None:
         load=HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout),
         repeats=args.repeats,
         max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
         kernel_cache_dir=args.kernel_cache_dir,
         server_args=parse_server_args(args.server_args),
         log_dir=args.json.parent if args.json else Path(args.cache_dir),

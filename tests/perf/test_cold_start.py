@@ -62,3 +62,19 @@ def test_a_server_that_cannot_start_ends_the_run_at_once_with_its_log(tmp_path):
         measure_start(plan, tmp_path / "k", "broken")
     assert time.monotonic() - started < 60
     assert "missing" in str(exc.value)  # the end of the server's log says what was wrong
+
+
+def test_the_server_gets_the_benchmarks_token_budget_and_extra_flags_win(tmp_path):
+    from perf.cold_start import server_argv
+
+    plan = ColdStartPlan(model_dir=tmp_path, levels=(1, 8), max_num_batched_tokens=4096)
+    argv = server_argv(plan, 8000, tmp_path / "k")
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == "4096"
+    assert argv[argv.index("--max-num-seqs") + 1] == "8"
+    assert "--max-num-batched-tokens" not in server_argv(ColdStartPlan(model_dir=tmp_path), 8000, tmp_path)
+    extra = server_argv(
+        ColdStartPlan(model_dir=tmp_path, max_num_batched_tokens=4096, server_args=("--max-num-batched-tokens", "64")),
+        8000,
+        tmp_path,
+    )
+    assert extra[-2:] == ["--max-num-batched-tokens", "64"]  # argparse keeps the last
