@@ -105,8 +105,8 @@ class Engine:
         self.async_scheduling = self.runner.graphs is not None if async_scheduling is None else async_scheduling
         self._inflight: SampledBatch | None = None  # a step launched by the previous call (async scheduling)
         # Causal VAE decoder state: one row per request in a long-lived slot state, so a step gathers
-        # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up)
-        # until its first chunk takes a slot.
+        # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up,
+        # or None for a stream that starts from zeros) until its first chunk takes a slot.
         self._vae = VaeStreams(
             self.vae,
             self.model_config.patch_size,
@@ -114,7 +114,7 @@ class Engine:
             capture=graphs,
             on_capture=progress.phase(StartupPhase.VAE_GRAPHS) if progress else None,
         )
-        self._warm: dict[str, StreamingDecoderState] = {}
+        self._warm: dict[str, StreamingDecoderState | None] = {}
         self._deadlines: dict[str, float] = {}
         self._ended: list[StepOutput] = []
         self._arrivals = itertools.count()
@@ -202,8 +202,9 @@ class Engine:
             temperature=params.temperature,
         )
         request = Request(request_id, prefill, sampling, gen, arrival=next(self._arrivals), lora_name=lora, times=times)
-        state = self.vae.new_stream_state(1)
+        state = None  # a fresh stream starts from a zero slot: nothing to allocate or copy per request
         if prefill.context_patches.shape[0]:
+            state = self.vae.new_stream_state(1)
             self.vae.decode_stream(self._frames(prefill.context_patches[None]), state)  # warm-up, output discarded
         times.queued = time.monotonic()
         self.requests[request_id] = request

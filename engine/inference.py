@@ -87,7 +87,7 @@ def build_prefill(
     def add_text(tokens: Sequence[int]) -> None:
         ids.extend(int(t) for t in tokens)
         is_audio.extend([0] * len(tokens))
-        chunks.append(torch.zeros(len(tokens), *patch_shape))
+        chunks.append(torch.zeros(len(tokens), *patch_shape))  # fp32, like the prompt latents
 
     def add_audio(patches: Tensor, name: str) -> None:
         _check_patches(name, patches, cfg)
@@ -104,8 +104,11 @@ def build_prefill(
         add_audio(prompt_patches, "prompt_patches")
 
     audio_mask = torch.tensor(is_audio, dtype=torch.int32)
-    # Concatenate in fp32 and round once, like the reference (prompt latents come out of the VAE in fp32).
-    patches = torch.cat(chunks).to(getattr(torch, cfg.dtype))
+    dtype = getattr(torch, cfg.dtype)
+    if len(chunks) == 1 and not is_audio[-1]:  # text only: zeros, made once in the model dtype
+        patches = torch.zeros(len(ids), *patch_shape, dtype=dtype)
+    else:  # concatenate in fp32 and round once, like the reference (prompt latents come out of the VAE in fp32)
+        patches = torch.cat(chunks).to(dtype)
     n_context = 0
     if is_audio[-1]:
         n_context = min(cfg.context_patches, int(audio_mask.sum()))

@@ -73,8 +73,9 @@ class VaeStreams:
         """``[B, width]`` rows of a list-of-buffers state (the layout of a slot)."""
         return torch.cat([b.reshape(b.shape[0], -1) for b in state.buffers], dim=1)
 
-    def admit(self, request_id: str, warm: StreamingDecoderState) -> None:
-        """Give a stream a slot, starting from ``warm`` (a one-row state, e.g. after a prompt warm-up)."""
+    def admit(self, request_id: str, warm: StreamingDecoderState | None) -> None:
+        """Give a stream a slot, starting from ``warm`` (a one-row state, e.g. after a prompt warm-up)
+        or, for ``None``, from zeros (a free slot is always zero: see :meth:`release`)."""
         if request_id in self._slot_of:
             raise ValueError(f"stream {request_id!r} already has a VAE slot")
         if not self._free:  # grow by doubling; slots outlive steps, so this is rare (graphs never see _slots)
@@ -82,12 +83,20 @@ class VaeStreams:
             self._slots = torch.cat([self._slots, self._slots.new_zeros(grow, self.width)])
             self._free.extend(range(start + grow - 1, start - 1, -1))
         slot = self._slot_of[request_id] = self._free.pop()
-        self._slots[slot] = self.flatten(warm)[0]
+        if warm is not None:
+            self._slots[slot] = self.flatten(warm)[0]
 
     def release(self, request_id: str) -> None:
-        """Free a stream's slot (no-op for a stream without one)."""
+        """Free a stream's slot and zero it (no-op for a stream without one).
+
+        Zeroing here, one queued fill when a stream ends, keeps a whole burst of new streams from
+        paying a state allocation and a copy each on the step that decodes their first audio. The
+        fill is queued on the stream behind any decode still writing this slot back.
+        """
         slot = self._slot_of.pop(request_id, None)
         if slot is not None:
+            with torch.inference_mode():  # _slots may have been made under inference mode (a growth in a step)
+                self._slots[slot].zero_()
             self._free.append(slot)
 
     def has(self, request_id: str) -> bool:

@@ -16,6 +16,8 @@ def vae_and_patch(request):
 def _check_against_decode_stream(vae, patch, streams, device="cpu", atol=5e-5):
     """Streams join and leave between steps; every chunk equals the model's own streaming decode of that stream.
 
+    "e" joins after "a" and "c" have left, so it takes one of their slots.
+
     fp32 up to rounding: CPU conv kernels may round a padded batch of 4 differently from one
     stream (up to 1.4e-5 measured on an AMD EPYC host); a slot or state bug is an O(0.1) difference.
     """
@@ -29,8 +31,9 @@ def _check_against_decode_stream(vae, patch, streams, device="cpu", atol=5e-5):
     for step, names in enumerate(plan):
         for name in names:
             if not streams.has(name):
-                state = vae.new_stream_state(1, device=device)
+                state = None  # a fresh stream: its slot must be zero, even one that "a" or "c" used before
                 if name == "d":
+                    state = vae.new_stream_state(1, device=device)
                     vae.decode_stream(warm, state)
                 streams.admit(name, state)
         frames = torch.cat([z[n][..., pos[n] * patch : (pos[n] + 1) * patch] for n in names])
