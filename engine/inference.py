@@ -82,18 +82,17 @@ def build_prefill(
     patch_shape = (cfg.patch_size, cfg.feat_dim)
     ids: list[int] = []
     is_audio: list[int] = []
-    chunks: list[Tensor] = []
+    audio: list[tuple[int, Tensor]] = []  # (first position, fp32 patches) of each audio span
 
     def add_text(tokens: Sequence[int]) -> None:
         ids.extend(int(t) for t in tokens)
         is_audio.extend([0] * len(tokens))
-        chunks.append(torch.zeros(len(tokens), *patch_shape))  # fp32, like the prompt latents
 
     def add_audio(patches: Tensor, name: str) -> None:
         _check_patches(name, patches, cfg)
+        audio.append((len(ids), patches.detach().to("cpu", torch.float32)))
         ids.extend([0] * patches.size(0))
         is_audio.extend([1] * patches.size(0))
-        chunks.append(patches.detach().to("cpu", torch.float32))
 
     if ref_patches is not None:
         add_text([REF_AUDIO_START])
@@ -104,11 +103,13 @@ def build_prefill(
         add_audio(prompt_patches, "prompt_patches")
 
     audio_mask = torch.tensor(is_audio, dtype=torch.int32)
+    # Laid out in fp32 and rounded once, like the reference (prompt latents come out of the VAE in
+    # fp32); zeros at text positions, so a text-only prompt is made in the model dtype at once.
     dtype = getattr(torch, cfg.dtype)
-    if len(chunks) == 1 and not is_audio[-1]:  # text only: zeros, made once in the model dtype
-        patches = torch.zeros(len(ids), *patch_shape, dtype=dtype)
-    else:  # concatenate in fp32 and round once, like the reference (prompt latents come out of the VAE in fp32)
-        patches = torch.cat(chunks).to(dtype)
+    patches = torch.zeros(len(ids), *patch_shape, dtype=torch.float32 if audio else dtype)
+    for start, span in audio:
+        patches[start : start + span.size(0)] = span
+    patches = patches.to(dtype)
     n_context = 0
     if is_audio[-1]:
         n_context = min(cfg.context_patches, int(audio_mask.sum()))

@@ -88,7 +88,7 @@ def _owner(request: Request, svc: Services) -> str | None:
 
 
 def _counts(state: Any) -> dict[str, int]:
-    """The seed's counters from ``app.state`` (its admission and queue exist from the first moment)."""
+    """Connection and inference-slot counts from ``app.state`` (its admission and queue exist from the first moment)."""
     return {
         "active_connections": state.admission.active,
         "max_concurrent_connections": state.admission.cap,
