@@ -38,6 +38,7 @@ from tts_server.metrics import ServerMetrics
 from tts_server.openai_errors import error_response_for
 from tts_server.openapi import openapi_routes
 from tts_server.queue import InferenceQueue
+from tts_server.request_path_warmup import warm_request_path
 from tts_server.routes.generate import generate_routes
 from tts_server.routes.openai import openai_routes
 from tts_server.routes.ops import ops_routes
@@ -229,6 +230,8 @@ def create_app(
             info = _model_info(config, engine)
             tokenizer = await asyncio.to_thread(TextTokenizer.from_dir, config.model)
             await asyncio.to_thread(load_normalizers)  # ~0.5 s once, not on the first request
+            app.state.startup.step = StartStep.REQUEST_PATH
+            await warm_request_path(int(info["sample_rate"]))
             voices_dir = Path(config.voices_dir) if config.voices_dir else None
             voices = held["voices"] = VoiceStore(
                 voices_dir,

@@ -24,6 +24,7 @@ class StartStep(enum.Enum):
 
     ENGINE = "starting the engine"
     TOKENIZER_AND_VOICES = "loading the tokenizer and voices"
+    REQUEST_PATH = "warming the request path (codecs, the event loop's task groups)"
 
 
 class StartupState:
