@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num-requests",
         dest="requests",
         type=int,
-        help="requests per level (default: the level; http: 2 x the level)",
+        help="requests per level (default: the level, all started together; more: each finished one is replaced)",
     )
     load.add_argument(
         "--steps",

@@ -23,7 +23,7 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
     load = HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout)
     out["http"] = []
     for level in args.concurrency:
-        n = args.requests or 2 * level
+        n = args.requests or level  # one wave started together, as in process and in the cold-start mode
         runs = []
         for r in range(args.repeats):
             traces, wall = http_level(

@@ -188,14 +188,15 @@ def test_http_mode_prints_and_writes_server_stages(tmp_path, monkeypatch, capsys
     text = capsys.readouterr().out
     first, second = text.split("TTS BENCHMARK RESULTS")[1:]
     assert "Server-Timing" not in first  # no header, no breakdown
-    assert "Server-Timing, ms (4 of 4 answered requests carried it):" in second
-    assert "| ms | queue | total | gpu |" in second and "| p50 | 2.50 | 21.50 | 0.50 |" in second
-    assert "| n | 4 | 4 | 4 |" in second
-    assert "| 1 | - | - | - |" in text and "| 2 | 2.50 | 21.50 | 0.50 |" in text  # p50 per level
+    # One wave per level by default: as many requests as the level, started together.
+    assert "Server-Timing, ms (2 of 2 answered requests carried it):" in second
+    assert "| ms | queue | total | gpu |" in second and "| p50 | 1.50 | 20.50 | 0.50 |" in second
+    assert "| n | 2 | 2 | 2 |" in second
+    assert "| 1 | - | - | - |" in text and "| 2 | 1.50 | 20.50 | 0.50 |" in text  # p50 per level
     rows = _strict(out.read_text())["http"]
     assert [r["concurrency"] for r in rows] == [1, 2]
     assert rows[0]["server_timing_ms"] == {} and rows[0]["server_timing_responses"] == 0
-    assert rows[1]["server_timing_responses"] == 4 and list(rows[1]["server_timing_ms"]) == ["queue", "total", "gpu"]
-    assert rows[1]["server_timing_ms"]["total"] == {"p50": 21.5, "p90": pytest.approx(22.7), "n": 4}
+    assert rows[1]["server_timing_responses"] == 2 and list(rows[1]["server_timing_ms"]) == ["queue", "total", "gpu"]
+    assert rows[1]["server_timing_ms"]["total"] == {"p50": 20.5, "p90": pytest.approx(20.9), "n": 2}
     # The seed block's figures keep their keys.
-    assert rows[1]["ok"] == 4 and rows[1]["ttfb_ms_p50"] == pytest.approx(50.0) and rows[1]["audio_s"] == 8.0
+    assert rows[1]["ok"] == 2 and rows[1]["ttfb_ms_p50"] == pytest.approx(50.0) and rows[1]["audio_s"] == 4.0
