@@ -230,8 +230,6 @@ def create_app(
             info = _model_info(config, engine)
             tokenizer = await asyncio.to_thread(TextTokenizer.from_dir, config.model)
             await asyncio.to_thread(load_normalizers)  # ~0.5 s once, not on the first request
-            app.state.startup.step = StartStep.REQUEST_PATH
-            await warm_request_path(int(info["sample_rate"]))
             voices_dir = Path(config.voices_dir) if config.voices_dir else None
             voices = held["voices"] = VoiceStore(
                 voices_dir,
@@ -244,6 +242,8 @@ def create_app(
                 samples_per_patch=int(info["samples_per_patch"]),
             )
             await voices.load_all()
+            app.state.startup.step = StartStep.REQUEST_PATH
+            await warm_request_path(int(info["sample_rate"]))
             registry = InflightRegistry(queue, engine)
             svc = Services(config, lifecycle, admission, metrics, engine, queue, registry, voices, tokenizer, info)
             svc.engine_stats = await engine.stats()
