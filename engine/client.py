@@ -185,7 +185,7 @@ class AsyncEngine(EngineClientBase):
             self._outbox.put(dumps(Shutdown()))
             try:
                 await asyncio.wait_for(self._exited.wait(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("engine %s did not stop within %.0f s; terminating it", self.pid, timeout_s)
         await asyncio.to_thread(reap, self._process, 0.0 if not self._exited.is_set() else 5.0)
         for thread in self._threads:

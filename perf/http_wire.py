@@ -120,7 +120,7 @@ class Connection:
                 asyncio.open_connection(target.host, target.port, ssl=True if target.tls else None, limit=_LINE_LIMIT),
                 _CONNECT_TIMEOUT_S,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"no connection to {target.host}:{target.port} in {_CONNECT_TIMEOUT_S:g} s") from None
         return cls(reader, writer)
 
@@ -345,7 +345,7 @@ async def one_raw(
             conn = None
             conn = await Connection.open(target)
         keep = await asyncio.wait_for(_exchange(conn, payload, trace), load.timeout_s)
-    except asyncio.TimeoutError as exc:  # an OSError on 3.11+: caught first to say which wait ran out
+    except TimeoutError as exc:  # an OSError on 3.11+: caught first to say which wait ran out
         trace.error = f"TimeoutError: {exc or f'no whole answer in {load.timeout_s:g} s'}"
         keep = False
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, RemoteProtocolError) as exc:

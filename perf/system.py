@@ -71,7 +71,7 @@ def run_metadata(device: torch.device, argv: list[str] | None = None) -> dict[st
     argv = sys.argv if argv is None else argv
     meta: dict[str, Any] = {
         "command": " ".join(shlex.quote(a) for a in argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": str(device),
         "device_name": device_name(device),
         "torch": torch.__version__,

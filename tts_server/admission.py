@@ -251,5 +251,5 @@ async def _discard_body(receive: Receive, limit: int = _DISCARD_LIMIT) -> None:
 
     try:
         await asyncio.wait_for(drop(), _DISCARD_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass  # a slow body is not waited for: the client gets its answer (and the connection closes)

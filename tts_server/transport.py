@@ -88,14 +88,17 @@ class GuardedTCPServer(TCPServer):
                 else:
                     guard._waiting.add(self)
                     try:
-                        await asyncio.wait_for(self.writer.drain(), guard.send_timeout)
+                        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+                        # arrives as the drain ends (cut() + http.disconnect in the same loop turn).
+                        async with asyncio.timeout(guard.send_timeout):
+                            await self.writer.drain()
                     finally:
                         guard._waiting.discard(self)
                 if transport.is_closing():  # aborted (by cut()): a lost connection's drain returns quietly
                     await self.protocol.handle(Closed())
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 peer = self.writer.get_extra_info("peername")
                 log.warning(
                     "client %s took no data for %.0f s: connection aborted (--send-timeout)", peer, guard.send_timeout
@@ -103,6 +106,11 @@ class GuardedTCPServer(TCPServer):
                 guard.on_stall()
                 transport.abort()
                 await self.protocol.handle(Closed())
+        if transport.is_closing():
+            # The data of a lost connection is dropped. Yield once: uvloop's drain raises the lost
+            # connection's error without yielding, and an app that only writes would never let its
+            # disconnect listener run (a busy loop on a dead connection).
+            await asyncio.sleep(0)
 
     async def _close(self) -> None:
         guard = self._guard
@@ -118,8 +126,9 @@ class GuardedTCPServer(TCPServer):
             self.writer.close()
             if guard.cutting and transport.get_write_buffer_size():
                 transport.abort()
-            await asyncio.wait_for(self.writer.wait_closed(), guard.send_timeout)
-        except asyncio.TimeoutError:  # the client does not take the last bytes
+            async with asyncio.timeout(guard.send_timeout):
+                await self.writer.wait_closed()
+        except TimeoutError:  # the client does not take the last bytes
             transport.abort()
         except (BrokenPipeError, ConnectionAbortedError, ConnectionResetError, RuntimeError, asyncio.CancelledError):
             pass  # closed already (hypercorn's own close treats these the same)

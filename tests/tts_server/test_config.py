@@ -23,6 +23,8 @@ def test_derived_limits():
     engine = config.engine_config()
     assert (engine.max_num_seqs, engine.max_model_len, engine.max_loras) == (8, 2048, 0)
     assert load_config(["--model", "m", "--voices-dir", ""], {}).voices_dir is None
+    assert config.event_loop == "uvloop"
+    assert load_config(["--model", "m", "--event-loop", "AsyncIO"], {}).event_loop == "asyncio"
     graphs = load_config(["--model", "m", "--cuda-graph-timesteps", "10,5", "--enforce-eager"], {}).engine_config()
     assert graphs.cuda_graph_timesteps == (10, 5) and graphs.enforce_eager is True
     # Warm-up: on CUDA by default (None), off when asked; the kernel cache goes to the engine processes.
@@ -56,6 +58,7 @@ def test_voice_admin_key_falls_back_to_the_api_key():
         ),
         (["--model", "m", "--queue-timeout", "0"], {}, "--queue-timeout"),
         (["--model", "m", "--log-level", "loud"], {}, "--log-level"),
+        (["--model", "m"], {"TTS_EVENT_LOOP": "trio"}, "TTS_EVENT_LOOP"),
         (["--model", "m", "--gpu-memory-utilization", "1.5"], {}, "--gpu-memory-utilization"),
         (["--model", "m", "--max-num-batched-tokens", "2"], {}, "--max-num-batched-tokens"),
         (["--model", "m", "--shutdown-grace", "-1"], {}, "--shutdown-grace"),

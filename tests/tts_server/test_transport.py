@@ -3,6 +3,7 @@
 A minimal app streams bytes for as long as it is allowed to; a raw socket with a tiny receive
 buffer never reads. The guarded connection is aborted ``send_timeout`` seconds after its writes
 stop draining (the app sees ``http.disconnect``); :meth:`TransportGuard.cut` aborts it at once.
+Both on asyncio's own event loop and on uvloop's (the server's default, ``--event-loop``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import socket
 import time
 
 import hypercorn.asyncio.run as hypercorn_run
+import pytest
+import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -21,6 +24,7 @@ from tests.tts_server.serving import AppServer
 from tts_server.transport import GuardedTCPServer, TransportGuard, install
 
 CHUNK = b"x" * 65536
+LOOPS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 
 
 def _streaming_app(ended: asyncio.Event) -> Starlette:
@@ -57,7 +61,8 @@ def test_install_is_idempotent():
     assert hypercorn_run.TCPServer is GuardedTCPServer
 
 
-def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout():
+@LOOPS
+def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout(run):
     stalls: list[float] = []
 
     async def go() -> float:
@@ -71,12 +76,13 @@ def test_a_client_that_stops_reading_is_aborted_after_the_send_timeout():
             sock.close()
             return time.monotonic() - began
 
-    seconds = asyncio.run(go())
+    seconds = run(go())
     assert len(stalls) == 1
     assert 1.0 <= seconds < 15
 
 
-def test_cut_aborts_a_waiting_connection_at_once():
+@LOOPS
+def test_cut_aborts_a_waiting_connection_at_once(run):
     async def go() -> tuple[float, int]:
         ended = asyncio.Event()
         app = _streaming_app(ended)
@@ -92,5 +98,5 @@ def test_cut_aborts_a_waiting_connection_at_once():
             sock.close()
             return time.monotonic() - began, len(guard._waiting)
 
-    seconds, waiting = asyncio.run(go())
+    seconds, waiting = run(go())
     assert seconds < 2 and waiting == 0
