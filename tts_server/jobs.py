@@ -174,6 +174,14 @@ class Job:
             self.close(Outcome.CANCELLED)
             raise self._cancelled_error()
         self.record.state = RequestState.RUNNING
+        log.debug(  # the shape of the work, never its text or voice material
+            "request %s %s: slot granted after %.1f ms in the queue; %d segment(s), %s voice",
+            self.spec.request_id,
+            self.spec.endpoint,
+            (self.spec.timeline.slot - self.spec.timeline.received) * 1e3,
+            len(self.spec.segments),
+            f"LoRA {self.spec.lora!r}" if self.spec.lora else ("prompted" if self.spec.voice else "zero-shot"),
+        )
 
     async def _first_audio(self) -> None:
         self._started_at = time.monotonic()
