@@ -123,8 +123,8 @@ def run_server(config: ServerConfig) -> int:
     """
     main = _Runner(create_app(config, freeze_when_ready=True), config).run()
     if config.event_loop == "uvloop":
-        # uvloop does a connection's accept, reads and writes in C: in a burst of 128 requests on the
-        # GPU host the median one reached the app 20 ms after it was sent instead of 43 ms.
+        # libuv accepts and reads in C: the median request of a burst of 128 reached the app in 20 ms
+        # instead of 43 on an H100 host, but time to first audio was no better (docs/PERFORMANCE.md).
         import uvloop
 
         return uvloop.run(main)

@@ -23,8 +23,8 @@ def test_derived_limits():
     engine = config.engine_config()
     assert (engine.max_num_seqs, engine.max_model_len, engine.max_loras) == (8, 2048, 0)
     assert load_config(["--model", "m", "--voices-dir", ""], {}).voices_dir is None
-    assert config.event_loop == "uvloop"
-    assert load_config(["--model", "m", "--event-loop", "AsyncIO"], {}).event_loop == "asyncio"
+    assert config.event_loop == "asyncio"
+    assert load_config(["--model", "m", "--event-loop", "UVLoop"], {}).event_loop == "uvloop"
     graphs = load_config(["--model", "m", "--cuda-graph-timesteps", "10,5", "--enforce-eager"], {}).engine_config()
     assert graphs.cuda_graph_timesteps == (10, 5) and graphs.enforce_eager is True
     # Warm-up: on CUDA by default (None), off when asked; the kernel cache goes to the engine processes.
