@@ -78,9 +78,9 @@ def _patch_engine(module: Any, recorder: _Recorder) -> None:
         finally:
             recorder.add({"ev": "add", "t": t0, "dt": time.monotonic() - t0})
 
-    def traced_step(self: Any) -> Any:
+    def traced_step(self: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.monotonic()
-        out = step(self)
+        out = step(self, *args, **kwargs)
         recorder.add({"ev": "step", "t": t0, "dt": time.monotonic() - t0, "outputs": len(out)})
         return out
 
