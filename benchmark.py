@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.mode == "cold-start":
         run_cold_start(args, out)
     else:
-        from engine.loader import read_config
+        from voxcpm_engine.io.checkpoint import read_config
 
         model_dir = args.model or drivers.preset_checkpoint(args.preset, args.cache_dir)
         cfg = read_config(model_dir)

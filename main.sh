@@ -54,7 +54,7 @@ synthetic_model() {
         echo "main.sh: set MODEL=/path/to/checkpoint (or a Hugging Face repo id) for real speech"
         echo "main.sh: ##################################################################"
     } >&2
-    [ -f "$dir/config.json" ] || "$PY" -m engine.synthetic --preset "$preset" "$dir" >&2
+    [ -f "$dir/config.json" ] || "$PY" -m voxcpm_engine.tools.synthetic --preset "$preset" "$dir" >&2
     echo "$dir"
 }
 

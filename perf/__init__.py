@@ -1,7 +1,7 @@
 """Benchmark tooling behind ``benchmark.py``: FLOP model, metrics, drivers, HTTP client, reports, profiling.
 
 Modules:
-    flops: model FLOPs per generated patch from a :class:`~engine.config.ModelConfig`, and the same
+    flops: model FLOPs per generated patch from a :class:`~voxcpm_engine.config.model_config.ModelConfig`, and the same
         counted with ``torch.utils.flop_counter`` on the real modules.
     metrics: per-request timelines and what they give (TTFB, RTF, gaps, underruns, percentiles).
     system: device name, peak FLOP/s table, peak memory, run metadata.

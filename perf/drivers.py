@@ -1,6 +1,6 @@
 """In-process drivers: a closed-batch concurrency sweep and open-loop Poisson arrivals.
 
-Both drive an :class:`EngineAdapter` (our :class:`~engine.engine.Engine` in :mod:`perf.local_engine`,
+Both drive an :class:`EngineAdapter` (our :class:`~voxcpm_engine.engine.Engine` in :mod:`perf.local_engine`,
 ``nano-vllm-voxcpm`` in :mod:`perf.peer`) step by step on the calling thread, so the two engines see exactly the same
 protocol. A chunk's arrival time is taken when the step that produced it returns (the step copies
 the audio to the host, so it is there by then).
@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.config import ModelConfig
 from perf.flops import achieved_figures
 from perf.metrics import (
     ENGINE_STAGES,
@@ -38,6 +37,7 @@ from perf.metrics import (
     summarize_stages,
 )
 from perf.system import peak_memory, reset_peak_memory
+from voxcpm_engine.config.model_config import ModelConfig
 
 BASE_TEXT = "The quick brown fox jumps over the lazy dog, then it runs across the field into the quiet forest."
 _MAX_IDLE_STEPS = 10_000  # steps in a row without any output: something is stuck
@@ -61,7 +61,7 @@ class Sampling:
 
     def params(self, seed: int) -> Any:
         """Our engine's ``GenerationParams`` for one request of this run."""
-        from engine.pipeline import GenerationParams
+        from voxcpm_engine.single.synthesizer import GenerationParams
 
         return GenerationParams(
             cfg_value=self.cfg_value,
@@ -120,7 +120,7 @@ class EngineAdapter(Protocol):
 
 def preset_checkpoint(preset: str, cache_dir: str | Path = "/tmp/voxcpm-bench", seed: int = 0) -> Path:
     """A random-weight checkpoint of ``preset`` under ``cache_dir``, written on first use."""
-    from engine.synthetic import write_checkpoint
+    from voxcpm_engine.tools.synthetic import write_checkpoint
 
     path = Path(cache_dir) / f"{preset}-seed{seed}"
     if not (path / "config.json").is_file():

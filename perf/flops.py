@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.config import AudioVAEConfig, LMConfig, ModelConfig
-from engine.model.sampler import zero_init_steps
+from voxcpm_engine.config.model_config import AudioVAEConfig, LMConfig, ModelConfig
+from voxcpm_engine.model.sampler import zero_init_steps
 
 PARTS = ("base_lm", "residual_lm", "local_encoder", "dit_sampler", "projections", "vae_decode")
 
@@ -218,8 +218,8 @@ def count_step_flops(
     Works on ``meta`` modules (where SDPA always decomposes into counted matmuls).
 
     Args:
-        model: A :class:`~engine.model.voxcpm.VoxCPMModel` (any device and dtype).
-        vae: Its :class:`~engine.model.audio_vae.AudioVAE`.
+        model: A :class:`~voxcpm_engine.model.voxcpm.VoxCPMModel` (any device and dtype).
+        vae: Its :class:`~voxcpm_engine.model.audio_vae.AudioVAE`.
         inference_timesteps: Euler steps of the sampler.
         context_len: Positions already cached (see :func:`step_flops`).
         math_sdpa: Force the math SDPA backend.
@@ -276,8 +276,8 @@ def count_step_flops(
 
 def build_meta(cfg: ModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The model (bf16) and AudioVAE of ``cfg`` on the meta device (shapes only, instant)."""
-    from engine.model.audio_vae import AudioVAE
-    from engine.model.voxcpm import VoxCPMModel
+    from voxcpm_engine.model.audio_vae import AudioVAE
+    from voxcpm_engine.model.voxcpm import VoxCPMModel
 
     model = VoxCPMModel.build(cfg, device="meta", dtype=torch.bfloat16)
     with torch.device("meta"):
@@ -300,7 +300,7 @@ def format_breakdown(cfg: ModelConfig, parts: dict[str, float], counted: dict[st
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m perf.flops``: the closed form and the counted figures for presets or a checkpoint."""
-    from engine.presets import PRESETS, preset_config
+    from voxcpm_engine.config.presets import PRESETS, preset_config
 
     ap = argparse.ArgumentParser(prog="python -m perf.flops", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", nargs="+", default=["voxcpm1.5", "voxcpm2"], choices=list(PRESETS))

@@ -1,9 +1,9 @@
-"""Our in-process :class:`~engine.engine.Engine` as an :class:`~perf.drivers.EngineAdapter`, and its limits.
+"""Our in-process :class:`~voxcpm_engine.engine.Engine` as an :class:`~perf.drivers.EngineAdapter`, and its limits.
 
 The counterpart of :mod:`perf.peer` (``nano-vllm-voxcpm`` behind the same protocol): the drivers in
 :mod:`perf.drivers` are generic over the adapter, so what is specific to our engine (loading it,
 mapping :class:`~perf.drivers.Sampling` to its ``GenerationParams``, reading its outputs, the
-:class:`~engine.engine_config.EngineConfig` of a benchmark run) lives here, apart from them.
+:class:`~voxcpm_engine.config.engine_config.EngineConfig` of a benchmark run) lives here, apart from them.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig
-from engine.engine_config import EngineConfig
 from perf.drivers import Chunk, Sampling
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.config.model_config import ModelConfig
 
 __all__ = ["LocalEngine", "engine_config"]
 
 
 class LocalEngine:
-    """Our in-process :class:`~engine.engine.Engine` as an :class:`~perf.drivers.EngineAdapter`.
+    """Our in-process :class:`~voxcpm_engine.engine.Engine` as an :class:`~perf.drivers.EngineAdapter`.
 
     Args:
         engine: The engine.
@@ -39,7 +39,7 @@ class LocalEngine:
 
     def use_loras(self, model_dir: str | Path, count: int, rank: int, work_dir: str | Path) -> None:
         """Register ``count`` random LoRA voices of ``rank`` (files under ``work_dir``); requests cycle through them."""
-        from engine.synthetic_lora import write_lora
+        from voxcpm_engine.tools.synthetic_lora import write_lora
 
         for i in range(count):
             name = f"lora{i}"
@@ -54,8 +54,8 @@ class LocalEngine:
         cls, model_dir: str | Path, device: str, config: EngineConfig, attention_backend: str | None = None
     ) -> LocalEngine:
         """Load a checkpoint and build the engine (CUDA graphs are captured here on CUDA)."""
-        from engine.engine import Engine
-        from engine.loader import load_checkpoint
+        from voxcpm_engine.engine import Engine
+        from voxcpm_engine.io.checkpoint import load_checkpoint
 
         return cls(Engine(load_checkpoint(model_dir, device=device), config, attention_backend=attention_backend))
 
@@ -66,7 +66,7 @@ class LocalEngine:
         self.engine.add_request(request_id, text, params=params, lora=lora)
 
     def step(self) -> list[Chunk]:
-        from engine.request import RequestStatus
+        from voxcpm_engine.sched.request import RequestStatus
 
         out = []
         for o in self.engine.step():

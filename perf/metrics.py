@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NAN = float("nan")
-# The server's request stages (its Server-Timing metric names, tts_server/timeline.py) in the order
+# The server's request stages (its Server-Timing metric names, tts_server/jobs/timeline.py) in the order
 # they happen. A stream's header leaves with the first audio, so it ends at "return"; "complete" (the
 # rest of a whole file, generated and encoded) comes only on a whole file. "total" spans arrival to
 # the end of the last stage reported.

@@ -12,7 +12,7 @@ worker loop drives, in process and step by step:
   and captures its CUDA graphs);
 * submit: ``add_request(seq_id, target_text, max_generate_length=N, temperature, cfg_value, seed)``.
   The peer has no minimum length: a request ends when its stop head fires or at
-  ``max_generate_length`` patches. Random weights from ``engine.synthetic`` tie the stop logits
+  ``max_generate_length`` patches. Random weights from ``voxcpm_engine.tools.synthetic`` tie the stop logits
   (argmax picks "continue"), so every request runs exactly ``N`` patches, as ours do with
   ``min_steps = max_steps = N``;
 * step: ``step()`` returns the sequences it ran; each one's newest float32 chunk is
@@ -26,7 +26,7 @@ The package imports ``flash_attn`` at import time and needs CUDA; on a machine w
 ``../shared/tools/flash_attn_shim`` on ``PYTHONPATH`` stands in for it.
 
 Checkpoint: the peer reads ``torch.load("audiovae.pth")["state_dict"]`` (the official file's
-wrapper), while ``engine.synthetic`` writes the bare state dict (our loader takes both). For such
+wrapper), while ``voxcpm_engine.tools.synthetic`` writes the bare state dict (our loader takes both). For such
 a checkpoint, :func:`peer_checkpoint` makes a view directory: symlinks to every file but
 ``audiovae.pth``, which is re-saved wrapped. Same weights, same bytes elsewhere.
 """
@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig
-from engine.loader import read_config
 from perf.drivers import Chunk, Sampling
+from voxcpm_engine.config.model_config import ModelConfig
+from voxcpm_engine.io.checkpoint import read_config
 
 PEER_NAME = "nano-vllm-voxcpm"
 

@@ -8,7 +8,7 @@ named ranges split the step: ``engine.schedule``, ``runner.lm``, ``runner.sample
 range's wall time on the CPU; device time is the GPU's busy time on the range's kernels (and its
 span on the GPU timeline), see :func:`split_events`. All are divided by the number of steps.
 
-IPC: the same level through :class:`~engine.client.AsyncEngine` (the process-separated engine the
+IPC: the same level through :class:`~voxcpm_engine.proc.client.AsyncEngine` (the process-separated engine the
 server uses), with client-side TTFB/RTF and the client's ``stats()["ipc"]`` figures per step
 message (``queue_us`` is the part on the engine loop's critical path; ``send_us``, the pickling and
 writing, runs on the core's sender thread).
@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from engine.engine_config import EngineConfig
 from perf.drivers import Chunk, Sampling, request_text, run_closed
 from perf.local_engine import LocalEngine
 from perf.metrics import StreamTrace, summarize_closed
+from voxcpm_engine.config.engine_config import EngineConfig
 
 STEP_RANGE = "benchmark.step"
 RANGES = (
@@ -187,7 +187,7 @@ def ipc_level(
         ``queue_ms_per_step`` (mean engine-loop time handing a step's outputs to the sender thread)
         and ``send_ms_per_step`` (mean sender-thread time pickling and writing them).
     """
-    from engine.client import AsyncEngine
+    from voxcpm_engine.proc.client import AsyncEngine
 
     async def run() -> dict[str, Any]:
         async with AsyncEngine(model_dir, config, device, num_threads=num_threads) as engine:
@@ -210,5 +210,5 @@ def ipc_level(
 
 
 def _mean_ms(summary: dict[str, Any]) -> float:
-    """The mean of a µs :class:`~engine.ipc.RollingStats` summary in ms (NaN when it is empty)."""
+    """The mean of a µs :class:`~voxcpm_engine.proc.messages.RollingStats` summary in ms (NaN when it is empty)."""
     return summary["mean"] / 1e3 if summary.get("count") else float("nan")

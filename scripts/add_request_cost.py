@@ -15,10 +15,10 @@ import statistics
 import time
 from pathlib import Path
 
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
-from engine.loader import load_checkpoint
 from perf.drivers import BASE_TEXT
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.engine import Engine
+from voxcpm_engine.io.checkpoint import load_checkpoint
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.kernels import flash_attn_supports, paged_attention
+from voxcpm_engine.kernels import flash_attn_supports, paged_attention
 
 SHAPES = {"voxcpm1.5": (16, 2, 64), "voxcpm2": (16, 2, 128)}
 
@@ -49,7 +49,7 @@ def bench_case(
     """One table row: times of each backend (ms), Triton's speed-up and bandwidth, the largest error."""
     import triton.testing
 
-    from engine.kernels.triton_attention import paged_attention_triton
+    from voxcpm_engine.kernels.triton_attention import paged_attention_triton
 
     heads, kv_heads, head_dim = shape
     inputs = make_decode_batch(batch, context, heads, kv_heads, head_dim, block_size, dtype)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
-from engine.loader import load_checkpoint
-from engine.pipeline import GenerationParams
-from engine.synthetic import write_checkpoint
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.engine import Engine
+from voxcpm_engine.io.checkpoint import load_checkpoint
+from voxcpm_engine.single.synthesizer import GenerationParams
+from voxcpm_engine.tools.synthetic import write_checkpoint
 
 
 def decode_step_ms(engine: Engine, batch: int, steps: int) -> tuple[float, float]:

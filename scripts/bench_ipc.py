@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.client import AsyncEngine
-from engine.engine_config import EngineConfig
-from engine.pipeline import GenerationParams
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.proc.client import AsyncEngine
+from voxcpm_engine.single.synthesizer import GenerationParams
 
 TEXT = "A sentence of ordinary length, streamed through the engine process."
 
@@ -68,7 +68,7 @@ def run_in_process(args: argparse.Namespace, model: str, config: EngineConfig, n
     """Median wall time of the same runs on an in-process engine (called in a fresh process: see ``main``)."""
     import torch
 
-    from engine.engine import Engine
+    from voxcpm_engine.engine import Engine
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -105,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from engine.synthetic import write_checkpoint
+            from voxcpm_engine.tools.synthetic import write_checkpoint
 
             model = str(write_checkpoint("tiny-v2", Path(tmp) / "tiny-v2", seed=0))
         print(

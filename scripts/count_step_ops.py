@@ -1,7 +1,7 @@
 """Count the device ops (≈ kernel launches on a GPU) of one graphed decode step, by model part.
 
 A graphed step is launch-bound at small batches: its time is roughly the number of kernels times
-a few microseconds. This runs the static decode step of ``engine.cuda_graphs`` eagerly on the CPU
+a few microseconds. This runs the static decode step of ``voxcpm_engine.worker.decode_graphs`` eagerly on the CPU
 with release layer counts (narrow widths, random weights) and counts the aten ops each top-level
 module issues, so kernel fusion work can be tracked without a GPU.
 
@@ -22,11 +22,11 @@ import sys
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.config import ModelConfig
-from engine.cuda_graphs import DecodeGraphs
-from engine.model.voxcpm import VoxCPMModel
-from engine.presets import preset_config
-from engine.runner import ModelRunner
+from voxcpm_engine.config.model_config import ModelConfig
+from voxcpm_engine.config.presets import preset_config
+from voxcpm_engine.model.voxcpm import VoxCPMModel
+from voxcpm_engine.worker.decode_graphs import DecodeGraphs
+from voxcpm_engine.worker.runner import ModelRunner
 
 SKIP = {
     "aten.detach.default",
@@ -117,12 +117,12 @@ def main() -> None:
     runner = ModelRunner(model, num_blocks=64, block_size=16, attention_backend="torch")
     graphs = DecodeGraphs(runner, args.batch, 256, (args.timesteps,), capture=False)
     counter = Counter()
-    import engine.paged_kv
+    import voxcpm_engine.worker.paged_kv
 
-    counter.as_one_kernel(engine.paged_kv, "paged_attention")
-    counter.as_one_kernel(engine.paged_kv, "store_kv")
+    counter.as_one_kernel(voxcpm_engine.worker.paged_kv, "paged_attention")
+    counter.as_one_kernel(voxcpm_engine.worker.paged_kv, "store_kv")
     if args.fused:
-        from engine.kernels import fused
+        from voxcpm_engine.kernels import fused
 
         for name in ("rms_norm", "add_rms_norm", "rope_", "silu_mul", "cfg_euler_"):
             counter.as_one_kernel(fused, name)

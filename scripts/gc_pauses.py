@@ -4,7 +4,7 @@ Starts ``python -m tts_server`` (tiny model, CPU) under a ``gc.callbacks`` hook 
 generation-2 collection with its wall time and duration, waits for ``/ready``, runs a burst of
 requests through ``benchmark.py --mode http``, stops the server and prints the collections that
 fell between ready and the end of the burst. With ``--no-freeze`` the server's
-``engine.startup.freeze_heap`` (and the engine process's) does nothing, as before it existed.
+``voxcpm_engine.startup.freeze_heap`` (and the engine process's) does nothing, as before it existed.
 
     python scripts/gc_pauses.py [--no-freeze] [--concurrency 64] [--requests 256]
 """
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _CHILD = """
 import atexit, gc, json, os, runpy, sys, time
 if os.environ.get("GC_PAUSES_NO_FREEZE") == "1":
-    import engine.startup
-    engine.startup.freeze_heap = lambda: 0.0
+    import voxcpm_engine.startup
+    voxcpm_engine.startup.freeze_heap = lambda: 0.0
 def main():
     events, began = [], {}
     def hook(phase, info):
@@ -58,7 +58,9 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gc-pauses-"))
     model, child, events_path = tmp / "model", tmp / "child.py", tmp / "events.json"
-    subprocess.run([sys.executable, "-m", "engine.synthetic", "--preset", "tiny-v1", str(model)], cwd=ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "voxcpm_engine.tools.synthetic", "--preset", "tiny-v1", str(model)], cwd=ROOT, check=True
+    )
     child.write_text(_CHILD)
     env = {
         **os.environ,

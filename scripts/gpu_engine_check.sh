@@ -12,6 +12,6 @@ fi
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name(0))'
-python3 -m pytest -q -m gpu tests/engine -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.log" | tail -25
+python3 -m pytest -q -m gpu tests/voxcpm_engine -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.log" | tail -25
 python3 scripts/bench_attention.py 2>&1 | tee "$out/bench_attention.log" | tail -40
 python3 scripts/bench_decode_graphs.py --json "$out/bench_decode_graphs.json" 2>&1 | tee "$out/bench_decode_graphs.log" | tail -20

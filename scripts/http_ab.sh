@@ -6,7 +6,7 @@
 # (A B A B ...) so a drifting machine does not favour one side.
 # Usage (on the GPU machine, from the repo root):
 #   bash scripts/http_ab.sh BASELINE_DIR [OUT_DIR]
-#   BASELINE_DIR: a tree with engine/ and tts_server/ (git archive <commit> engine tts_server | tar -x -C DIR)
+#   BASELINE_DIR: a tree with voxcpm_engine/ and tts_server/ (git archive <commit> engine tts_server | tar -x -C DIR)
 # Environment: PRESET (voxcpm1.5), LEVELS ("1 16 64 128"), STEPS (50), REPEATS (2), SEQS (128),
 # FIRST (current: which side starts each round; the very first server pays the cold Triton compile).
 set -euo pipefail
@@ -21,7 +21,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}
 ckpt=/tmp/ckpt/$preset
-[ -f "$ckpt/config.json" ] || PYTHONPATH=$PWD:$PYTHONPATH python3 -m engine.synthetic --preset "$preset" "$ckpt" --seed 0
+[ -f "$ckpt/config.json" ] || PYTHONPATH=$PWD:$PYTHONPATH python3 -m voxcpm_engine.tools.synthetic --preset "$preset" "$ckpt" --seed 0
 
 serve_and_measure() {  # label tree round
     local label=$1 tree=$2 round=$3 port=8700 pid

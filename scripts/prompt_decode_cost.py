@@ -18,8 +18,8 @@ import tracemalloc
 import numpy as np
 import soundfile as sf
 
-from engine.audio_io import AudioLimitError, AudioLimits, load_audio, read_header
 from tests.audio_samples import silence
+from voxcpm_engine.io.prompt_audio import AudioLimitError, AudioLimits, load_audio, read_header
 
 
 def main() -> None:

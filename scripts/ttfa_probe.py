@@ -6,7 +6,7 @@ sync around the runner's LMs, its sampler and the VAE (the syncs add a little), 
 step under ``torch.profiler`` for the kernel count and the GPU's busy time. Prints one JSON
 document (medians over the repeats).
 
-    python -m engine.synthetic --preset voxcpm1.5 /tmp/ckpt/v15 --seed 0
+    python -m voxcpm_engine.tools.synthetic --preset voxcpm1.5 /tmp/ckpt/v15 --seed 0
     PYTHONPATH=. python scripts/ttfa_probe.py /tmp/ckpt/v15 --repeats 7
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
-from engine.pipeline import GenerationParams
-from engine.startup import warm_up
 from perf.drivers import request_text
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.engine import Engine
+from voxcpm_engine.single.synthesizer import GenerationParams
+from voxcpm_engine.startup import warm_up
 
 
 def _sync() -> None:

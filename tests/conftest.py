@@ -26,7 +26,7 @@ def _single_cpu_thread():
 @pytest.fixture(scope="session")
 def tiny_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``tiny-v1`` checkpoint directory (VoxCPM1.5 layout, random weights)."""
-    from engine.synthetic import write_checkpoint
+    from voxcpm_engine.tools.synthetic import write_checkpoint
 
     return write_checkpoint("tiny-v1", tmp_path_factory.mktemp("ckpt") / "tiny-v1", seed=0)
 
@@ -34,7 +34,7 @@ def tiny_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``tiny-v2`` checkpoint directory (VoxCPM2 layout, random weights)."""
-    from engine.synthetic import write_checkpoint
+    from voxcpm_engine.tools.synthetic import write_checkpoint
 
     return write_checkpoint("tiny-v2", tmp_path_factory.mktemp("ckpt") / "tiny-v2", seed=0)
 

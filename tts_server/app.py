@@ -23,21 +23,16 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.client import AsyncEngine
-from engine.config import ModelConfig
-from engine.group import AsyncEngineGroup
-from engine.startup import freeze_heap
-from engine.stream import EngineError
-from engine.tokenizer import TextTokenizer
-from tts_server.admission import Admission, AdmissionMiddleware
 from tts_server.config import ServerConfig
-from tts_server.errors import ApiError
-from tts_server.inflight import CancelReason, InflightRegistry
+from tts_server.http.admission import Admission, AdmissionMiddleware
+from tts_server.http.errors import ApiError
+from tts_server.http.openai_errors import error_response_for
+from tts_server.http.openapi import openapi_routes
+from tts_server.http.transport import TransportGuard
+from tts_server.jobs.queue import InferenceQueue
+from tts_server.jobs.registry import CancelReason, InflightRegistry
 from tts_server.lifecycle import Lifecycle
 from tts_server.metrics import ServerMetrics
-from tts_server.openai_errors import error_response_for
-from tts_server.openapi import openapi_routes
-from tts_server.queue import InferenceQueue
 from tts_server.request_path_warmup import warm_request_path
 from tts_server.routes.generate import generate_routes
 from tts_server.routes.openai import openai_routes
@@ -45,9 +40,14 @@ from tts_server.routes.ops import ops_routes
 from tts_server.routes.voices import voice_routes
 from tts_server.services import Services
 from tts_server.startup import StartStep, StartupState
-from tts_server.text import load_normalizers
-from tts_server.transport import TransportGuard
-from tts_server.voices_store import VoiceStore
+from tts_server.text.normalize import load_normalizers
+from tts_server.voices.store import VoiceStore
+from voxcpm_engine.config.model_config import ModelConfig
+from voxcpm_engine.io.tokenizer import TextTokenizer
+from voxcpm_engine.proc.client import AsyncEngine
+from voxcpm_engine.proc.group import AsyncEngineGroup
+from voxcpm_engine.proc.stream import EngineError
+from voxcpm_engine.startup import freeze_heap
 
 __all__ = ["create_app", "cut_all", "drain"]
 
@@ -169,7 +169,7 @@ def create_app(
         engine: An engine already started on the serving event loop, to use instead of starting
             one from ``config`` (embedding, tests); the caller keeps it and stops it.
         freeze_when_ready: Once started, move every object of the process into the permanent GC
-            generation (:func:`engine.startup.freeze_heap`), so no full collection of start-up's
+            generation (:func:`voxcpm_engine.startup.freeze_heap`), so no full collection of start-up's
             objects lands on the first requests. For a process that is only this server (the
             process runner); an embedding process keeps its heap as it is.
 

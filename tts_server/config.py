@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
-from engine.engine_config import EngineConfig
+from voxcpm_engine.config.engine_config import EngineConfig
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "settings_markdown"]
 

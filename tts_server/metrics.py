@@ -97,7 +97,7 @@ class ServerMetrics:
         )
         self.stages = Histogram(
             "tts_request_stage_seconds",
-            "Time of each stage on a request's way to its first audio byte (see tts_server/timeline.py)",
+            "Time of each stage on a request's way to its first audio byte (see tts_server/jobs/timeline.py)",
             ["stage"],
             buckets=_STAGE_BUCKETS,
             registry=r,

@@ -23,8 +23,8 @@ from starlette.applications import Starlette
 
 from tts_server.app import create_app, cut_all, drain
 from tts_server.config import ServerConfig
+from tts_server.http.transport import guard
 from tts_server.lifecycle import Lifecycle
-from tts_server.transport import guard
 
 __all__ = ["run_server"]
 

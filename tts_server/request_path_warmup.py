@@ -1,6 +1,6 @@
 """Warm the server's own request path before ``/ready`` says 200, as the engine warms its kernels.
 
-The engine's start-up (:mod:`engine.startup`) leaves nothing to compile after ready, but the server
+The engine's start-up (:mod:`voxcpm_engine.startup`) leaves nothing to compile after ready, but the server
 process has first-use costs of its own that would land on the first request a load balancer sends:
 
 * anyio loads its asyncio backend the first time a task group is entered, and Starlette enters one
@@ -21,8 +21,8 @@ import asyncio
 import anyio
 import numpy as np
 
-from tts_server.audio_encoder import FORMATS
-from tts_server.audio_formats import encode_all, make_encoder
+from tts_server.audio.encoders import encode_all, make_encoder
+from tts_server.audio.formats import FORMATS
 
 __all__ = ["warm_request_path"]
 

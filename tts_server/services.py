@@ -13,17 +13,17 @@ from typing import Any
 
 from starlette.requests import Request
 
-from engine.client import AsyncEngine
-from engine.group import AsyncEngineGroup
-from engine.tokenizer import TextTokenizer
-from tts_server.admission import Admission
 from tts_server.config import ServerConfig
-from tts_server.errors import ApiError
-from tts_server.inflight import InflightRegistry
+from tts_server.http.admission import Admission
+from tts_server.http.errors import ApiError
+from tts_server.jobs.queue import InferenceQueue
+from tts_server.jobs.registry import InflightRegistry
 from tts_server.lifecycle import Lifecycle, ServerState
 from tts_server.metrics import ServerMetrics
-from tts_server.queue import InferenceQueue
-from tts_server.voices_store import VoiceStore
+from tts_server.voices.store import VoiceStore
+from voxcpm_engine.io.tokenizer import TextTokenizer
+from voxcpm_engine.proc.client import AsyncEngine
+from voxcpm_engine.proc.group import AsyncEngineGroup
 
 __all__ = ["Services", "services"]
 

@@ -1,7 +1,7 @@
 """The server's start-up as ``/ready`` and ``/status`` report it while the engine loads and warms up.
 
 The server listens from its first moment; until the engine processes have loaded the checkpoint,
-captured their CUDA graphs and run their warm-up requests (:mod:`engine.startup`), ``/ready`` is
+captured their CUDA graphs and run their warm-up requests (:mod:`voxcpm_engine.startup`), ``/ready`` is
 503 with a reason that says which phase each engine is in, and ``/status`` lists the progress.
 A load balancer that routes on ``/ready`` so never sends a user to a replica whose first requests
 would wait for kernels to compile.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import enum
 import time
 
-from engine.client import AsyncEngine
-from engine.group import AsyncEngineGroup
-from engine.startup import StartupProgress
+from voxcpm_engine.proc.client import AsyncEngine
+from voxcpm_engine.proc.group import AsyncEngineGroup
+from voxcpm_engine.startup import StartupProgress
 
 __all__ = ["StartStep", "StartupState"]
 

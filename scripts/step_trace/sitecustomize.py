@@ -148,7 +148,11 @@ def _patch_client(module: Any, recorder: _Recorder) -> None:
     module.one_raw = traced_one_raw
 
 
-_PATCHES = {"engine.engine": _patch_engine, "tts_server.streaming": _patch_streaming, "perf.http_wire": _patch_client}
+_PATCHES = {
+    "voxcpm_engine.engine": _patch_engine,
+    "tts_server.audio.responses": _patch_streaming,
+    "perf.http_wire": _patch_client,
+}
 
 
 class _Finder(importlib.abc.MetaPathFinder):

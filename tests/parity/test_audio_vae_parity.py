@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import AudioVAEConfig
-from engine.model.audio_vae import AudioVAE
-from tests.engine.model.vae_configs import RELEASES, TINY, randomize
+from tests.voxcpm_engine.model.vae_configs import RELEASES, TINY, randomize
+from voxcpm_engine.config.model_config import AudioVAEConfig
+from voxcpm_engine.model.audio_vae import AudioVAE
 
 ref_v1 = pytest.importorskip("voxcpm.modules.audiovae.audio_vae")
 ref_v2 = pytest.importorskip("voxcpm.modules.audiovae.audio_vae_v2")

@@ -22,8 +22,8 @@ pytest.importorskip("transformers")
 from voxcpm.model import VoxCPM2Model as RefV2
 from voxcpm.model import VoxCPMModel as RefV1
 
-from engine.pipeline import GenerationParams, Synthesizer
-from engine.synthetic import write_checkpoint
+from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.tools.synthetic import write_checkpoint
 
 STEPS = 5
 TEXT = "Hello world, parity test."

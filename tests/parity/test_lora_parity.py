@@ -3,7 +3,7 @@
 The reference enables LoRA in its constructor (``from_local(..., lora_config=...)``: LoRALinear
 wrapping before the bf16 cast and the base-weight load), then copies the adapter in with
 ``load_lora_weights``. Ours loads the plain checkpoint and runs the single-request path under
-:func:`engine.lora.apply_single_adapter`. Both generate from the same seed.
+:func:`voxcpm_engine.lora.layers.apply_single_adapter`. Both generate from the same seed.
 
 Tolerance: 0 for latents and waveforms. Every switch is on (LM, DiT, projections; v2 includes
 ``fusion_concat_proj``), so every LoRA site of both architectures is exercised.
@@ -26,11 +26,11 @@ from voxcpm.model import VoxCPMModel as RefV1
 from voxcpm.model.voxcpm import LoRAConfig as RefLoRAV1
 from voxcpm.model.voxcpm2 import LoRAConfig as RefLoRAV2
 
-from engine.lora import apply_single_adapter
-from engine.lora_files import load_adapter
-from engine.pipeline import GenerationParams, Synthesizer
-from engine.synthetic import write_checkpoint
-from engine.synthetic_lora import write_lora
+from voxcpm_engine.io.lora_files import load_adapter
+from voxcpm_engine.lora.layers import apply_single_adapter
+from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.tools.synthetic import write_checkpoint
+from voxcpm_engine.tools.synthetic_lora import write_lora
 
 STEPS = 5
 TEXT = "Hello world, LoRA parity test."

@@ -24,10 +24,10 @@ from voxcpm.model import voxcpm as ref_v1
 from voxcpm.model import voxcpm2 as ref_v2
 from voxcpm.modules import audiovae as ref_vae
 
-from engine.config import ModelConfig
-from engine.inference import build_prefill, effective_max_len, generate_patches
-from engine.model.voxcpm import VoxCPMModel
-from tests.engine.tiny_configs import randomize_, shared_models_dir, tiny_config_dict
+from tests.voxcpm_engine.tiny_configs import randomize_, shared_models_dir, tiny_config_dict
+from voxcpm_engine.config.model_config import ModelConfig
+from voxcpm_engine.model.voxcpm import VoxCPMModel
+from voxcpm_engine.single.generate import build_prefill, effective_max_len, generate_patches
 
 FULL_VOCAB = 73448
 TARGET = "Hello, this is a parity test."

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.synthetic_tokenizer import write_tokenizer_files
-from engine.tokenizer import TextTokenizer
+from voxcpm_engine.io.tokenizer import TextTokenizer
+from voxcpm_engine.tools.synthetic_tokenizer import write_tokenizer_files
 
 MODELS = Path(__file__).resolve().parents[2] / ".." / "shared" / "models"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

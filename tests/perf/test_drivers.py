@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from engine.engine_config import EngineConfig
 from perf.drivers import Chunk, Sampling, closed_sweep, run_closed, run_open_loop
 from perf.local_engine import LocalEngine
 from perf.metrics import poisson_arrivals
+from voxcpm_engine.config.engine_config import EngineConfig
 
 STEPS = 4
 

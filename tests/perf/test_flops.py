@@ -14,15 +14,15 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.config import ModelConfig
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
-from engine.loader import load_checkpoint
-from engine.model.audio_vae import AudioVAE
-from engine.model.voxcpm import VoxCPMModel
-from engine.pipeline import GenerationParams
-from engine.presets import preset_config
 from perf.flops import PARTS, achieved_figures, build_meta, count_step_flops, step_flops
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.config.model_config import ModelConfig
+from voxcpm_engine.config.presets import preset_config
+from voxcpm_engine.engine import Engine
+from voxcpm_engine.io.checkpoint import load_checkpoint
+from voxcpm_engine.model.audio_vae import AudioVAE
+from voxcpm_engine.model.voxcpm import VoxCPMModel
+from voxcpm_engine.single.synthesizer import GenerationParams
 
 
 def _cfg(name: str) -> ModelConfig:

@@ -6,8 +6,8 @@ import shutil
 
 import torch
 
-from engine.loader import load_checkpoint
 from perf.peer import peer_checkpoint, peer_unavailable
+from voxcpm_engine.io.checkpoint import load_checkpoint
 
 
 def test_synthetic_checkpoints_need_no_view(tiny_v1, tmp_path):

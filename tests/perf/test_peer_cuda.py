@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.loader import read_config
 from perf.drivers import Sampling, closed_sweep, run_closed, run_open_loop
 from perf.local_engine import LocalEngine, engine_config
 from perf.peer import PeerEngine, peer_unavailable
+from voxcpm_engine.io.checkpoint import read_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

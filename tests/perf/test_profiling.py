@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.engine_config import EngineConfig
 from perf.drivers import Sampling
 from perf.local_engine import LocalEngine
 from perf.profiling import RANGES, STEP_RANGE, ipc_level, profile_level, split_events
+from voxcpm_engine.config.engine_config import EngineConfig
 
 CPU = torch.autograd.DeviceType.CPU
 CUDA = torch.autograd.DeviceType.CUDA

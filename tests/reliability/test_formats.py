@@ -9,7 +9,7 @@ header to detect; aac is ADTS).
 
 The audio's true length is known: the synthetic model never stops early, so ``max_generate_length``
 patches of ``samples_per_patch`` samples (``GET /info``). Decoded lengths must match it as
-:mod:`tts_server.audio_formats` documents: exactly for pcm, wav, flac, opus and a whole mp3 (LAME tag);
+:mod:`tts_server.audio.encoders` documents: exactly for pcm, wav, flac, opus and a whole mp3 (LAME tag);
 a streamed mp3 and aac (ADTS, streamed or not) carry the delay and padding their container cannot
 signal. Each decoding is also compared with the pcm of the same seed, so it is the right audio and not
 only the right length: the lossless formats sample for sample, the lossy ones at the lag of their delay.

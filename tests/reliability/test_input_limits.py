@@ -114,7 +114,7 @@ def lora_server(tiny_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def test_lora_voice_of_absurd_magnitude_is_a_400_naming_the_field(lora_server: Server, tiny_v2: Path, tmp_path):
-    from engine.synthetic_lora import write_lora
+    from voxcpm_engine.tools.synthetic_lora import write_lora
 
     adapter = write_lora(tiny_v2, tmp_path / "adapter", rank=4, seed=3)
     weights = b64((adapter / "lora_weights.safetensors").read_bytes())

@@ -3,7 +3,7 @@
 A small compressed upload can declare a huge decode: 170 KB of FLAC hold 30 s of 8-channel 655 kHz
 silence (157 M samples). It used to be decoded and resampled in the engine process between two
 steps, stalling every running stream for seconds. Now the server reads the header first and
-refuses what is over the limits (``engine.audio_io.AudioLimits``: at most 8 channels, 8-192 kHz,
+refuses what is over the limits (``voxcpm_engine.io.prompt_audio.AudioLimits``: at most 8 channels, 8-192 kHz,
 ``--max-prompt-seconds``, 384 K decoded samples per second, 1024 samples per byte) before decoding
 anything, with a 4xx naming the field, on every endpoint that takes audio; what passes is decoded,
 downmixed and resampled in a worker thread of the server, and the engine only runs the VAE encoder

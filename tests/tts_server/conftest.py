@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.client import AsyncEngine
-from engine.engine_config import EngineConfig
 from tests.tts_server.harness import ENGINE_MODEL_LEN, ENGINE_SEQS
 from tests.tts_server.serving import LoopRunner
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.proc.client import AsyncEngine
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,10 @@ import av
 import httpx
 import numpy as np
 
-from engine.client import AsyncEngine
 from tests.tts_server.serving import AppServer, LoopRunner
 from tts_server.app import create_app
 from tts_server.config import ServerConfig
+from voxcpm_engine.proc.client import AsyncEngine
 
 ENGINE_SEQS = 4
 ENGINE_MODEL_LEN = 256

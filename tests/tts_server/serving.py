@@ -29,7 +29,7 @@ import soundfile as sf
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from tts_server.transport import guard
+from tts_server.http.transport import guard
 
 T = TypeVar("T")
 

@@ -23,13 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.inference import effective_max_len
-from engine.pipeline import GenerationParams
-from engine.tokenizer import prepare_text
-from tts_server.errors import ApiError
-from tts_server.jobs import Job, JobSpec
-from tts_server.routes._body import parse_body
-from tts_server.routes._speech import (
+from tts_server.audio.responses import audio_response
+from tts_server.http.bodies import parse_body
+from tts_server.http.errors import ApiError
+from tts_server.jobs.job import Job, JobSpec
+from tts_server.routes.speech import (
     REQUEST_ID_PATTERN,
     InlineVoice,
     client_id,
@@ -39,7 +37,9 @@ from tts_server.routes._speech import (
     timeline,
 )
 from tts_server.services import Services, services
-from tts_server.streaming import audio_response
+from voxcpm_engine.io.tokenizer import prepare_text
+from voxcpm_engine.single.generate import effective_max_len
+from voxcpm_engine.single.synthesizer import GenerationParams
 
 __all__ = ["GenerateRequest", "generate", "generate_routes"]
 

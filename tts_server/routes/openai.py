@@ -32,12 +32,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.pipeline import GenerationParams
-from tts_server.errors import ApiError
-from tts_server.jobs import Job, JobSpec
-from tts_server.openai_errors import openai_error_response
-from tts_server.routes._body import parse_body
-from tts_server.routes._speech import (
+from tts_server.audio.responses import audio_response, sse_response
+from tts_server.http.bodies import parse_body
+from tts_server.http.errors import ApiError
+from tts_server.http.openai_errors import openai_error_response
+from tts_server.jobs.job import Job, JobSpec
+from tts_server.routes.speech import (
     REQUEST_ID_PATTERN,
     client_id,
     prepare_segments,
@@ -46,7 +46,7 @@ from tts_server.routes._speech import (
     timeline,
 )
 from tts_server.services import Services, services
-from tts_server.streaming import audio_response, sse_response
+from voxcpm_engine.single.synthesizer import GenerationParams
 
 __all__ = ["OPENAI_VOICES", "SpeechRequest", "openai_routes", "speech"]
 

@@ -7,7 +7,7 @@ endpoints is behind the connection cap, and none touches the engine except ``/me
 The probes (``/health``, ``/info``) answer without a key, but with ``--api-key`` set they list voice
 names (``available_voices``, ``voices``) only to a request that carries the API or admin key, as
 ``GET /voices`` would; to anyone else the lists are empty. ``/queue`` and ``/cancel`` are scoped to
-the caller's own requests (see :func:`tts_server.auth.request_owner`): an id of someone else's
+the caller's own requests (see :func:`tts_server.http.auth.request_owner`): an id of someone else's
 request is ``not_found``, exactly like an id that does not exist.
 """
 
@@ -20,15 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tts_server.audio_encoder import FORMATS
-from tts_server.auth import has_work_access, request_owner
-from tts_server.errors import JSONResponse
-from tts_server.inflight import CancelReason
-from tts_server.lifecycle import ServerState
-from tts_server.metrics import CONTENT_TYPE
-from tts_server.routes._body import parse_body
-from tts_server.routes._speech import REQUEST_ID_PATTERN
-from tts_server.routes.schemas import (
+from tts_server.audio.formats import FORMATS
+from tts_server.http.auth import has_work_access, request_owner
+from tts_server.http.bodies import parse_body
+from tts_server.http.errors import JSONResponse
+from tts_server.http.schemas import (
     CancelResponse,
     EngineFigures,
     EngineStartup,
@@ -43,6 +39,10 @@ from tts_server.routes.schemas import (
     StatusResponse,
     Usage,
 )
+from tts_server.jobs.registry import CancelReason
+from tts_server.lifecycle import ServerState
+from tts_server.metrics import CONTENT_TYPE
+from tts_server.routes.speech import REQUEST_ID_PATTERN
 from tts_server.services import Services, services
 
 __all__ = ["CancelRequest", "ops_routes"]

@@ -1,10 +1,10 @@
 """Voice endpoints: list, add, replace, remove named voices; the legacy prompt endpoints; /encode_latents.
 
-The app sets ``app.state.voices`` (a :class:`~tts_server.voices_store.VoiceStore`) and
+The app sets ``app.state.voices`` (a :class:`~tts_server.voices.store.VoiceStore`) and
 ``app.state.model_info`` (``sample_rate``, ``patch_size``, ``latent_dim``, ``version``). Bodies are
 JSON (415 otherwise), at most ``app.state.max_voice_body_bytes`` if set (a LoRA upload can be large),
 else ``app.state.max_body_bytes``, else 25 MB (413 beyond). Binary fields are base64 strings
-(standard alphabet; a ``data:...;base64,`` prefix is accepted); latents use :mod:`tts_server.latents`.
+(standard alphabet; a ``data:...;base64,`` prefix is accepted); latents use :mod:`tts_server.voices.latents`.
 
 =============================  ===============================================================
 ``GET /voices``                ``{"voices": [names], "details": [descriptions]}``: ``voices`` is the
@@ -38,11 +38,11 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.routing import Route
 
-from tts_server.errors import ApiError, JSONResponse
-from tts_server.latents import latents_from_json, latents_to_json
-from tts_server.routes._body import decode_base64, parse_body
-from tts_server.voice_entry import VoiceState
-from tts_server.voices_store import VoiceStore
+from tts_server.http.bodies import decode_base64, parse_body
+from tts_server.http.errors import ApiError, JSONResponse
+from tts_server.voices.entry import VoiceState
+from tts_server.voices.latents import latents_from_json, latents_to_json
+from tts_server.voices.store import VoiceStore
 
 __all__ = ["voice_routes"]
 

@@ -13,7 +13,7 @@ import pytest
 from tests.tts_server.harness import ENGINE_MODEL_LEN, decode_audio, serve, server_config
 from tests.tts_server.routes.generate_helpers import body, spp
 from tests.tts_server.serving import sine_wav
-from tts_server.segments import SegmentBudget, plan_segments
+from tts_server.text.segments import SegmentBudget, plan_segments
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.tts_server.harness import decode_audio, serve, server_config
 from tests.tts_server.serving import sine_wav
-from tts_server.errors import ApiError
+from tts_server.http.errors import ApiError
 from tts_server.routes.openai import _design_prefix
 
 KEY = "sk-test"
@@ -166,8 +166,8 @@ def test_errors_come_back_in_openais_shape_naming_the_field(srv):
 
 
 def test_a_4096_character_input_is_spoken_as_consecutive_segments(srv):
-    from tts_server.segments import SegmentBudget, plan_segments
-    from tts_server.text import clean_text
+    from tts_server.text.normalize import clean_text
+    from tts_server.text.segments import SegmentBudget, plan_segments
 
     sentence = "The quick brown fox jumps over the lazy dog while the band plays on. "
     text = (sentence * (4096 // len(sentence) + 1))[:4096]

@@ -13,15 +13,15 @@ import pytest
 import torch
 from starlette.applications import Starlette
 
-from engine.client import AsyncEngine
-from engine.engine_config import EngineConfig
-from engine.loader import read_config
-from engine.synthetic_lora import write_lora
 from tests.tts_server.serving import AppServer, LoopRunner, sine_wav
-from tts_server.errors import ApiError, api_error_handler
-from tts_server.latents import latents_from_json
+from tts_server.http.errors import ApiError, api_error_handler
 from tts_server.routes.voices import voice_routes
-from tts_server.voices_store import VoiceStore
+from tts_server.voices.latents import latents_from_json
+from tts_server.voices.store import VoiceStore
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.io.checkpoint import read_config
+from voxcpm_engine.proc.client import AsyncEngine
+from voxcpm_engine.tools.synthetic_lora import write_lora
 
 CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
 

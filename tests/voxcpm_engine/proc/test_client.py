@@ -1,0 +1,458 @@
+"""The async engine client against real spawned engine-core processes on the tiny models (CPU).
+
+The shared engine and its in-process twin run the same bf16 model on one torch thread each, so a
+request's chunks through the process must equal the in-process ``Engine``'s bit for bit.
+Tests on the shared engine run on one module-wide event loop: an ``AsyncEngine`` belongs to the
+loop it was started on.
+"""
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import threading
+import time
+from multiprocessing import Pipe
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.engine import Engine
+from voxcpm_engine.io.checkpoint import CheckpointError, load_checkpoint
+from voxcpm_engine.io.prompt_audio import AudioLimitError, AudioLimits, load_audio
+from voxcpm_engine.proc.client import (
+    AsyncEngine,
+    EngineDeadError,
+    EngineStartError,
+    InvalidRequest,
+    RequestCancelled,
+    RequestFailed,
+)
+from voxcpm_engine.proc.core import EngineCore, serve
+from voxcpm_engine.proc.group import AsyncEngineGroup
+from voxcpm_engine.proc.messages import (
+    AddRequest,
+    Call,
+    Fatal,
+    Reply,
+    Shutdown,
+    StepOutputs,
+    recv_message,
+    send_message,
+)
+from voxcpm_engine.sched.request import RequestStatus
+from voxcpm_engine.single.synthesizer import GenerationParams, Voice
+from voxcpm_engine.tools.synthetic_lora import write_lora
+
+CONFIG = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
+SMALL = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256)
+TEXT = "The client under test."
+LONG = 200  # steps: never finishes within a test unless aborted
+
+
+def _params(n, seed):
+    return GenerationParams(min_steps=n, max_steps=n, seed=seed)
+
+
+async def _collect(stream):
+    return [chunk async for chunk in stream]
+
+
+async def _settled(engine, timeout_s=1.0):
+    """Stats once nothing is running, waiting or unfinished (or the last stats at the timeout)."""
+    end = time.monotonic() + timeout_s
+    while True:
+        stats = await engine.stats()
+        if (stats["running"], stats["waiting"], stats["unfinished"]) == (0, 0, 0) or time.monotonic() > end:
+            return stats
+        await asyncio.sleep(0.02)
+
+
+async def _until(condition):
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def _local_run(engine, request_id, text, params, lora=None):
+    engine.add_request(request_id, text, params=params, lora=lora)
+    chunks = []
+    while engine.has_unfinished():
+        chunks += [o.audio for o in engine.step() if o.audio is not None]
+    return chunks
+
+
+class _Runner:
+    """One event loop for the module's shared engine (``asyncio.Runner`` is 3.11+; the project supports 3.10)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    r = _Runner()
+    yield r
+    r.loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine(runner, tiny_v2):
+    eng = AsyncEngine(tiny_v2, CONFIG, num_threads=1)
+    runner.run(eng.start())
+    yield eng
+    runner.run(eng.stop())
+
+
+@pytest.fixture(scope="module")
+def local(tiny_v2):
+    return Engine(load_checkpoint(tiny_v2), CONFIG)
+
+
+def test_stream_equals_in_process_engine(runner, engine, local):
+    assert engine.sample_rate == local.sample_rate and engine.ready.model["version"] == 2
+    chunks = runner.run(_collect(engine.generate("same", TEXT, params=_params(5, 7))))
+    expected = _local_run(local, "same", TEXT, _params(5, 7))
+    assert len(chunks) == 5 and all(c.dtype == np.float32 and c.shape == (engine.samples_per_patch,) for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), np.concatenate(expected))
+    # a voice's latents (torch tensors) travel in the add message
+    ref = torch.randn(3, local.model_config.patch_size, 64, generator=torch.Generator().manual_seed(0))
+    voiced = runner.run(_collect(engine.generate("ref", TEXT, voice=Voice(ref_latents=ref), params=_params(3, 7))))
+    local.add_request("ref", TEXT, voice=Voice(ref_latents=ref), params=_params(3, 7))
+    expected = [o.audio for _ in range(4) for o in local.step() if o.audio is not None]
+    np.testing.assert_array_equal(np.concatenate(voiced), np.concatenate(expected))
+    assert np.abs(np.concatenate(voiced) - np.concatenate(chunks)[: len(expected) * len(expected[0])]).max() > 0.01
+
+
+def test_concurrent_generates_interleave_one_message_per_step(runner, engine):
+    async def go():
+        order = []
+
+        async def consume(rid, n):
+            async for _ in engine.generate(rid, TEXT, params=_params(n, 1)):
+                order.append(rid)
+
+        before = (await engine.stats())["ipc"]["latency_us"]["count"]
+        await asyncio.gather(*(consume(f"c{i}", 4 + i) for i in range(3)))
+        return order, (await engine.stats())["ipc"]["latency_us"]["count"] - before
+
+    order, messages = runner.run(go())
+    assert [order.count(f"c{i}") for i in range(3)] == [4, 5, 6]
+    last = {rid: len(order) - order[::-1].index(rid) for rid in set(order)}
+    assert max(order.index(rid) for rid in last) < min(last.values())  # all started before any ended
+    assert messages <= 8  # 15 chunks in ~6 steps: one message carries every output of a step
+
+
+def test_abort_mid_stream_cancels_promptly_and_frees_the_engine(runner, engine):
+    async def go():
+        stream = engine.generate("ab", TEXT, params=_params(LONG, 1))
+        await anext(stream)
+        assert await engine.abort("ab")
+        t0 = time.monotonic()
+        with pytest.raises(RequestCancelled):
+            await _collect(stream)
+        elapsed = time.monotonic() - t0
+        assert stream.status == RequestStatus.CANCELLED and not await engine.abort("ab")
+        return elapsed, await _settled(engine)
+
+    elapsed, stats = runner.run(go())
+    assert elapsed < 1.0
+    assert (stats["running"], stats["waiting"], stats["unfinished"]) == (0, 0, 0)
+    assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+
+
+def test_leaving_early_aborts(runner, engine):
+    async def go():
+        async for _ in engine.generate("br", TEXT, params=_params(LONG, 2)):
+            break  # the stream is dropped here: the request must not run on
+        first = await _settled(engine)
+        started = asyncio.Event()
+
+        async def consume():
+            async for _ in engine.generate("tc", TEXT, params=_params(LONG, 3)):
+                started.set()
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        task.cancel()  # what the HTTP server does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return first, await _settled(engine)
+
+    for stats in runner.run(go()):
+        assert (stats["running"], stats["waiting"], stats["unfinished"]) == (0, 0, 0)
+        assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+
+
+def test_invalid_requests_fail_alone(runner, engine):
+    async def go():
+        with pytest.raises(InvalidRequest, match="unknown voice 'nope'"):
+            await _collect(engine.generate("bad1", TEXT, lora="nope"))
+        with pytest.raises(InvalidRequest, match="text must not be empty") as err:
+            await _collect(engine.generate("bad2", "  "))
+        assert err.value.reason == "text must not be empty"
+        stream = engine.generate("dup", TEXT, params=_params(2, 1))
+        with pytest.raises(ValueError, match="already in flight"):
+            engine.generate("dup", TEXT)
+        assert len(await _collect(stream)) == 2  # still serving
+        with pytest.raises(RequestCancelled):  # deadlines fire in the engine
+            await asyncio.wait_for(_collect(engine.generate("late", TEXT, params=_params(LONG, 1), deadline_s=0.2)), 2)
+
+    runner.run(go())
+
+
+def test_lora_voice_through_the_process(runner, engine, local, tiny_v2, tmp_path):
+    adapter = write_lora(tiny_v2, tmp_path / "v", rank=4)
+
+    async def go():
+        assert await engine.register_voice("v", adapter) == local.register_voice("v", adapter)
+        voiced = await _collect(engine.generate("lv", TEXT, params=_params(4, 5), lora="v"))
+        plain = await _collect(engine.generate("lp", TEXT, params=_params(4, 5)))
+        assert (await engine.stats())["adapters"] is not None
+        await engine.unregister_voice("v")
+        with pytest.raises(KeyError, match="not registered"):
+            await engine.unregister_voice("v")
+        with pytest.raises(InvalidRequest, match="unknown voice"):
+            await _collect(engine.generate("lg", TEXT, lora="v"))
+        return np.concatenate(voiced), np.concatenate(plain)
+
+    voiced, plain = runner.run(go())
+    assert np.abs(voiced - plain).max() > 0.01  # the adapter changes the voice
+    np.testing.assert_array_equal(voiced, np.concatenate(_local_run(local, "lv", TEXT, _params(4, 5), lora="v")))
+    local.unregister_voice("v")
+
+
+def test_bad_checkpoint_fails_start_with_the_loaders_message(tiny_v1, tmp_path):
+    bad = shutil.copytree(tiny_v1, tmp_path / "bad")
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError) as expected:
+        load_checkpoint(bad)
+
+    async def go():
+        eng = AsyncEngine(bad, SMALL, num_threads=1)
+        with pytest.raises(EngineStartError) as err:
+            await eng.start()
+        assert str(expected.value) in str(err.value)
+        assert not eng.is_alive and eng._process.exitcode == 1
+        with pytest.raises(EngineDeadError):
+            eng.generate("x", TEXT)
+        await eng.stop()
+
+    asyncio.run(go())
+
+
+def test_sigkill_fails_pending_generates_within_a_second(tiny_v1):
+    async def go():
+        eng = AsyncEngine(tiny_v1, SMALL, num_threads=1)
+        await eng.start()
+        with pytest.raises(ValueError, match="serves no LoRA"):
+            await eng.register_voice("v", "/nowhere")
+        streams = [eng.generate(f"k{i}", TEXT, params=_params(LONG, i)) for i in range(3)]
+        await anext(streams[0])
+        os.kill(eng.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*(_collect(s) for s in streams), return_exceptions=True), 5)
+        elapsed = time.monotonic() - t0
+        assert all(isinstance(r, EngineDeadError) for r in results), results
+        stats = await eng.stats()
+        assert not stats["alive"] and stats["pid"] == eng.pid and "exit code -9" in stats["error"]
+        with pytest.raises(EngineDeadError):
+            eng.generate("new", TEXT)
+        with pytest.raises(EngineDeadError):
+            await eng.unregister_voice("v")
+        assert not await eng.abort("k1")
+        await eng.stop()
+        return elapsed
+
+    assert asyncio.run(go()) < 1.0
+
+
+def test_group_routes_to_the_least_loaded_engine_and_around_a_dead_one(tiny_v1):
+    def owners(group, ids):
+        return [next(i for i, e in enumerate(group.engines) if e.has_request(r)) for r in ids]
+
+    async def go():
+        async with AsyncEngineGroup(tiny_v1, SMALL, devices=["cpu", "cpu"], num_threads=1) as group:
+            kept = group.generate("kept", TEXT, params=_params(LONG, 1))
+            streams = {r: group.generate(r, TEXT, params=_params(LONG, 1)) for r in "abcd"}
+            assert owners(group, ["kept", *"abcd"]) == [0, 1, 0, 1, 0]
+            assert await group.abort("a")
+            with pytest.raises(RequestCancelled):
+                await _collect(streams.pop("a"))
+            streams["e"] = group.generate("e", TEXT, params=_params(LONG, 1))  # engine 1 has one request less
+            assert owners(group, "e") == [1]
+            await asyncio.gather(*(anext(s) for s in streams.values()))
+            stats = await group.stats()
+            assert stats["alive"] and stats["running"] == 5 and [s["running"] for s in stats["engines"]] == [3, 2]
+            for s in streams.values():
+                await s.aclose()
+            await asyncio.sleep(0.3)
+            stats = await group.stats()
+            assert (stats["running"], stats["unfinished"]) == (1, 1)
+            with pytest.raises(ValueError, match="serves no LoRA"):
+                await group.register_voice("v", "/nowhere")
+            # a failure inside engine 0's loop (here: a control message it does not know) fails its requests
+            group.engines[0]._send(object())
+            with pytest.raises(RequestFailed, match="engine core failed: TypeError: unknown control message"):
+                await _collect(kept)
+            await asyncio.wait_for(_until(lambda: not group.engines[0].is_alive), 5)
+            late = group.generate("late", TEXT, params=_params(LONG, 1))  # left open through the shutdown
+            assert owners(group, ["late"]) == [1]
+            # a file is decoded here, then encoded by the live engine: as that engine does its samples
+            audio = _flac(np.stack([_tone(44_100, 0.4), _tone(44_100, 0.4, 330.0)], axis=1), 44_100)
+            samples = load_audio(audio, group.encode_sample_rate)
+            assert torch.equal(await group.encode_prompt(audio), await group.engines[1].encode_prompt(samples))
+            with pytest.raises(AudioLimitError, match="exceeds the limit of 0.1 s"):
+                await group.encode_prompt(audio, limits=AudioLimits(max_seconds=0.1))
+            stats = await group.stats()
+            assert stats["alive"] and [s["alive"] for s in stats["engines"]] == [False, True]
+            assert "engine core failed" in stats["engines"][0]["error"]
+        with pytest.raises(RequestCancelled):
+            await _collect(late)
+        assert not group.is_alive and not (await group.stats())["alive"]
+
+    asyncio.run(go())
+
+
+def test_core_failure_fails_in_flight_requests_and_reports(local):
+    """An exception inside the step loop: FAILED outputs for every request in flight, then Fatal, exit 1."""
+    parent, child = Pipe()
+    send_message(parent, AddRequest("f", TEXT, params=_params(3, 1)))
+    calls = []
+
+    def broken_step():
+        calls.append(1)
+        raise RuntimeError("kernel exploded")
+
+    local.step = broken_step
+    try:
+        assert serve(EngineCore(local, child)) == 1
+    finally:
+        del local.step
+    outputs, fatal = recv_message(parent), recv_message(parent)
+    assert isinstance(outputs, StepOutputs) and isinstance(fatal, Fatal) and calls == [1]
+    [out] = outputs.outputs
+    assert (out.request_id, out.status) == ("f", RequestStatus.FAILED)
+    assert out.error == fatal.message == "engine core failed: RuntimeError: kernel exploded"
+    assert "kernel exploded" in fatal.traceback
+    local.abort("f")
+    local.step()
+    assert not local.has_unfinished()
+
+
+def test_encode_prompt_through_the_process_equals_in_process(runner, engine, local):
+    import io
+
+    import soundfile as sf
+
+    wav = np.sin(np.linspace(0, 200, local.sample_rate // 2)).astype(np.float32) * 0.3
+    buf = io.BytesIO()
+    sf.write(buf, wav, local.sample_rate, format="WAV")
+    audio = buf.getvalue()
+
+    async def go():
+        prompt = await engine.encode_prompt(audio)
+        ref = await engine.encode_prompt(audio, reference=True)
+        with pytest.raises(ValueError, match="audio"):
+            await engine.encode_prompt(b"not audio at all")
+        return prompt, ref
+
+    prompt, ref = runner.run(go())
+    torch.testing.assert_close(prompt, local.frontend.encode_prompt(audio), rtol=0, atol=0)
+    torch.testing.assert_close(ref, local.frontend.encode_prompt(audio, reference=True), rtol=0, atol=0)
+    assert prompt.dtype == torch.float32 and prompt.shape[-1] == 64
+
+
+def _tone(sr, seconds, freq=220.0):
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _flac(samples, sr):
+    buf = io.BytesIO()
+    sf.write(buf, samples, sr, format="FLAC", subtype="PCM_24")
+    return buf.getvalue()
+
+
+def test_encode_prompt_decodes_here_and_equals_in_process(runner, engine, local):
+    """A file is decoded, downmixed and resampled in this process; the latents equal the in-process path's."""
+    audio = _flac(np.stack([_tone(44_100, 1.3), _tone(44_100, 1.3, 330.0)], axis=1), 44_100)
+    rate = local.frontend.config.encode_sample_rate
+    samples = load_audio(audio, rate)
+
+    async def go():
+        from_file = await engine.encode_prompt(audio, limits=AudioLimits(max_seconds=2.0))
+        from_samples = await engine.encode_prompt(samples, reference=True)
+        with pytest.raises(AudioLimitError, match="1.30 s of audio exceeds the limit of 1 s"):
+            await engine.encode_prompt(audio, limits=AudioLimits(max_seconds=1.0))
+        with pytest.raises(ValueError, match="1-D float32"):
+            await engine.encode_prompt(samples.astype(np.float64))
+        return from_file, from_samples
+
+    from_file, from_samples = runner.run(go())
+    assert engine.encode_sample_rate == rate
+    assert torch.equal(from_file, local.frontend.encode_prompt(audio))
+    assert torch.equal(from_samples, local.frontend.encode_prompt(audio, reference=True))
+
+
+def test_the_core_encodes_decoded_samples_only(local):
+    """The engine process never decodes a file: ``encode_prompt`` takes mono float32 at the encoder's rate."""
+    parent, child = Pipe()
+    core = EngineCore(local, child)
+    rate = local.frontend.config.encode_sample_rate
+    audio = _flac(_tone(rate, 0.3), rate)
+    samples = load_audio(audio, rate)
+    try:
+        ok = core.call(Call(1, "encode_prompt", (samples, rate, False)))
+        assert ok.error is None and torch.equal(ok.value, local.frontend.encode_prompt(audio))
+        refused = [
+            ((audio, rate, False), "must be a numpy array"),
+            ((samples, 2 * rate, False), f"must be at the encoder's {rate} Hz"),
+            ((samples.astype(np.float64), rate, False), "must be 1-D float32"),
+            ((samples[None], rate, False), "must be 1-D float32"),
+        ]
+        for args, match in refused:
+            reply = core.call(Call(2, "encode_prompt", args))
+            assert reply.error_kind == "ValueError" and match in reply.error, reply
+    finally:
+        core.close()
+
+
+def test_prompt_encodes_take_turns_with_the_steps(local):
+    """Prompts that arrive together are encoded one per step while a request runs, so a stream waits
+    for one encode at a time, not for all of them; while idle they are all encoded at once."""
+    parent, child = Pipe()
+    rate = local.frontend.config.encode_sample_rate
+    samples = load_audio(_flac(_tone(rate, 0.1), rate), rate)
+    send_message(parent, AddRequest("turns", TEXT, params=_params(4, 1)))
+    for call_id in range(3):
+        send_message(parent, Call(call_id, "encode_prompt", (samples, rate, False)))
+    core = EngineCore(local, child)
+    thread = threading.Thread(target=serve, args=(core,), daemon=True)
+    thread.start()
+    order = []
+    try:
+        finished = False
+        while not finished or order.count("R") < 3:
+            message = recv_message(parent)
+            if isinstance(message, Reply):
+                assert message.error is None, message.error
+                order.append("R")
+            elif isinstance(message, StepOutputs):
+                order.append("S")
+                finished = finished or any(RequestStatus(o.status).is_finished for o in message.outputs)
+        assert "RR" not in "".join(order), order  # never two encodes without a step between them
+        assert order.count("S") == 4, order
+        for call_id in (10, 11):  # idle: no step to take turns with
+            send_message(parent, Call(call_id, "encode_prompt", (samples, rate, False)))
+        assert [recv_message(parent).call_id for _ in range(2)] == [10, 11]
+    finally:
+        send_message(parent, Shutdown())
+        thread.join(10)
+    assert not thread.is_alive() and not local.has_unfinished()

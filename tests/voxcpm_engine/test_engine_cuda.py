@@ -1,0 +1,56 @@
+"""The batched engine on CUDA (marked ``gpu``): Triton kernels, batch invariance, LoRA rows, streaming.
+
+fp32 on the GPU (cuBLAS without TF32 for fp32 matmuls by default) keeps rounding small enough for
+the same tolerance idea as on the CPU; bf16 runs are checked for shape and finiteness only.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.voxcpm_engine.test_engine import _run
+from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.engine import Engine
+from voxcpm_engine.io.checkpoint import load_checkpoint
+from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+GPU_ATOL = 2e-3
+
+
+def _params(n, seed):
+    return GenerationParams(min_steps=n, max_steps=n, seed=seed)
+
+
+def _engine(ckpt, backend=None, **kw):
+    cfg = EngineConfig(
+        **{"max_num_seqs": 8, "max_num_batched_tokens": 32, "max_model_len": 256, "vae_tf32": False, **kw}
+    )
+    return Engine(ckpt, cfg, attention_backend=backend)
+
+
+@pytest.mark.parametrize("name", ["tiny_v1", "tiny_v2"])
+def test_triton_engine_matches_single_request_and_torch_backend(request, name):
+    ckpt = load_checkpoint(request.getfixturevalue(name), device="cuda", dtype="float32")
+    single = Synthesizer(ckpt).generate("The request under test.", params=_params(6, 5))
+    outs = {}
+    for backend in ("triton", "torch"):
+        engine = _engine(ckpt, backend)
+        engine.add_request(
+            "a", "A longer neighbour that is prefilled in chunks of the token budget.", params=_params(8, 1)
+        )
+        engine.add_request("x", "The request under test.", params=_params(6, 5))
+        outs[backend] = _run(engine)[0]
+    np.testing.assert_allclose(outs["triton"]["x"], single, atol=GPU_ATOL, rtol=0)
+    np.testing.assert_allclose(outs["triton"]["a"], outs["torch"]["a"], atol=GPU_ATOL, rtol=0)
+
+
+def test_bf16_engine_runs_a_crowd(tiny_v2):
+    ckpt = load_checkpoint(tiny_v2, device="cuda")
+    engine = _engine(ckpt, max_num_seqs=32, max_num_batched_tokens=256)
+    for i in range(24):
+        engine.add_request(f"r{i}", f"Request {i}, " * (1 + i % 4), params=_params(4 + i % 5, i))
+    out, status = _run(engine)
+    assert all(len(out[f"r{i}"]) == (4 + i % 5) * ckpt.config.samples_per_patch for i in range(24))
+    assert all(np.isfinite(a).all() for a in out.values())

@@ -1,0 +1,1 @@
+"""Generation jobs: the in-flight registry, the inference queue, one job's run through the engine, its timeline."""

@@ -1,0 +1,1 @@
+"""Text before the engine: cleaning and normalization, and splitting long input into engine-sized segments."""

@@ -1,0 +1,1 @@
+"""What comes from disk into the engine: checkpoints, the tokenizer, prompt audio, LoRA files."""

@@ -1,0 +1,1 @@
+"""Scheduling: requests and their lifecycle, KV block accounting, and the continuous-batching scheduler."""
