@@ -1,11 +1,22 @@
-"""Shared fixtures: tiny synthetic checkpoints, written once per test session by the real generator."""
+"""Shared fixtures: tiny synthetic checkpoints, written once per test session by the real generator.
+
+Without CUDA, Triton kernels run in Triton's interpreter. Triton reads ``TRITON_INTERPRET`` when a
+kernel is defined, so it is set here, before any test module imports ``voxcpm_engine.kernels.*``
+(server tests import the engine too, and servers the tests start inherit it). Only tests that ask
+for a Triton backend or the fused path (``EngineConfig.fused_kernels=True``) run Triton kernels on
+the CPU at all.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 

@@ -1,19 +1,9 @@
-"""Engine tests: without CUDA, Triton kernels run in Triton's interpreter.
+"""Engine tests: the fp32 tiny checkpoints the batched-engine tests share (``ckpt_v1``, ``ckpt_v2``).
 
-Triton reads ``TRITON_INTERPRET`` when a kernel is defined, so it is set here, before any test
-module of the engine imports ``voxcpm_engine.kernels.*``. Only tests that ask for a Triton backend or the
-fused path (``EngineConfig.fused_kernels=True``) run Triton kernels on the CPU at all.
-
-Also the fp32 tiny checkpoints the batched-engine tests share (``ckpt_v1``, ``ckpt_v2``).
+Without CUDA, Triton kernels run in Triton's interpreter (set up by ``tests/conftest.py``).
 """
 
-import os
-
 import pytest
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from voxcpm_engine.io.checkpoint import load_checkpoint
 

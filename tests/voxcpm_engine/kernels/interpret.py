@@ -1,6 +1,6 @@
 """Shared setup of the fused-kernel tests: device, tolerances, inputs; skips without Triton.
 
-``TRITON_INTERPRET=1`` (no CUDA) is set by ``tests/voxcpm_engine/conftest.py`` before these modules load.
+``TRITON_INTERPRET=1`` (no CUDA) is set by ``tests/conftest.py`` before these modules load.
 """
 
 from __future__ import annotations
