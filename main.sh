@@ -2,7 +2,8 @@
 # One-shot setup and run.
 #   bash main.sh        set up .venv, get a model, start the server, wait for /ready, run example.py
 #                       against it (out/example.wav), then keep the server in the foreground
-#   bash main.sh test   set up .venv and run the whole test suite (unit tests, then parity)
+#   bash main.sh test   set up .venv, lint (ruff, the import-layer contracts), run the whole test suite
+#                       (unit tests, then parity)
 #   bash main.sh model  set up .venv, get the model (download, or the synthetic fallback) and print its directory
 # Re-running is safe and quick: installs happen only when pyproject.toml changed.
 # Environment:
@@ -149,6 +150,9 @@ run_server() {
 case "${1:-run}" in
     test)
         setup
+        "$PY" -m ruff check --quiet .
+        "$PY" -m ruff format --check --quiet .
+        "$VENV/bin/lint-imports" --no-cache
         "$PY" -m pytest -q
         if [ "${PARITY:-1}" != "0" ]; then
             bash tests/parity/run.sh

@@ -24,18 +24,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tts_server.config import ServerConfig
+from tts_server.errors import ApiError
 from tts_server.http.admission import Admission, AdmissionMiddleware
-from tts_server.http.errors import ApiError
-from tts_server.http.openai_errors import error_response_for
-from tts_server.http.openapi import openapi_routes
 from tts_server.http.transport import TransportGuard
 from tts_server.jobs.queue import InferenceQueue
 from tts_server.jobs.registry import CancelReason, InflightRegistry
 from tts_server.lifecycle import Lifecycle
 from tts_server.metrics import ServerMetrics
+from tts_server.openai_errors import error_response_for
 from tts_server.request_path_warmup import warm_request_path
 from tts_server.routes.generate import generate_routes
 from tts_server.routes.openai import openai_routes
+from tts_server.routes.openapi import openapi_routes
 from tts_server.routes.ops import ops_routes
 from tts_server.routes.voices import voice_routes
 from tts_server.services import Services

@@ -14,8 +14,8 @@ from typing import Any
 from starlette.requests import Request
 
 from tts_server.config import ServerConfig
+from tts_server.errors import ApiError
 from tts_server.http.admission import Admission
-from tts_server.http.errors import ApiError
 from tts_server.jobs.queue import InferenceQueue
 from tts_server.jobs.registry import InflightRegistry
 from tts_server.lifecycle import Lifecycle, ServerState

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tts_server.errors import ApiError
 from tts_server.http.auth import OPEN_PATHS, Access, check_access, required_access
-from tts_server.http.errors import ApiError
-from tts_server.http.openai_errors import error_response_for
 from tts_server.jobs.timeline import TIMELINE_KEY, Timeline
 from tts_server.lifecycle import Lifecycle
+from tts_server.openai_errors import error_response_for
 
 __all__ = ["UNCAPPED_PATHS", "Admission", "AdmissionMiddleware"]
 

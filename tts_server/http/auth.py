@@ -20,7 +20,7 @@ import enum
 import hashlib
 import hmac
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 
 __all__ = [
     "OPEN_PATHS",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "body_limit", "decode_base64", "parse_body", "read_body", "validation_error"]
 

@@ -31,19 +31,22 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from starlette.types import Message, Receive
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.jobs.audio_checks import checked_audio
 from tts_server.jobs.queue import QueueCancelled, QueueClosed, QueueTimeout, Ticket
 from tts_server.jobs.registry import CancelReason, InflightRequest, RequestState
 from tts_server.jobs.timeline import Timeline
 from tts_server.metrics import Outcome
-from tts_server.services import Services
 from voxcpm_engine.proc.stream import EngineDeadError, EngineError, InvalidRequest, RequestCancelled, RequestStream
 from voxcpm_engine.single.synthesizer import GenerationParams, Voice
+
+if TYPE_CHECKING:  # the bundle of shared objects is built above the jobs layer
+    from tts_server.services import Services
 
 __all__ = ["Job", "JobSpec"]
 

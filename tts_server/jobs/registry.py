@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.jobs.queue import InferenceQueue
 
 __all__ = ["CancelReason", "InflightRegistry", "InflightRequest", "RequestState"]

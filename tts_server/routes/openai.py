@@ -33,10 +33,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tts_server.audio.responses import audio_response, sse_response
+from tts_server.errors import ApiError
 from tts_server.http.bodies import parse_body
-from tts_server.http.errors import ApiError
-from tts_server.http.openai_errors import openai_error_response
 from tts_server.jobs.job import Job, JobSpec
+from tts_server.openai_errors import openai_error_response
 from tts_server.routes.speech import (
     REQUEST_ID_PATTERN,
     client_id,

@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tts_server.audio.formats import FORMATS
+from tts_server.errors import JSONResponse
 from tts_server.http.auth import has_work_access, request_owner
 from tts_server.http.bodies import parse_body
-from tts_server.http.errors import JSONResponse
 from tts_server.http.schemas import (
     CancelResponse,
     EngineFigures,

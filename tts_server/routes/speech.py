@@ -15,9 +15,9 @@ from typing import Any
 
 from starlette.requests import Request
 
+from tts_server.errors import ApiError
 from tts_server.http.auth import client_key
 from tts_server.http.bodies import decode_base64
-from tts_server.http.errors import ApiError
 from tts_server.jobs.timeline import TIMELINE_KEY, Timeline
 from tts_server.services import Services
 from tts_server.text.normalize import clean_text, has_speakable, normalize_text

@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.routing import Route
 
+from tts_server.errors import ApiError, JSONResponse
 from tts_server.http.bodies import decode_base64, parse_body
-from tts_server.http.errors import ApiError, JSONResponse
 from tts_server.voices.entry import VoiceState
 from tts_server.voices.latents import latents_from_json, latents_to_json
 from tts_server.voices.store import VoiceStore

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.text.normalize import split_text
 from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text
 from voxcpm_engine.single.generate import effective_max_len

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.voices import files as vf
 from tts_server.voices.inputs import check_latents
 from voxcpm_engine.single.synthesizer import Voice

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.voices import files as vf
 from tts_server.voices.latents import MAX_LATENT_ABS, magnitude_problem
 from voxcpm_engine.io.prompt_audio import AudioLimitError, AudioLimits, load_audio, read_header

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 
 __all__ = ["LATENTS_DTYPE", "MAX_LATENT_ABS", "latents_from_json", "latents_to_json", "magnitude_problem"]
 

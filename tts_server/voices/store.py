@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.voices import files as vf
 from tts_server.voices.change_locks import ChangeLocks
 from tts_server.voices.entry import ResolvedVoice, VoiceEntry, VoiceState, entry_from_files

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from voxcpm_engine.model.attention import SHORT_ATTENTION_MAX  # the dispatch lives there
+from voxcpm_engine.kernels.fused_limits import SHORT_ATTENTION_MAX
 
 
 @triton.jit

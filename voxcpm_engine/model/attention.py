@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SHORT_ATTENTION_MAX = 32  # longest sequence of kernels.fused.short_attention (DiT: 9-11, encoder: 3-5)
+from voxcpm_engine.kernels.fused_limits import SHORT_ATTENTION_MAX
 
 
 class AttentionFn(Protocol):

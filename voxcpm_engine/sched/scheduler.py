@@ -17,7 +17,20 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.lora.registry import AdapterRegistry, NoFreeSlotError
 from voxcpm_engine.sched.block_manager import BlockManager
 from voxcpm_engine.sched.request import Request, RequestStatus
-from voxcpm_engine.worker.runner import ScheduledRow
+
+
+@dataclass
+class ScheduledRow:
+    """One request's share of a step: ``count`` positions from ``start``; ``sample`` if it catches up."""
+
+    request: Request
+    start: int
+    count: int
+
+    @property
+    def sample(self) -> bool:
+        """Whether the row reaches its newest position this step and so samples a patch."""
+        return self.start + self.count == self.request.num_positions
 
 
 @dataclass

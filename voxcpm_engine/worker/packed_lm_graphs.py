@@ -32,7 +32,8 @@ from torch import Tensor
 from voxcpm_engine.worker.paged_kv import BatchLayout, PagedAttention
 
 if TYPE_CHECKING:  # the runner imports this module
-    from voxcpm_engine.worker.runner import ModelRunner, ScheduledRow
+    from voxcpm_engine.sched.scheduler import ScheduledRow
+    from voxcpm_engine.worker.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 

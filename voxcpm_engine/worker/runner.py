@@ -21,23 +21,10 @@ from voxcpm_engine.lora.layers import set_lora_rows
 from voxcpm_engine.model.sampler import NoiseStream
 from voxcpm_engine.model.voxcpm import VoxCPMModel
 from voxcpm_engine.sched.request import Request
+from voxcpm_engine.sched.scheduler import ScheduledRow
 from voxcpm_engine.worker.decode_graphs import DecodeGraphs, DecodeOutputs
 from voxcpm_engine.worker.packed_lm_graphs import PackedLMGraphs
 from voxcpm_engine.worker.paged_kv import BatchLayout, PagedAttention, PagedKVCache
-
-
-@dataclass
-class ScheduledRow:
-    """One request's share of a step: ``count`` positions from ``start``; ``sample`` if it catches up."""
-
-    request: Request
-    start: int
-    count: int
-
-    @property
-    def sample(self) -> bool:
-        """Whether the row reaches its newest position this step and so samples a patch."""
-        return self.start + self.count == self.request.num_positions
 
 
 @dataclass

@@ -16,9 +16,9 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from tests.tts_server.serving import AppServer, LoopRunner
+from tts_server.errors import ApiError
 from tts_server.http.admission import Admission, AdmissionMiddleware
 from tts_server.http.auth import Access, check_access, client_key, required_access
-from tts_server.http.errors import ApiError
 from tts_server.lifecycle import EXIT_ENGINE_DEAD, Lifecycle, ServerState
 
 

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.jobs.queue import InferenceQueue, QueueCancelled, Ticket
 from tts_server.jobs.registry import CancelReason, InflightRegistry, RequestState
 

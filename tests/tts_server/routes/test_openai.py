@@ -13,7 +13,7 @@ import pytest
 
 from tests.tts_server.harness import decode_audio, serve, server_config
 from tests.tts_server.serving import sine_wav
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.routes.openai import _design_prefix
 
 KEY = "sk-test"

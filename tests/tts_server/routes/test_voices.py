@@ -14,7 +14,7 @@ import torch
 from starlette.applications import Starlette
 
 from tests.tts_server.serving import AppServer, LoopRunner, sine_wav
-from tts_server.http.errors import ApiError, api_error_handler
+from tts_server.errors import ApiError, api_error_handler
 from tts_server.routes.voices import voice_routes
 from tts_server.voices.latents import latents_from_json
 from tts_server.voices.store import VoiceStore

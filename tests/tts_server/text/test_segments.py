@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.text.segments import SegmentBudget, plan_segments, voice_positions
 from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text

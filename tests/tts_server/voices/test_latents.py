@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.voices.inputs import check_latents
 from tts_server.voices.latents import MAX_LATENT_ABS, latents_from_json, latents_to_json
 

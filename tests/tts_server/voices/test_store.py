@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.tts_server.serving import LoopRunner, sine_wav
-from tts_server.http.errors import ApiError
+from tts_server.errors import ApiError
 from tts_server.voices.entry import VoiceState
 from tts_server.voices.store import VoiceStore
 from voxcpm_engine.config.engine_config import EngineConfig

@@ -18,8 +18,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from tts_server.audio.formats import FORMATS
+from tts_server.errors import JSONResponse
 from tts_server.http import schemas as s
-from tts_server.http.errors import JSONResponse
 from tts_server.routes.generate import GenerateRequest
 from tts_server.routes.openai import SpeechRequest
 from tts_server.routes.ops import CancelRequest

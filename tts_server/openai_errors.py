@@ -7,7 +7,7 @@ and the app's error handlers for every response under ``/v1/``.
 
 from __future__ import annotations
 
-from tts_server.http.errors import ApiError, JSONResponse, error_response
+from tts_server.errors import ApiError, JSONResponse, error_response
 
 __all__ = ["error_response_for", "openai_error_body", "openai_error_response"]
 
