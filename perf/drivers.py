@@ -61,7 +61,7 @@ class Sampling:
 
     def params(self, seed: int) -> Any:
         """Our engine's ``GenerationParams`` for one request of this run."""
-        from voxcpm_engine.single.synthesizer import GenerationParams
+        from voxcpm_engine.types import GenerationParams
 
         return GenerationParams(
             cfg_value=self.cfg_value,

@@ -23,8 +23,8 @@ import torch
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
-from voxcpm_engine.single.synthesizer import GenerationParams
 from voxcpm_engine.tools.synthetic import write_checkpoint
+from voxcpm_engine.types import GenerationParams
 
 
 def decode_step_ms(engine: Engine, batch: int, steps: int) -> tuple[float, float]:

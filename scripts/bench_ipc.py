@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.proc.client import AsyncEngine
-from voxcpm_engine.single.synthesizer import GenerationParams
+from voxcpm_engine.types import GenerationParams
 
 TEXT = "A sentence of ordinary length, streamed through the engine process."
 

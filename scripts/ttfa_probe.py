@@ -25,8 +25,8 @@ import torch
 from perf.drivers import request_text
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
-from voxcpm_engine.single.synthesizer import GenerationParams
 from voxcpm_engine.startup import warm_up
+from voxcpm_engine.types import GenerationParams
 
 
 def _sync() -> None:

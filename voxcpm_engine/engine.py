@@ -28,8 +28,9 @@ from voxcpm_engine.model.audio_vae import StreamingDecoderState
 from voxcpm_engine.sched.block_manager import BlockManager
 from voxcpm_engine.sched.request import FirstAudioTimes, Request, RequestStatus, SamplingParams
 from voxcpm_engine.sched.scheduler import Scheduler
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer, Voice
+from voxcpm_engine.single.synthesizer import Synthesizer
 from voxcpm_engine.startup import ProgressClock, StartupPhase, capture_step_graphs
+from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
 from voxcpm_engine.worker.paged_kv import gpu_kv_blocks
 from voxcpm_engine.worker.runner import ModelRunner, SampledBatch
 from voxcpm_engine.worker.vae_stream import VaeStreams
@@ -174,24 +175,29 @@ class Engine:
             lora: Name of a registered LoRA voice.
 
         Raises:
-            ValueError: Duplicate id, unknown LoRA voice, invalid input, or a request that can
-                never fit the limits.
+            RequestRejected: Its ``field`` names what is wrong: the text (empty, or a request that
+                can never fit the limits), the voice (unknown LoRA voice, bad prompt material) or a
+                setting.
+            ValueError: Duplicate id (the caller's own bookkeeping).
         """
         times = FirstAudioTimes(added=time.monotonic())
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in flight")
         if lora is not None and (self.adapters is None or lora not in self.adapters.names()):
-            raise ValueError(f"lora: unknown voice {lora!r}")
+            raise RequestRejected(RequestField.VOICE, f"unknown voice {lora!r}")
         voice, params = voice or Voice(), params or GenerationParams()
         prefill, max_len = self.frontend.prepare(text, voice, params)
         need = len(prefill) + max_len
         if need > self.config.max_model_len:
-            raise ValueError(
+            raise RequestRejected(
+                RequestField.TEXT,
                 f"request needs {len(prefill)} prompt + {max_len} generated positions, "
-                f"more than max_model_len {self.config.max_model_len}"
+                f"more than max_model_len {self.config.max_model_len}",
             )
         if self.config.blocks_for(need) > self.blocks.num_blocks:
-            raise ValueError(f"request needs more KV blocks than the engine has ({self.blocks.num_blocks})")
+            raise RequestRejected(
+                RequestField.TEXT, f"request needs more KV blocks than the engine has ({self.blocks.num_blocks})"
+            )
         gen = torch.Generator(device=self.runner.model.device)
         gen.manual_seed(secrets.randbits(63) if params.seed is None else params.seed)
         sampling = SamplingParams(

@@ -173,7 +173,7 @@ def warm_up(engine: Engine, tick: Callable[[int, int], None] | None = None, step
         tick: Called with ``(batches done, batches)`` after each batch.
         steps: Patches per warm-up request.
     """
-    from voxcpm_engine.single.synthesizer import GenerationParams, Voice
+    from voxcpm_engine.types import GenerationParams, Voice
 
     start = time.perf_counter()
     cfg = engine.model_config

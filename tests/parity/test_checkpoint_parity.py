@@ -22,8 +22,9 @@ pytest.importorskip("transformers")
 from voxcpm.model import VoxCPM2Model as RefV2
 from voxcpm.model import VoxCPMModel as RefV1
 
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.single.synthesizer import Synthesizer
 from voxcpm_engine.tools.synthetic import write_checkpoint
+from voxcpm_engine.types import GenerationParams
 
 STEPS = 5
 TEXT = "Hello world, parity test."

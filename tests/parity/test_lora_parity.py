@@ -28,9 +28,10 @@ from voxcpm.model.voxcpm2 import LoRAConfig as RefLoRAV2
 
 from voxcpm_engine.io.lora_files import load_adapter
 from voxcpm_engine.lora.layers import apply_single_adapter
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.single.synthesizer import Synthesizer
 from voxcpm_engine.tools.synthetic import write_checkpoint
 from voxcpm_engine.tools.synthetic_lora import write_lora
+from voxcpm_engine.types import GenerationParams
 
 STEPS = 5
 TEXT = "Hello world, LoRA parity test."

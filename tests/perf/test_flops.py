@@ -22,7 +22,7 @@ from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
 from voxcpm_engine.model.audio_vae import AudioVAE
 from voxcpm_engine.model.voxcpm import VoxCPMModel
-from voxcpm_engine.single.synthesizer import GenerationParams
+from voxcpm_engine.types import GenerationParams
 
 
 def _cfg(name: str) -> ModelConfig:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from voxcpm_engine.single.generate import build_prefill
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.single.synthesizer import Synthesizer
+from voxcpm_engine.types import GenerationParams
 
 pytestmark = [
     pytest.mark.gpu,

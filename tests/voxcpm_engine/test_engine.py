@@ -15,7 +15,8 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
 from voxcpm_engine.sched.request import RequestStatus
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.single.synthesizer import Synthesizer
+from voxcpm_engine.types import GenerationParams
 
 BATCH_ATOL = 1e-4
 

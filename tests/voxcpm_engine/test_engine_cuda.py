@@ -12,7 +12,8 @@ from tests.voxcpm_engine.test_engine import _run
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.single.synthesizer import Synthesizer
+from voxcpm_engine.types import GenerationParams
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -24,8 +24,8 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
 from voxcpm_engine.kernels import fused
-from voxcpm_engine.single.synthesizer import GenerationParams
 from voxcpm_engine.tools.synthetic_lora import write_lora
+from voxcpm_engine.types import GenerationParams
 from voxcpm_engine.worker.decode_graphs import DecodeGraphs
 
 if not torch.cuda.is_available() and isinstance(fused._rms_norm_kernel, triton.runtime.JITFunction):

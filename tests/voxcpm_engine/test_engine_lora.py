@@ -10,8 +10,9 @@ from voxcpm_engine.io.checkpoint import load_checkpoint
 from voxcpm_engine.io.lora_files import load_adapter
 from voxcpm_engine.lora.layers import apply_single_adapter
 from voxcpm_engine.sched.request import RequestStatus
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.single.synthesizer import Synthesizer
 from voxcpm_engine.tools.synthetic_lora import write_lora
+from voxcpm_engine.types import GenerationParams
 
 TEXT = "A voice of its own."
 

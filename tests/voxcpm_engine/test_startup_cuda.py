@@ -13,8 +13,8 @@ import torch
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
-from voxcpm_engine.single.synthesizer import GenerationParams, Voice
 from voxcpm_engine.startup import warm_up
+from voxcpm_engine.types import GenerationParams, Voice
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -43,7 +43,7 @@ from tts_server.jobs.registry import CancelReason, InflightRequest, RequestState
 from tts_server.jobs.timeline import Timeline
 from tts_server.metrics import Outcome
 from voxcpm_engine.proc.stream import EngineDeadError, EngineError, InvalidRequest, RequestCancelled, RequestStream
-from voxcpm_engine.single.synthesizer import GenerationParams, Voice
+from voxcpm_engine.types import GenerationParams, RequestField, Voice
 
 if TYPE_CHECKING:  # the bundle of shared objects is built above the jobs layer
     from tts_server.services import Services
@@ -394,8 +394,7 @@ class Job:
         if isinstance(exc, EngineDeadError):
             return self._unavailable("engine_dead", f"the engine is not running: {exc}")
         if isinstance(exc, InvalidRequest):
-            reason = exc.reason
-            field = "voice" if reason.startswith("lora:") else self.spec.text_field
-            return ApiError(400, f"{field}: {reason.removeprefix('lora: ').removeprefix('text: ')}", field=field)
+            field = "voice" if exc.field is RequestField.VOICE else self.spec.text_field
+            return ApiError(400, f"{field}: {exc.reason}", field=field)
         log.error("request %s failed in the engine: %s", self.spec.request_id, exc)
         return ApiError(500, f"the engine failed the request: {getattr(exc, 'reason', exc)}", type="engine_error")

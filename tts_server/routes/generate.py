@@ -39,7 +39,7 @@ from tts_server.routes.speech import (
 from tts_server.services import Services, services
 from voxcpm_engine.io.tokenizer import prepare_text
 from voxcpm_engine.single.generate import effective_max_len
-from voxcpm_engine.single.synthesizer import GenerationParams
+from voxcpm_engine.types import GenerationParams
 
 __all__ = ["GenerateRequest", "generate", "generate_routes"]
 

@@ -46,7 +46,7 @@ from tts_server.routes.speech import (
     timeline,
 )
 from tts_server.services import Services, services
-from voxcpm_engine.single.synthesizer import GenerationParams
+from voxcpm_engine.types import GenerationParams
 
 __all__ = ["OPENAI_VOICES", "SpeechRequest", "openai_routes", "speech"]
 

@@ -24,7 +24,7 @@ from tts_server.text.normalize import clean_text, has_speakable, normalize_text
 from tts_server.text.segments import SegmentBudget, plan_segments
 from tts_server.voices.entry import ResolvedVoice
 from tts_server.voices.latents import latents_from_json
-from voxcpm_engine.single.synthesizer import Voice
+from voxcpm_engine.types import Voice
 
 __all__ = [
     "REQUEST_ID_PATTERN",

@@ -16,7 +16,7 @@ from tts_server.errors import ApiError
 from tts_server.text.normalize import split_text
 from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text
 from voxcpm_engine.single.generate import effective_max_len
-from voxcpm_engine.single.synthesizer import Voice
+from voxcpm_engine.types import Voice
 
 __all__ = ["SegmentBudget", "plan_segments", "voice_positions"]
 

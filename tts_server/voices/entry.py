@@ -17,7 +17,7 @@ from typing import Any
 from tts_server.errors import ApiError
 from tts_server.voices import files as vf
 from tts_server.voices.inputs import check_latents
-from voxcpm_engine.single.synthesizer import Voice
+from voxcpm_engine.types import Voice
 
 __all__ = ["ResolvedVoice", "VoiceEntry", "VoiceState", "entry_from_files"]
 

@@ -53,8 +53,8 @@ from voxcpm_engine.proc.stream import (
     RequestFailed,
     RequestStream,
 )
-from voxcpm_engine.single.synthesizer import GenerationParams, Voice
 from voxcpm_engine.startup import StartupProgress
+from voxcpm_engine.types import GenerationParams, Voice
 
 __all__ = [
     "AsyncEngine",

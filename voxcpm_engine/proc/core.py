@@ -41,6 +41,7 @@ from voxcpm_engine.proc.messages import (
 )
 from voxcpm_engine.sched.request import RequestStatus
 from voxcpm_engine.startup import ProgressClock, StartupPhase, freeze_heap, warm_up, warm_up_plan
+from voxcpm_engine.types import RequestRejected
 
 if TYPE_CHECKING:  # the server process imports this module for spawn_engine_core: keep it light
     from voxcpm_engine.engine import Engine, StepOutput
@@ -145,7 +146,8 @@ class EngineCore:
             except Exception as exc:  # a bad request fails alone; the engine keeps serving
                 invalid = isinstance(exc, ValueError | KeyError)  # the caller's fault: the message is for them
                 error = error_message(exc) if invalid else _describe(exc)
-                self._pending.append(Output(message.request_id, None, int(RequestStatus.FAILED), error, invalid))
+                field = exc.field if isinstance(exc, RequestRejected) else None
+                self._pending.append(Output(message.request_id, None, int(RequestStatus.FAILED), error, invalid, field))
         elif isinstance(message, AbortRequest):
             self.engine.abort(message.request_id)
         elif isinstance(message, Call) and message.method == "encode_prompt":

@@ -19,8 +19,8 @@ from voxcpm_engine.io.prompt_audio import AudioLimits, load_audio
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.client_base import EngineClientBase
 from voxcpm_engine.proc.stream import EngineDeadError, RequestStream
-from voxcpm_engine.single.synthesizer import GenerationParams, Voice
 from voxcpm_engine.startup import StartupProgress
+from voxcpm_engine.types import GenerationParams, Voice
 
 _SUMMED = ("running", "waiting", "unfinished", "kv_blocks_total", "kv_blocks_free", "steps")
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from voxcpm_engine.single.synthesizer import GenerationParams, Voice
 from voxcpm_engine.startup import StartupProgress
+from voxcpm_engine.types import GenerationParams, RequestField, Voice
 
 
 def dumps(message: object) -> bytes:
@@ -209,6 +209,7 @@ class Output:
         status: ``RequestStatus`` value after the step (a plain int keeps the pickle small).
         error: Why a FAILED request failed.
         invalid: The request was rejected at admission as invalid (``ValueError``/``KeyError``).
+        field: For a :class:`~voxcpm_engine.types.RequestRejected`, the part of the request at fault.
         times: On a request's first audio only: ``FirstAudioTimes.as_tuple()`` (added, queued,
             scheduled, first patch, first audio; ``time.monotonic()`` of the engine process).
     """
@@ -218,6 +219,7 @@ class Output:
     status: int
     error: str | None = None
     invalid: bool = False
+    field: RequestField | None = None
     times: tuple[float, ...] | None = None
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from voxcpm_engine.proc.messages import Output
 from voxcpm_engine.sched.request import RequestStatus
+from voxcpm_engine.types import RequestField
 
 
 class EngineError(RuntimeError):
@@ -33,7 +34,15 @@ class RequestFailed(EngineError):
 
 
 class InvalidRequest(RequestFailed):
-    """The engine rejected the request at admission (bad input, unknown voice, over a limit)."""
+    """The engine rejected the request at admission (bad input, unknown voice, over a limit).
+
+    Attributes:
+        field: The part of the request at fault (None: the engine did not say, e.g. a duplicate id).
+    """
+
+    def __init__(self, message: str, reason: str | None = None, field: RequestField | None = None) -> None:
+        super().__init__(message, reason)
+        self.field = field
 
 
 class RequestCancelled(EngineError):
@@ -166,9 +175,9 @@ class RequestStream:
         if status == RequestStatus.CANCELLED:
             raise RequestCancelled(f"request {self.request_id!r} was cancelled")
         if status == RequestStatus.FAILED:
-            error = InvalidRequest if item.invalid else RequestFailed
             reason = item.error or "engine error"
-            raise error(f"request {self.request_id!r} failed: {reason}", reason)
+            message = f"request {self.request_id!r} failed: {reason}"
+            raise InvalidRequest(message, reason, item.field) if item.invalid else RequestFailed(message, reason)
         if item.audio is not None:
             return item.audio  # the last chunk; the next call ends the iteration
         raise StopAsyncIteration

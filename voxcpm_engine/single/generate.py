@@ -17,6 +17,7 @@ from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.model.attention import KVCache
 from voxcpm_engine.model.sampler import NoiseStream
 from voxcpm_engine.model.voxcpm import VoxCPMModel
+from voxcpm_engine.types import RequestField, RequestRejected
 
 AUDIO_START = 101
 REF_AUDIO_START = 103
@@ -51,7 +52,9 @@ class Prefill:
 
 def _check_patches(name: str, patches: Tensor, cfg: ModelConfig) -> None:
     if patches.dim() != 3 or tuple(patches.shape[1:]) != (cfg.patch_size, cfg.feat_dim):
-        raise ValueError(f"{name} must be [N, {cfg.patch_size}, {cfg.feat_dim}], got {list(patches.shape)}")
+        raise RequestRejected(
+            RequestField.VOICE, f"{name} must be [N, {cfg.patch_size}, {cfg.feat_dim}], got {list(patches.shape)}"
+        )
 
 
 def build_prefill(
@@ -75,10 +78,12 @@ def build_prefill(
         The :class:`Prefill` (CPU tensors).
 
     Raises:
-        ValueError: Reference audio on a v1 model, or patches of the wrong shape.
+        RequestRejected: (``VOICE``) reference audio on a v1 model, or patches of the wrong shape.
     """
     if ref_patches is not None and cfg.version != 2:
-        raise ValueError("reference audio (ref_patches) needs a voxcpm2 model; v1 supports continuation only")
+        raise RequestRejected(
+            RequestField.VOICE, "reference audio (ref_patches) needs a voxcpm2 model; v1 supports continuation only"
+        )
     patch_shape = (cfg.patch_size, cfg.feat_dim)
     ids: list[int] = []
     is_audio: list[int] = []

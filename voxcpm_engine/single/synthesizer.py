@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,58 +24,9 @@ from voxcpm_engine.io.checkpoint import LoadedCheckpoint, load_checkpoint
 from voxcpm_engine.io.prompt_audio import check_samples, load_audio, pad_to_multiple
 from voxcpm_engine.io.tokenizer import prepare_text
 from voxcpm_engine.single.generate import Prefill, build_prefill, effective_max_len, generate_patches
+from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
 
 AudioSource = str | os.PathLike | bytes
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Sampling and length settings of one request.
-
-    Attributes:
-        cfg_value: Classifier-free guidance scale (reference default 2.0).
-        inference_timesteps: Euler steps of the flow sampler per patch (default 10).
-        min_steps: Steps before the stop head may end the utterance (default 2).
-        max_steps: Most patches to generate; ``None`` applies the reference's rule
-            ``min(6 * target tokens + 10, 2000)``.
-        temperature: Scale of the sampler's initial noise (1.0 = reference behaviour).
-        seed: Seeds the request's own RNG; ``None`` draws a fresh seed.
-    """
-
-    cfg_value: float = 2.0
-    inference_timesteps: int = 10
-    min_steps: int = 2
-    max_steps: int | None = None
-    temperature: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("cfg_value", 0.0 <= self.cfg_value <= 20.0, "must be in [0, 20]"),
-            ("inference_timesteps", 1 <= self.inference_timesteps <= 100, "must be in [1, 100]"),
-            ("min_steps", 0 <= self.min_steps, "must be >= 0"),
-            ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1"),
-            ("temperature", 0.0 <= self.temperature <= 10.0, "must be in [0, 10]"),
-            ("seed", self.seed is None or 0 <= self.seed < 2**63, "must be in [0, 2**63)"),
-        ]
-        for name, ok, msg in checks:
-            if not ok:
-                raise ValueError(f"{name} {msg}, got {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True)
-class Voice:
-    """What a request sounds like; every field is optional (all empty = zero-shot).
-
-    Attributes:
-        prompt_text: Transcript of the continuation prompt (required with prompt audio/latents).
-        prompt_latents: ``[A, P, 64]`` fp32 patches of the prompt audio (see :meth:`Synthesizer.encode_prompt`).
-        ref_latents: ``[R, P, 64]`` fp32 patches of a VoxCPM2 reference recording.
-    """
-
-    prompt_text: str | None = None
-    prompt_latents: Tensor | None = None
-    ref_latents: Tensor | None = None
 
 
 class Synthesizer:
@@ -159,12 +109,14 @@ class Synthesizer:
         """Tokenize and lay out a request; returns the prefill and the step limit."""
         text = prepare_text(text)
         if not text.strip():
-            raise ValueError("text must not be empty")
+            raise RequestRejected(RequestField.TEXT, "text must not be empty")
         target_ids = self.tokenizer.encode(text)
         ids = self.tokenizer.encode((voice.prompt_text or "") + text) if voice.prompt_text else target_ids
         prefill = build_prefill(self.config, ids, voice.prompt_latents, voice.ref_latents)
         if len(prefill) >= self.config.max_length:
-            raise ValueError(f"text: prompt of {len(prefill)} positions exceeds the model's {self.config.max_length}")
+            raise RequestRejected(
+                RequestField.TEXT, f"prompt of {len(prefill)} positions exceeds the model's {self.config.max_length}"
+            )
         room = self.config.max_length - len(prefill)
         max_steps = params.max_steps if params.max_steps is not None else effective_max_len(len(target_ids))
         return prefill, min(max_steps, room)

@@ -25,7 +25,8 @@ import soundfile as sf
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import CheckpointError
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer
+from voxcpm_engine.single.synthesizer import Synthesizer
+from voxcpm_engine.types import GenerationParams
 
 
 def write_wav(path: Path, wav, sample_rate: int) -> None:

@@ -8,7 +8,7 @@ from tts_server.text.segments import SegmentBudget, plan_segments, voice_positio
 from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text
 from voxcpm_engine.single.generate import build_prefill, effective_max_len
-from voxcpm_engine.single.synthesizer import Voice
+from voxcpm_engine.types import Voice
 
 LONG = " ".join(f"Sentence {i} has a handful of words in it, and a clause." for i in range(60))
 

@@ -20,8 +20,8 @@ from tts_server.voices.store import VoiceStore
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.proc.client import AsyncEngine, InvalidRequest
-from voxcpm_engine.single.synthesizer import GenerationParams
 from voxcpm_engine.tools.synthetic_lora import write_lora
+from voxcpm_engine.types import GenerationParams
 
 CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
 TEXT = "A voice under test."

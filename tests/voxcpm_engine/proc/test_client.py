@@ -45,8 +45,8 @@ from voxcpm_engine.proc.messages import (
     send_message,
 )
 from voxcpm_engine.sched.request import RequestStatus
-from voxcpm_engine.single.synthesizer import GenerationParams, Voice
 from voxcpm_engine.tools.synthetic_lora import write_lora
+from voxcpm_engine.types import GenerationParams, RequestField, Voice
 
 CONFIG = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
 SMALL = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256)
@@ -192,11 +192,13 @@ def test_leaving_early_aborts(runner, engine):
 
 def test_invalid_requests_fail_alone(runner, engine):
     async def go():
-        with pytest.raises(InvalidRequest, match="unknown voice 'nope'"):
+        with pytest.raises(InvalidRequest, match="unknown voice 'nope'") as err:
             await _collect(engine.generate("bad1", TEXT, lora="nope"))
+        assert err.value.field is RequestField.VOICE  # the part at fault crosses the process boundary typed
         with pytest.raises(InvalidRequest, match="text must not be empty") as err:
             await _collect(engine.generate("bad2", "  "))
         assert err.value.reason == "text must not be empty"
+        assert err.value.field is RequestField.TEXT
         stream = engine.generate("dup", TEXT, params=_params(2, 1))
         with pytest.raises(ValueError, match="already in flight"):
             engine.generate("dup", TEXT)

@@ -8,7 +8,7 @@ import torch
 
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.proc.group import AsyncEngineGroup
-from voxcpm_engine.single.synthesizer import GenerationParams
+from voxcpm_engine.types import GenerationParams
 
 pytestmark = [
     pytest.mark.gpu,

@@ -4,7 +4,8 @@ import soundfile as sf
 import torch
 
 from voxcpm_engine.io.prompt_audio import load_audio
-from voxcpm_engine.single.synthesizer import GenerationParams, Synthesizer, Voice
+from voxcpm_engine.single.synthesizer import Synthesizer
+from voxcpm_engine.types import GenerationParams, Voice
 
 
 @pytest.fixture(scope="module")

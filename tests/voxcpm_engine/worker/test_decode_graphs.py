@@ -12,8 +12,8 @@ from tests.voxcpm_engine.test_engine import BATCH_ATOL, _run
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
-from voxcpm_engine.single.synthesizer import GenerationParams
 from voxcpm_engine.tools.synthetic_lora import write_lora
+from voxcpm_engine.types import GenerationParams
 from voxcpm_engine.worker.decode_graphs import DecodeGraphs, batch_buckets
 
 CONFIG = dict(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256)

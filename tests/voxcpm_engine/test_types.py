@@ -1,0 +1,40 @@
+"""Tests of voxcpm_engine.types: request settings, voices, and the typed refusal that crosses processes."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
+
+
+def test_a_refusal_is_a_value_error_that_keeps_its_field_through_pickle():
+    err = RequestRejected(RequestField.VOICE, "unknown voice 'x'")
+    assert isinstance(err, ValueError) and str(err) == "unknown voice 'x'"
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is RequestRejected and back.field is RequestField.VOICE and str(back) == str(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("cfg_value", 21.0), ("inference_timesteps", 0), ("min_steps", -1), ("max_steps", 0), ("temperature", -0.1)],
+)
+def test_settings_out_of_range_are_refused_as_params(name, value):
+    with pytest.raises(RequestRejected, match=f"^{name} must be") as err:
+        GenerationParams(**{name: value})
+    assert err.value.field is RequestField.PARAMS
+
+
+def test_seed_range_and_defaults():
+    assert GenerationParams(seed=2**63 - 1).seed == 2**63 - 1
+    with pytest.raises(RequestRejected, match="seed"):
+        GenerationParams(seed=2**63)
+    assert Voice() == Voice(prompt_text=None, prompt_latents=None, ref_latents=None)  # zero-shot
+
+
+def test_the_module_loads_without_torch():
+    code = "import sys, voxcpm_engine.types; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

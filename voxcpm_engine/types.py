@@ -1,0 +1,94 @@
+"""The engine's vocabulary shared with its callers: request settings, voices, and why a request is refused.
+
+These cross the process boundary (the server builds them, the engine process uses them) and are
+imported by the server's layers, so this module imports nothing of the engine and no torch at run
+time (``Voice`` holds tensors the caller made; the annotation is all it needs).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["GenerationParams", "RequestField", "RequestRejected", "Voice"]
+
+
+class RequestField(enum.Enum):
+    """The part of a request the engine refused (a caller names its own field after it)."""
+
+    TEXT = "text"  # empty, or too long for the model with its prompt
+    VOICE = "voice"  # prompt / reference material, or the LoRA voice it names
+    PARAMS = "params"  # a sampling or length setting out of range
+
+
+class RequestRejected(ValueError):
+    """A request the engine refuses as given: the caller's fault, never the engine's.
+
+    Attributes:
+        field: Which part of the request is wrong.
+    """
+
+    def __init__(self, field: RequestField, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[type[RequestRejected], tuple[RequestField, str]]:
+        return type(self), (self.field, str(self))  # pickles with its field (ValueError's own drops it)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling and length settings of one request.
+
+    Attributes:
+        cfg_value: Classifier-free guidance scale (reference default 2.0).
+        inference_timesteps: Euler steps of the flow sampler per patch (default 10).
+        min_steps: Steps before the stop head may end the utterance (default 2).
+        max_steps: Most patches to generate; ``None`` applies the reference's rule
+            ``min(6 * target tokens + 10, 2000)``.
+        temperature: Scale of the sampler's initial noise (1.0 = reference behaviour).
+        seed: Seeds the request's own RNG; ``None`` draws a fresh seed.
+
+    Raises:
+        RequestRejected: (``PARAMS``) a setting out of its range.
+    """
+
+    cfg_value: float = 2.0
+    inference_timesteps: int = 10
+    min_steps: int = 2
+    max_steps: int | None = None
+    temperature: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("cfg_value", 0.0 <= self.cfg_value <= 20.0, "must be in [0, 20]"),
+            ("inference_timesteps", 1 <= self.inference_timesteps <= 100, "must be in [1, 100]"),
+            ("min_steps", 0 <= self.min_steps, "must be >= 0"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1"),
+            ("temperature", 0.0 <= self.temperature <= 10.0, "must be in [0, 10]"),
+            ("seed", self.seed is None or 0 <= self.seed < 2**63, "must be in [0, 2**63)"),
+        ]
+        for name, ok, msg in checks:
+            if not ok:
+                raise RequestRejected(RequestField.PARAMS, f"{name} {msg}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """What a request sounds like; every field is optional (all empty = zero-shot).
+
+    Attributes:
+        prompt_text: Transcript of the continuation prompt (required with prompt audio/latents).
+        prompt_latents: ``[A, P, 64]`` fp32 patches of the prompt audio (see
+            :meth:`voxcpm_engine.single.synthesizer.Synthesizer.encode_prompt`).
+        ref_latents: ``[R, P, 64]`` fp32 patches of a VoxCPM2 reference recording.
+    """
+
+    prompt_text: str | None = None
+    prompt_latents: Tensor | None = None
+    ref_latents: Tensor | None = None
