@@ -45,6 +45,7 @@ from tts_server.voices.store import VoiceStore
 from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.proc.client import AsyncEngine
+from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.proc.group import AsyncEngineGroup
 from voxcpm_engine.proc.stream import EngineError
 from voxcpm_engine.startup import freeze_heap
@@ -58,7 +59,7 @@ _STATS_EVERY = 5  # monitor ticks between engine stats polls (0.5 s)
 _CUT_SETTLE_S = 1.0  # after the grace: time for cut-off requests to unwind
 
 
-def _make_engine(config: ServerConfig) -> AsyncEngine | AsyncEngineGroup:
+def _make_engine(config: ServerConfig) -> EngineClient:
     devices = config.resolved_devices()
     kwargs: dict[str, Any] = {"dtype": config.dtype, "num_threads": config.engine_threads}
     if len(devices) == 1:
@@ -66,12 +67,8 @@ def _make_engine(config: ServerConfig) -> AsyncEngine | AsyncEngineGroup:
     return AsyncEngineGroup(config.model, config.engine_config(), devices, **kwargs)
 
 
-def _engines(engine: AsyncEngine | AsyncEngineGroup) -> list[AsyncEngine]:
-    return engine.engines if isinstance(engine, AsyncEngineGroup) else [engine]
-
-
-def _model_info(config: ServerConfig, engine: AsyncEngine | AsyncEngineGroup) -> dict[str, Any]:
-    first = _engines(engine)[0]
+def _model_info(config: ServerConfig, engine: EngineClient) -> dict[str, Any]:
+    first = engine.engines[0]
     assert first.ready is not None
     model = ModelConfig.from_json(Path(config.model) / "config.json")
     info = dict(first.ready.model)
@@ -81,7 +78,7 @@ def _model_info(config: ServerConfig, engine: AsyncEngine | AsyncEngineGroup) ->
         samples_per_patch=first.samples_per_patch,
         patch_size=model.patch_size,
         latent_dim=model.feat_dim,
-        devices=[e.device for e in _engines(engine)],
+        devices=[e.device for e in engine.engines],
     )
     return info
 
@@ -160,7 +157,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    config: ServerConfig, *, engine: AsyncEngine | AsyncEngineGroup | None = None, freeze_when_ready: bool = False
+    config: ServerConfig, *, engine: EngineClient | None = None, freeze_when_ready: bool = False
 ) -> Starlette:
     """Build the app; its lifespan starts the engine(s) and loads the voices.
 
@@ -221,7 +218,7 @@ def create_app(
                 if (voices := held.get("voices")) is not None:
                     voices.close()
 
-    async def _start(app: Starlette, engine: AsyncEngine | AsyncEngineGroup, owned: bool, held: dict[str, Any]) -> None:
+    async def _start(app: Starlette, engine: EngineClient, owned: bool, held: dict[str, Any]) -> None:
         """Start the engine(s), tokenizer and voices, then open for work; a failure ends the process (exit 1)."""
         try:
             if owned:

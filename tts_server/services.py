@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from tts_server.metrics import ServerMetrics
 from tts_server.voices.store import VoiceStore
 from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.proc.client import AsyncEngine
-from voxcpm_engine.proc.group import AsyncEngineGroup
+from voxcpm_engine.proc.engine_client import EngineClient
 
 __all__ = ["Services", "services"]
 
@@ -53,7 +54,7 @@ class Services:
     lifecycle: Lifecycle
     admission: Admission
     metrics: ServerMetrics
-    engine: AsyncEngine | AsyncEngineGroup
+    engine: EngineClient
     queue: InferenceQueue
     registry: InflightRegistry
     voices: VoiceStore
@@ -72,9 +73,9 @@ class Services:
         return int(self.model_info["version"])
 
     @property
-    def engines(self) -> list[AsyncEngine]:
+    def engines(self) -> Sequence[AsyncEngine]:
         """Every engine process (one per device)."""
-        return self.engine.engines if isinstance(self.engine, AsyncEngineGroup) else [self.engine]
+        return self.engine.engines
 
     @property
     def engines_alive(self) -> bool:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import enum
 import time
 
-from voxcpm_engine.proc.client import AsyncEngine
-from voxcpm_engine.proc.group import AsyncEngineGroup
+from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.startup import StartupProgress
 
 __all__ = ["StartStep", "StartupState"]
@@ -39,7 +38,7 @@ class StartupState:
         ready_s: Seconds from the server's start to ready (None until then).
     """
 
-    def __init__(self, engine: AsyncEngine | AsyncEngineGroup, owned: bool) -> None:
+    def __init__(self, engine: EngineClient, owned: bool) -> None:
         self.engine = engine
         self.started_at = time.monotonic()
         self.step = StartStep.ENGINE if owned else StartStep.TOKENIZER_AND_VOICES

@@ -20,10 +20,10 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from tts_server.errors import ApiError
 from tts_server.jobs.queue import InferenceQueue
+from voxcpm_engine.proc.engine_client import EngineClient
 
 __all__ = ["CancelReason", "InflightRegistry", "InflightRequest", "RequestState"]
 
@@ -50,10 +50,6 @@ class CancelReason(enum.Enum):
     CLIENT = "cancelled by POST /cancel"
     DISCONNECT = "the client disconnected"
     SHUTDOWN = "the server is shutting down"
-
-
-class _Aborter(Protocol):
-    async def abort(self, request_id: str) -> bool: ...
 
 
 # How often POST /cancel looks whether the engine has ended an aborted request: an engine step
@@ -97,7 +93,7 @@ class InflightRegistry:
         engine: Anything with ``async abort(engine_request_id)`` (the engine client).
     """
 
-    def __init__(self, queue: InferenceQueue, engine: _Aborter) -> None:
+    def __init__(self, queue: InferenceQueue, engine: EngineClient) -> None:
         self._queue = queue
         self._engine = engine
         self._requests: dict[str, InflightRequest] = {}
@@ -187,16 +183,9 @@ class InflightRegistry:
         return True
 
     def _engine_open(self, request: InflightRequest) -> bool:
-        """Whether the engine client still has a stream of the request's engine request open.
-
-        The engine client and the engine group both know (a group through its ``engines``); a
-        stand-in without ``has_request`` has nothing open.
-        """
+        """Whether the engine client still has a stream of the request's engine request open."""
         engine_id = request.engine_request_id
-        if engine_id is None:
-            return False
-        engines = getattr(self._engine, "engines", None) or [self._engine]
-        return any(bool(getattr(e, "has_request", lambda _id: False)(engine_id)) for e in engines)
+        return engine_id is not None and self._engine.has_request(engine_id)
 
     async def cancel_all(self, reason: CancelReason) -> int:
         """Cancel every in-flight request (shutdown after the grace period); returns how many."""

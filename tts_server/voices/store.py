@@ -35,6 +35,7 @@ from tts_server.voices.change_locks import ChangeLocks
 from tts_server.voices.entry import ResolvedVoice, VoiceEntry, VoiceState, entry_from_files
 from tts_server.voices.inputs import VoiceSpec, bad, check_inputs, check_latents, decode_audio
 from voxcpm_engine.io.prompt_audio import AudioLimits
+from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.proc.stream import EngineError
 from voxcpm_engine.types import Voice
 
@@ -70,8 +71,7 @@ class VoiceStore:
         voices_dir: Directory of the voices (created if missing). ``None``: in-memory only; changes
             are kept in a private temporary directory that :meth:`close` deletes, so nothing
             survives a restart and :meth:`load_all` loads nothing.
-        engine: ``AsyncEngine`` or ``AsyncEngineGroup`` (``encode_prompt``, ``encode_sample_rate``,
-            ``register_voice``, ``unregister_voice``).
+        engine: The engine client (its prompt encoding and LoRA voice registration).
         model_version: 1 (VoxCPM1.x) or 2 (VoxCPM2: references allowed).
         patch_size: The model's patch size ``P``.
         latent_dim: The model's latent dimension ``D``.
@@ -83,7 +83,7 @@ class VoiceStore:
     def __init__(
         self,
         voices_dir: Path | None,
-        engine: Any,
+        engine: EngineClient,
         *,
         model_version: int,
         patch_size: int,
@@ -114,8 +114,7 @@ class VoiceStore:
     def seconds_per_patch(self) -> float:
         """Audio seconds one latent patch stands for."""
         if self._samples_per_patch is None:
-            source = getattr(self.engine, "engines", [self.engine])[0]  # a group: every engine is alike
-            self._samples_per_patch = int(source.samples_per_patch)
+            self._samples_per_patch = self.engine.samples_per_patch
         return self._samples_per_patch / self.sample_rate
 
     @property
@@ -288,7 +287,7 @@ class VoiceStore:
                 except Exception as exc:  # any defect of one voice's files: that voice is skipped
                     log.error("voices: %r in %s cannot be loaded and is skipped: %s", name, self.root, exc)
                     self._entries[name] = VoiceEntry(name, VoiceState.FAILED, error=str(exc))
-                    if hasattr(self.engine, "engines"):  # a group may have registered it on some engines
+                    if len(self.engine.engines) > 1:  # a group may have registered it on some engines
                         await self._unregister(name, quiet=True)
                     continue
                 self._entries[name] = entry
@@ -365,7 +364,7 @@ class VoiceStore:
         try:
             await self.engine.register_voice(name, lora_dir)
         except ValueError as exc:
-            if hasattr(self.engine, "engines"):  # a group: engines where it succeeded hold the new adapter
+            if len(self.engine.engines) > 1:  # a group: engines where it succeeded hold the new adapter
                 await self._restore_adapter(name, old, path)
             message = str(exc).replace(f"{lora_dir}{os.sep}", "").replace(str(lora_dir), vf.LORA_DIR)  # no paths
             field = "lora_config" if message.startswith(_LORA_CONFIG_FILE) else "lora_weights"

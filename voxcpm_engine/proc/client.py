@@ -28,7 +28,7 @@ import numpy as np
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.io.prompt_audio import AudioLimits, check_samples, load_audio
-from voxcpm_engine.proc.client_base import EngineClientBase
+from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.proc.messages import (
     AbortRequest,
     AddRequest,
@@ -76,7 +76,7 @@ class EngineStartError(EngineError):
     """The engine process could not load its model (the message is the loader's) or died before READY."""
 
 
-class AsyncEngine(EngineClientBase):
+class AsyncEngine(EngineClient):
     """One engine-core process on one device, driven from an asyncio event loop.
 
     Args:
@@ -194,6 +194,11 @@ class AsyncEngine(EngineClientBase):
             self._conn.close()
 
     # --- properties ---------------------------------------------------------------------------
+
+    @property
+    def engines(self) -> list[AsyncEngine]:
+        """Itself: one engine process."""
+        return [self]
 
     @property
     def is_alive(self) -> bool:

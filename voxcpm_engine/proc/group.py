@@ -17,7 +17,7 @@ import numpy as np
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.prompt_audio import AudioLimits, load_audio
 from voxcpm_engine.proc.client import AsyncEngine
-from voxcpm_engine.proc.client_base import EngineClientBase
+from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.proc.stream import EngineDeadError, RequestStream
 from voxcpm_engine.startup import StartupProgress
 from voxcpm_engine.types import GenerationParams, Voice
@@ -25,7 +25,7 @@ from voxcpm_engine.types import GenerationParams, Voice
 _SUMMED = ("running", "waiting", "unfinished", "kv_blocks_total", "kv_blocks_free", "steps")
 
 
-class AsyncEngineGroup(EngineClientBase):
+class AsyncEngineGroup(EngineClient):
     """Several engine processes serving the same model, one per device.
 
     Args:
@@ -49,7 +49,7 @@ class AsyncEngineGroup(EngineClientBase):
     ) -> None:
         if not devices:
             raise ValueError("devices must name at least one device")
-        self.engines = [
+        self._engines = [
             AsyncEngine(
                 checkpoint_dir, engine_config, d, dtype=dtype, num_threads=num_threads, start_timeout_s=start_timeout_s
             )
@@ -73,6 +73,11 @@ class AsyncEngineGroup(EngineClientBase):
         await asyncio.gather(*(e.stop(timeout_s) for e in self.engines))
 
     @property
+    def engines(self) -> list[AsyncEngine]:
+        """The engines, in device order."""
+        return self._engines
+
+    @property
     def is_alive(self) -> bool:
         """Whether at least one engine is serving."""
         return any(e.is_alive for e in self.engines)
@@ -86,6 +91,15 @@ class AsyncEngineGroup(EngineClientBase):
     def num_unfinished(self) -> int:
         """Unfinished requests over all engines."""
         return sum(e.num_unfinished for e in self.engines)
+
+    @property
+    def samples_per_patch(self) -> int:
+        """Samples in each chunk (every engine runs the same model)."""
+        return self.engines[0].samples_per_patch
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether any engine has a stream of this id open."""
+        return any(e.has_request(request_id) for e in self.engines)
 
     def pick(self) -> AsyncEngine:
         """The live engine a new request goes to (fewest unfinished requests).
@@ -109,7 +123,7 @@ class AsyncEngineGroup(EngineClientBase):
         deadline_s: float | None = None,
     ) -> RequestStream:
         """Submit to the least-loaded engine; see :meth:`AsyncEngine.generate`."""
-        if any(e.has_request(request_id) for e in self.engines):
+        if self.has_request(request_id):
             raise ValueError(f"request_id {request_id!r} is already in flight")
         return self.pick().generate(request_id, text, voice=voice, params=params, lora=lora, deadline_s=deadline_s)
 

@@ -1,18 +1,11 @@
-"""The torch reference of paged attention and store_kv, and the backend dispatch (CPU; no Triton needed)."""
+"""Tests of voxcpm_engine.kernels.reference: the torch paged attention and store_kv (CPU; no Triton needed)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from voxcpm_engine.kernels import (
-    BACKENDS,
-    paged_attention,
-    paged_attention_torch,
-    select_backend,
-    store_kv,
-    store_kv_torch,
-)
+from voxcpm_engine.kernels.reference import paged_attention_torch, store_kv_torch
 
 from .paged_batch import dense_truth, make_batch, max_error
 
@@ -100,34 +93,3 @@ def test_store_kv_refuses_a_cache_it_cannot_address_by_slot():
     cache = torch.zeros(4, 2, 2, 8).transpose(0, 1)
     with pytest.raises(RuntimeError):
         store_kv_torch(torch.zeros(1, 2, 8), torch.zeros(1, 2, 8), cache, cache.clone(), torch.zeros(1))
-
-
-def test_select_backend_on_cpu_is_torch():
-    assert select_backend("cpu") == "torch" and select_backend(torch.device("cpu")) == "torch"
-    assert set(BACKENDS) == {"flash_attn", "triton", "torch"}
-
-
-def test_dispatch_defaults_to_the_reference_on_cpu():
-    batch = make_batch(num_heads=4, num_kv_heads=2, head_dim=16, seed=4)
-    args = (batch.q, batch.k_cache, batch.v_cache)
-    expected = paged_attention_torch(*args, **batch.kwargs())
-    assert torch.equal(paged_attention(*args, **batch.kwargs()), expected)
-    assert torch.equal(paged_attention(*args, **batch.kwargs(), backend="torch"), expected)
-
-
-def test_dispatch_rejects_unknown_or_unsupported_backends():
-    batch = make_batch((4,), (4,), num_heads=2, num_kv_heads=1, head_dim=16)
-    with pytest.raises(ValueError, match="unknown"):
-        paged_attention(batch.q, batch.k_cache, batch.v_cache, **batch.kwargs(), backend="xformers")
-    with pytest.raises(ValueError, match="flash_attn does not support"):  # CPU, fp32, page size 16
-        paged_attention(batch.q, batch.k_cache, batch.v_cache, **batch.kwargs(), backend="flash_attn")
-    with pytest.raises(ValueError, match="unknown"):
-        store_kv(batch.k_seq[0], batch.v_seq[0], batch.k_cache, batch.v_cache, torch.arange(4), backend="flash_attn")
-
-
-def test_store_kv_dispatch_uses_the_reference_on_cpu():
-    k_cache = torch.zeros(2, 4, 1, 8)
-    v_cache = torch.zeros_like(k_cache)
-    k, v = torch.randn(2, 3, 1, 8)
-    store_kv(k, v, k_cache, v_cache, torch.tensor([7, 1, -1]))
-    assert torch.equal(k_cache.view(-1, 1, 8)[[7, 1]], k[:2]) and torch.equal(v_cache.view(-1, 1, 8)[[7, 1]], v[:2])
