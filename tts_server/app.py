@@ -42,7 +42,6 @@ from tts_server.services import Services
 from tts_server.startup import StartStep, StartupState
 from tts_server.text.normalize import load_normalizers
 from tts_server.voices.store import VoiceStore
-from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.engine_client import EngineClient
@@ -65,22 +64,6 @@ def _make_engine(config: ServerConfig) -> EngineClient:
     if len(devices) == 1:
         return AsyncEngine(config.model, config.engine_config(), devices[0], **kwargs)
     return AsyncEngineGroup(config.model, config.engine_config(), devices, **kwargs)
-
-
-def _model_info(config: ServerConfig, engine: EngineClient) -> dict[str, Any]:
-    first = engine.engines[0]
-    assert first.ready is not None
-    model = ModelConfig.from_json(Path(config.model) / "config.json")
-    info = dict(first.ready.model)
-    info.pop("checkpoint", None)  # a server path: not for clients
-    info.update(
-        sample_rate=first.sample_rate,
-        samples_per_patch=first.samples_per_patch,
-        patch_size=model.patch_size,
-        latent_dim=model.feat_dim,
-        devices=[e.device for e in engine.engines],
-    )
-    return info
 
 
 async def _monitor(svc: Services) -> None:
@@ -172,7 +155,7 @@ def create_app(
 
     Returns:
         The Starlette app (``app.state`` gets ``config``, ``lifecycle``, ``queue``, ``metrics``,
-        ``admission`` now, and ``services``, ``engine``, ``voices``, ``model_info``, ``registry`` once
+        ``admission`` now, and ``services``, ``engine``, ``voices``, ``model``, ``registry`` once
         started).
     """
     given_engine = engine
@@ -224,28 +207,28 @@ def create_app(
             if owned:
                 await engine.start()
             app.state.startup.step = StartStep.TOKENIZER_AND_VOICES
-            info = _model_info(config, engine)
+            model = engine.model_info
             tokenizer = await asyncio.to_thread(TextTokenizer.from_dir, config.model)
             await asyncio.to_thread(load_normalizers)  # ~0.5 s once, not on the first request
             voices_dir = Path(config.voices_dir) if config.voices_dir else None
             voices = held["voices"] = VoiceStore(
                 voices_dir,
                 engine,
-                model_version=int(info["version"]),
-                patch_size=int(info["patch_size"]),
-                latent_dim=int(info["latent_dim"]),
+                model_version=model.version,
+                patch_size=model.patch_size,
+                latent_dim=model.latent_dim,
                 max_prompt_seconds=config.max_prompt_seconds,
-                sample_rate=int(info["sample_rate"]),
-                samples_per_patch=int(info["samples_per_patch"]),
+                sample_rate=model.sample_rate,
+                samples_per_patch=model.samples_per_patch,
             )
             await voices.load_all()
             app.state.startup.step = StartStep.REQUEST_PATH
-            await warm_request_path(int(info["sample_rate"]))
+            await warm_request_path(model.sample_rate)
             registry = InflightRegistry(queue, engine)
-            svc = Services(config, lifecycle, admission, metrics, engine, queue, registry, voices, tokenizer, info)
+            svc = Services(config, lifecycle, admission, metrics, engine, queue, registry, voices, tokenizer, model)
             svc.engine_stats = await engine.stats()
             app.state.services = svc
-            app.state.engine, app.state.voices, app.state.model_info = engine, voices, info
+            app.state.engine, app.state.voices, app.state.model = engine, voices, model
             app.state.registry = registry
             held["monitor"] = asyncio.create_task(_monitor(svc), name="engine-monitor")
             if freeze_when_ready:
@@ -254,7 +237,7 @@ def create_app(
             lifecycle.ready()
             log.info(
                 "serving %s (VoxCPM%s) on %s: %d inference slots, connection cap %d, %d voice(s); ready in %.1f s",
-                config.model, info["version"], ", ".join(info["devices"]), queue.slots, admission.cap,
+                config.model, model.version, ", ".join(e.device for e in engine.engines), queue.slots, admission.cap,
                 len(voices.names()), app.state.startup.ready_s,
             )  # fmt: skip
         except asyncio.CancelledError:

@@ -25,6 +25,7 @@ from tts_server.voices.store import VoiceStore
 from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.engine_client import EngineClient
+from voxcpm_engine.types import ModelInfo
 
 __all__ = ["Services", "services"]
 
@@ -45,8 +46,7 @@ class Services:
         registry: In-flight requests by id.
         voices: Named voices.
         tokenizer: The checkpoint's tokenizer (counts tokens to split long input).
-        model_info: Model description: the engine's plus ``sample_rate``, ``samples_per_patch``,
-            ``patch_size``, ``latent_dim``.
+        model: What the engine serves (its READY message).
         engine_stats: The engine's stats as of the app's last poll (twice a second).
     """
 
@@ -59,18 +59,23 @@ class Services:
     registry: InflightRegistry
     voices: VoiceStore
     tokenizer: TextTokenizer
-    model_info: dict[str, Any]
+    model: ModelInfo
     engine_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sample_rate(self) -> int:
         """Rate of the engine's audio."""
-        return int(self.model_info["sample_rate"])
+        return self.model.sample_rate
 
     @property
     def model_version(self) -> int:
         """1 (VoxCPM1.x) or 2 (VoxCPM2)."""
-        return int(self.model_info["version"])
+        return self.model.version
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model's description for clients (``/info``): no server paths, every device."""
+        return self.model.public([e.device for e in self.engines])
 
     @property
     def engines(self) -> Sequence[AsyncEngine]:

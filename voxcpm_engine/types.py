@@ -7,14 +7,16 @@ time (``Voice`` holds tensors the caller made; the annotation is all it needs).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["GenerationParams", "RequestField", "RequestRejected", "Voice"]
+__all__ = ["GenerationParams", "ModelInfo", "RequestField", "RequestRejected", "Voice"]
 
 
 class RequestField(enum.Enum):
@@ -92,3 +94,48 @@ class Voice:
     prompt_text: str | None = None
     prompt_latents: Tensor | None = None
     ref_latents: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an engine process serves, as its READY message reports it (the server reads no config file).
+
+    Attributes:
+        architecture: ``voxcpm`` or ``voxcpm2``.
+        version: 1 (VoxCPM-0.5B, VoxCPM1.5) or 2 (VoxCPM2).
+        dtype: The LMs' dtype (``bfloat16``, ...).
+        device: Where this engine runs.
+        sample_rate: Rate of the audio chunks.
+        samples_per_patch: Samples in each chunk (one patch).
+        patch_size: Latent frames per patch ``P``.
+        latent_dim: Latent channels ``D``.
+        encode_sample_rate: Rate of the decoded samples a prompt encode takes.
+        max_model_len: Positions one request may use (prompt + generated).
+        max_num_seqs: Requests in one batch.
+        max_loras: LoRA voices resident at once.
+        kv_blocks: KV cache blocks.
+        kernel_cache_dir: Where compiled kernels are kept (None without Triton).
+        checkpoint: The checkpoint directory (a server path: not for clients).
+    """
+
+    architecture: str
+    version: int
+    dtype: str
+    device: str
+    sample_rate: int
+    samples_per_patch: int
+    patch_size: int
+    latent_dim: int
+    encode_sample_rate: int
+    max_model_len: int
+    max_num_seqs: int
+    max_loras: int
+    kv_blocks: int
+    kernel_cache_dir: str | None
+    checkpoint: str
+
+    def public(self, devices: Sequence[str]) -> dict[str, Any]:
+        """The description clients get (``/info``, ``/status``): no server paths, every device."""
+        out = dataclasses.asdict(self)
+        del out["checkpoint"], out["encode_sample_rate"]
+        return {**out, "devices": list(devices)}

@@ -81,7 +81,7 @@ def test_engine_process_reports_its_phases_before_ready(tiny_v2, tmp_path):
 
     asyncio.run(go())
     # The engine process keeps its kernels where it was told (what a restarted server finds again).
-    assert engine.ready is not None and engine.ready.model["kernel_cache_dir"] == str(cache.resolve())
+    assert engine.ready is not None and engine.model_info.kernel_cache_dir == str(cache.resolve())
     phases = [p.phase for p in seen]
     assert phases[0] is StartupPhase.LOADING and phases[-1] is StartupPhase.WARM_UP
     assert (seen[-1].done, seen[-1].total) == (2, 2)  # batches of 1 and 2

@@ -38,3 +38,17 @@ def test_seed_range_and_defaults():
 def test_the_module_loads_without_torch():
     code = "import sys, voxcpm_engine.types; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_info_for_clients_has_no_server_path_and_lists_every_device():
+    from voxcpm_engine.types import ModelInfo
+
+    info = ModelInfo(
+        architecture="voxcpm2", version=2, dtype="bfloat16", device="cuda:0", sample_rate=48000,
+        samples_per_patch=3840, patch_size=4, latent_dim=64, encode_sample_rate=16000, max_model_len=4096,
+        max_num_seqs=128, max_loras=0, kv_blocks=1000, kernel_cache_dir=None, checkpoint="/srv/models/v2",
+    )  # fmt: skip
+    public = info.public(["cuda:0", "cuda:1"])
+    assert "checkpoint" not in public and "/srv" not in repr(public)
+    assert public["devices"] == ["cuda:0", "cuda:1"] and public["samples_per_patch"] == 3840
+    assert pickle.loads(pickle.dumps(info)) == info  # it travels in the READY message

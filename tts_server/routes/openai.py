@@ -137,7 +137,7 @@ async def _speech(request: Request) -> Response:
     headers = {"X-Model": body.model}
     if body.stream_format == "sse":
         input_tokens = sum(len(svc.tokenizer.encode(s)) for s in segments)
-        per_patch = int(svc.model_info["samples_per_patch"])
+        per_patch = svc.model.samples_per_patch
 
         def usage(done: Job) -> dict[str, int]:
             output_tokens = -(-done.samples // per_patch)  # one audio token per generated patch

@@ -229,7 +229,7 @@ async def info(request: Request) -> Response:
     body = InfoResponse(
         model=svc.model_info,
         sample_rate=svc.sample_rate,
-        samples_per_patch=int(svc.model_info["samples_per_patch"]),
+        samples_per_patch=svc.model.samples_per_patch,
         formats=[FormatDescription(name=f.name, media_type=f.media_type) for f in FORMATS.values()],
         voices=_voice_names(request, svc),
         limits=Limits(

@@ -137,7 +137,7 @@ async def resolve_voice(svc: Services, name: str | None, inline: InlineVoice | N
     base = svc.voices.resolve(name)
     if inline is None:
         return base
-    voices, info = svc.voices, svc.model_info
+    voices, model = svc.voices, svc.model
     if inline.prompt_audio is not None and inline.prompt_latents is not None:
         raise ApiError(400, "prompt_latents: give prompt_audio or prompt_latents, not both", field="prompt_latents")
     if inline.ref_audio is not None and inline.ref_latents is not None:
@@ -150,7 +150,7 @@ async def resolve_voice(svc: Services, name: str | None, inline: InlineVoice | N
     if (inline.ref_audio is not None or inline.ref_latents is not None) and svc.model_version != 2:
         field = "ref_audio" if inline.ref_audio is not None else "ref_latents"
         raise ApiError(400, f"{field}: reference voices need a VoxCPM2 model", field=field)
-    shape = {"patch_size": int(info["patch_size"]), "latent_dim": int(info["latent_dim"])}
+    shape = {"patch_size": model.patch_size, "latent_dim": model.latent_dim}
     voice = base.voice
     if inline.prompt_audio is not None:
         audio = decode_base64(inline.prompt_audio, "prompt_audio")

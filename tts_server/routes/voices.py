@@ -1,7 +1,7 @@
 """Voice endpoints: list, add, replace, remove named voices; the legacy prompt endpoints; /encode_latents.
 
 The app sets ``app.state.voices`` (a :class:`~tts_server.voices.store.VoiceStore`) and
-``app.state.model_info`` (``sample_rate``, ``patch_size``, ``latent_dim``, ``version``). Bodies are
+``app.state.model`` (``sample_rate``, ``patch_size``, ``latent_dim``, ``version``). Bodies are
 JSON (415 otherwise), at most ``app.state.max_voice_body_bytes`` if set (a LoRA upload can be large),
 else ``app.state.max_body_bytes``, else 25 MB (413 beyond). Binary fields are base64 strings
 (standard alphabet; a ``data:...;base64,`` prefix is accepted); latents use :mod:`tts_server.voices.latents`.
@@ -43,6 +43,7 @@ from tts_server.http.bodies import decode_base64, parse_body
 from tts_server.voices.entry import VoiceState
 from tts_server.voices.latents import latents_from_json, latents_to_json
 from tts_server.voices.store import VoiceStore
+from voxcpm_engine.types import ModelInfo
 
 __all__ = ["voice_routes"]
 
@@ -114,8 +115,8 @@ def _store(request: Request) -> VoiceStore:
     return request.app.state.voices
 
 
-def _info(request: Request) -> dict[str, Any]:
-    return request.app.state.model_info
+def _info(request: Request) -> ModelInfo:
+    return request.app.state.model
 
 
 def _voice_body_limit(request: Request) -> int | None:
@@ -145,7 +146,7 @@ async def _add(request: Request, body: VoiceBody, name: str, *, replace: bool) -
     def latents(field: str, value: dict[str, Any] | None) -> Any:
         if value is None:
             return None
-        dims = {"patch_size": info["patch_size"], "latent_dim": info["latent_dim"]}
+        dims = {"patch_size": info.patch_size, "latent_dim": info.latent_dim}
         return latents_from_json(value, field, **dims, max_patches=store.max_patches)
 
     def binary(field: str, value: str | None) -> bytes | None:
@@ -237,8 +238,8 @@ async def encode_latents(request: Request) -> JSONResponse:
     out: dict[str, Any] = {**latents_to_json(latents), "seconds": seconds, "reference": body.reference}
     if field == "wav_base64":  # the legacy response shape, for clients written against it
         info = _info(request)
-        out.update(prompt_latents_base64=out["data"], feat_dim=info["latent_dim"], latents_dtype="float32",
-                   sample_rate=info["sample_rate"], channels=1)  # fmt: skip
+        out.update(prompt_latents_base64=out["data"], feat_dim=info.latent_dim, latents_dtype="float32",
+                   sample_rate=info.sample_rate, channels=1)  # fmt: skip
     return JSONResponse(out)
 
 

@@ -17,7 +17,6 @@ import logging
 import queue
 import threading
 import time
-from functools import cached_property
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from voxcpm_engine.config.engine_config import EngineConfig
-from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.io.prompt_audio import AudioLimits, check_samples, load_audio
 from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.proc.messages import (
@@ -54,7 +52,7 @@ from voxcpm_engine.proc.stream import (
     RequestStream,
 )
 from voxcpm_engine.startup import StartupProgress
-from voxcpm_engine.types import GenerationParams, Voice
+from voxcpm_engine.types import GenerationParams, ModelInfo, Voice
 
 __all__ = [
     "AsyncEngine",
@@ -211,18 +209,21 @@ class AsyncEngine(EngineClient):
         return self._process.pid if self._process is not None else None
 
     @property
-    def sample_rate(self) -> int:
-        """Rate of the audio chunks (known after :meth:`start`)."""
+    def model_info(self) -> ModelInfo:
+        """What the engine serves, from its READY message (known after :meth:`start`)."""
         if self.ready is None:
             raise RuntimeError("the engine has not started")
-        return self.ready.sample_rate
+        return self.ready.info
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate of the audio chunks (known after :meth:`start`)."""
+        return self.model_info.sample_rate
 
     @property
     def samples_per_patch(self) -> int:
         """Samples in each chunk (known after :meth:`start`)."""
-        if self.ready is None:
-            raise RuntimeError("the engine has not started")
-        return self.ready.samples_per_patch
+        return self.model_info.samples_per_patch
 
     @property
     def num_unfinished(self) -> int:
@@ -310,15 +311,14 @@ class AsyncEngine(EngineClient):
         """
         await self._call("unregister_voice", name)
 
-    @cached_property
+    @property
     def encode_sample_rate(self) -> int:
-        """Rate of the samples :meth:`encode_prompt` sends (the checkpoint's ``ModelConfig.encode_sample_rate``).
+        """Rate of the samples :meth:`encode_prompt` sends (the model's, from READY; known after :meth:`start`).
 
-        Read from the checkpoint's ``config.json``, the file the engine loaded; the engine checks
-        the rate each call carries against its model, so a mismatch fails loudly instead of
-        encoding audio at the wrong speed.
+        The engine checks the rate each call carries against its model, so a mismatch fails loudly
+        instead of encoding audio at the wrong speed.
         """
-        return read_config(self.checkpoint_dir).encode_sample_rate
+        return self.model_info.encode_sample_rate
 
     async def encode_prompt(
         self,

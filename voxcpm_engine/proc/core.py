@@ -41,7 +41,7 @@ from voxcpm_engine.proc.messages import (
 )
 from voxcpm_engine.sched.request import RequestStatus
 from voxcpm_engine.startup import ProgressClock, StartupPhase, freeze_heap, warm_up, warm_up_plan
-from voxcpm_engine.types import RequestRejected
+from voxcpm_engine.types import ModelInfo, RequestRejected
 
 if TYPE_CHECKING:  # the server process imports this module for spawn_engine_core: keep it light
     from voxcpm_engine.engine import Engine, StepOutput
@@ -258,21 +258,26 @@ def _output(out: StepOutput) -> Output:
     return Output(out.request_id, out.audio, int(out.status), times=times)
 
 
-def model_info(engine: Engine, device: str, checkpoint_dir: str) -> dict[str, Any]:
+def model_info(engine: Engine, device: str, checkpoint_dir: str) -> ModelInfo:
     """What the READY message says about the model."""
     cfg = engine.model_config
-    return {
-        "checkpoint": checkpoint_dir,
-        "architecture": cfg.architecture,
-        "version": cfg.version,
-        "dtype": str(next(engine.runner.model.parameters()).dtype).removeprefix("torch."),
-        "device": device,
-        "max_model_len": engine.config.max_model_len,
-        "max_num_seqs": engine.config.max_num_seqs,
-        "max_loras": engine.config.max_loras,
-        "kv_blocks": engine.blocks.num_blocks,
-        "kernel_cache_dir": _kernel_cache_dir(),
-    }
+    return ModelInfo(
+        architecture=cfg.architecture,
+        version=cfg.version,
+        dtype=str(next(engine.runner.model.parameters()).dtype).removeprefix("torch."),
+        device=device,
+        sample_rate=engine.sample_rate,
+        samples_per_patch=cfg.samples_per_patch,
+        patch_size=cfg.patch_size,
+        latent_dim=cfg.feat_dim,
+        encode_sample_rate=cfg.encode_sample_rate,
+        max_model_len=engine.config.max_model_len,
+        max_num_seqs=engine.config.max_num_seqs,
+        max_loras=engine.config.max_loras,
+        kv_blocks=engine.blocks.num_blocks,
+        kernel_cache_dir=_kernel_cache_dir(),
+        checkpoint=checkpoint_dir,
+    )
 
 
 def _kernel_cache_dir() -> str | None:
@@ -329,7 +334,7 @@ def run_engine_core(
             warm_up(engine, progress.phase(StartupPhase.WARM_UP))
         freeze_heap()  # start-up's objects out of every later collection: no full GC on a request's path
         info = model_info(engine, device, checkpoint_dir)
-        ready = Ready(os.getpid(), engine.sample_rate, engine.model_config.samples_per_patch, info)
+        ready = Ready(os.getpid(), info)
     except BaseException as exc:  # whatever went wrong, the client must hear why, not just see an exit code
         try:
             send_message(conn, StartFailed(_describe(exc)))

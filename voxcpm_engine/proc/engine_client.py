@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from voxcpm_engine.proc.client import AsyncEngine
     from voxcpm_engine.proc.stream import RequestStream
     from voxcpm_engine.startup import StartupProgress
-    from voxcpm_engine.types import GenerationParams, Voice
+    from voxcpm_engine.types import GenerationParams, ModelInfo, Voice
 
 __all__ = ["EngineClient"]
 
@@ -62,6 +62,11 @@ class EngineClient(ABC):
     @abstractmethod
     def is_alive(self) -> bool:
         """Whether it serves (a group: any of its engines)."""
+
+    @property
+    @abstractmethod
+    def model_info(self) -> ModelInfo:
+        """What it serves, as the (first) engine's READY message reported it (known after :meth:`start`)."""
 
     @property
     @abstractmethod

@@ -20,7 +20,7 @@ from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.proc.stream import EngineDeadError, RequestStream
 from voxcpm_engine.startup import StartupProgress
-from voxcpm_engine.types import GenerationParams, Voice
+from voxcpm_engine.types import GenerationParams, ModelInfo, Voice
 
 _SUMMED = ("running", "waiting", "unfinished", "kv_blocks_total", "kv_blocks_free", "steps")
 
@@ -91,6 +91,11 @@ class AsyncEngineGroup(EngineClient):
     def num_unfinished(self) -> int:
         """Unfinished requests over all engines."""
         return sum(e.num_unfinished for e in self.engines)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """What the first engine serves (every engine runs the same model; devices differ)."""
+        return self.engines[0].model_info
 
     @property
     def samples_per_patch(self) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from voxcpm_engine.startup import StartupProgress
-from voxcpm_engine.types import GenerationParams, RequestField, Voice
+from voxcpm_engine.types import GenerationParams, ModelInfo, RequestField, Voice
 
 
 def dumps(message: object) -> bytes:
@@ -174,15 +174,11 @@ class Ready:
 
     Attributes:
         pid: The engine process.
-        sample_rate: Rate of every audio chunk.
-        samples_per_patch: Samples per chunk.
-        model: Short description of the model (architecture, version, dtype, device, ...).
+        info: What it serves.
     """
 
     pid: int
-    sample_rate: int
-    samples_per_patch: int
-    model: dict[str, Any]
+    info: ModelInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from tests.tts_server.serving import AppServer, LoopRunner
-from tts_server.errors import ApiError
 from tts_server.http.admission import Admission, AdmissionMiddleware
-from tts_server.http.auth import Access, check_access, client_key, required_access
-from tts_server.lifecycle import EXIT_ENGINE_DEAD, Lifecycle, ServerState
+from tts_server.lifecycle import Lifecycle
 
 
 class Probe:
@@ -214,31 +212,3 @@ def test_auth_rules_over_http():
         "add voice admin": 200,
         "queue anonymous": 401,
     }
-
-
-def test_access_levels_and_client_keys():
-    assert required_access("GET", "/health") is Access.OPEN
-    assert required_access("GET", "/voices") is Access.USER
-    assert required_access("DELETE", "/voices/x") is Access.ADMIN
-    assert required_access("POST", "/add_prompt") is Access.ADMIN
-    assert required_access("POST", "/encode_latents") is Access.USER
-    check_access(Access.ADMIN, None, api_key=None, admin_key=None)  # nothing configured: open
-    with pytest.raises(ApiError) as info:
-        check_access(Access.USER, "Basic abc", api_key="k", admin_key=None)
-    assert info.value.status == 401 and info.value.headers["WWW-Authenticate"] == "Bearer"
-    check_access(Access.ADMIN, "bearer k", api_key="k", admin_key="k")  # without an admin key, the API key guards
-    assert client_key(" alice ", "Bearer k") == "alice"
-    digest = client_key(None, "Bearer secret-key")
-    assert digest.startswith("key:") and "secret" not in digest and digest == client_key("", "Bearer secret-key")
-    assert client_key(None, None) == ""
-
-
-def test_lifecycle_states():
-    life = Lifecycle()
-    assert life.state is ServerState.STARTING and not life.accepting
-    life.ready()
-    assert life.accepting and life.reason is None
-    assert life.drain() and not life.accepting and not life.drain()
-    life.engine_died("boom")
-    assert life.state is ServerState.ENGINE_DEAD and life.exit_code == EXIT_ENGINE_DEAD
-    assert life.shutdown_requested.is_set() and "boom" in (life.reason or "")

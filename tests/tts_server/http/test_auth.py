@@ -1,9 +1,13 @@
-"""Who may see voice names on the open probes, and whose requests ``/queue`` and ``/cancel`` reach.
+"""Tests of tts_server.http.auth: access levels, client keys, who may see voice names, whose requests
+``/queue`` and ``/cancel`` reach.
 
-(Access levels and the middleware are tested over HTTP in ``test_admission.py``.)
+(The middleware that applies them is tested over HTTP in ``test_admission.py``.)
 """
 
-from tts_server.http.auth import client_key, has_work_access, request_owner
+import pytest
+
+from tts_server.errors import ApiError
+from tts_server.http.auth import Access, check_access, client_key, has_work_access, request_owner, required_access
 
 
 def test_voice_names_need_a_key_only_when_one_is_configured():
@@ -29,3 +33,20 @@ def test_owner_is_the_client_key_except_for_the_admin_key_and_open_servers():
     assert request_owner("alice", "Bearer adm", api_key="k", admin_key="adm") is None
     # Without a separate admin key nobody is admin: the API key standing in for it is not enough.
     assert request_owner(None, "Bearer k", api_key="k", admin_key=None) == client_key(None, "Bearer k")
+
+
+def test_access_levels_and_client_keys():
+    assert required_access("GET", "/health") is Access.OPEN
+    assert required_access("GET", "/voices") is Access.USER
+    assert required_access("DELETE", "/voices/x") is Access.ADMIN
+    assert required_access("POST", "/add_prompt") is Access.ADMIN
+    assert required_access("POST", "/encode_latents") is Access.USER
+    check_access(Access.ADMIN, None, api_key=None, admin_key=None)  # nothing configured: open
+    with pytest.raises(ApiError) as info:
+        check_access(Access.USER, "Basic abc", api_key="k", admin_key=None)
+    assert info.value.status == 401 and info.value.headers["WWW-Authenticate"] == "Bearer"
+    check_access(Access.ADMIN, "bearer k", api_key="k", admin_key="k")  # without an admin key, the API key guards
+    assert client_key(" alice ", "Bearer k") == "alice"
+    digest = client_key(None, "Bearer secret-key")
+    assert digest.startswith("key:") and "secret" not in digest and digest == client_key("", "Bearer secret-key")
+    assert client_key(None, None) == ""

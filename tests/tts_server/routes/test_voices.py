@@ -19,7 +19,6 @@ from tts_server.routes.voices import voice_routes
 from tts_server.voices.latents import latents_from_json
 from tts_server.voices.store import VoiceStore
 from voxcpm_engine.config.engine_config import EngineConfig
-from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.tools.synthetic_lora import write_lora
 
@@ -40,15 +39,14 @@ def runner():
 @pytest.fixture(scope="module")
 def served(runner, tiny_v1, tmp_path_factory):
     """(app, base URL, engine) with the voice routes mounted as the server app will."""
-    cfg = read_config(tiny_v1)
-    info = {"sample_rate": cfg.sample_rate, "patch_size": cfg.patch_size, "latent_dim": cfg.feat_dim, "version": 1}
     engine = AsyncEngine(tiny_v1, CONFIG, num_threads=1)
     runner.run(engine.start())
+    info = engine.model_info  # what the server's app puts there: the engine's READY report
     app = Starlette(routes=voice_routes(), exception_handlers={ApiError: api_error_handler})
-    app.state.engine, app.state.model_info = engine, info
+    app.state.engine, app.state.model = engine, info
     app.state.voices = VoiceStore(
-        tmp_path_factory.mktemp("voices"), engine, model_version=1, patch_size=info["patch_size"],
-        latent_dim=info["latent_dim"], max_prompt_seconds=3.0, sample_rate=info["sample_rate"],
+        tmp_path_factory.mktemp("voices"), engine, model_version=info.version, patch_size=info.patch_size,
+        latent_dim=info.latent_dim, max_prompt_seconds=3.0, sample_rate=info.sample_rate,
     )  # fmt: skip
     server = AppServer(app)
     url = runner.run(server.start())

@@ -116,7 +116,7 @@ def local(tiny_v2):
 
 
 def test_stream_equals_in_process_engine(runner, engine, local):
-    assert engine.sample_rate == local.sample_rate and engine.ready.model["version"] == 2
+    assert engine.sample_rate == local.sample_rate and engine.model_info.version == 2
     chunks = runner.run(_collect(engine.generate("same", TEXT, params=_params(5, 7))))
     expected = _local_run(local, "same", TEXT, _params(5, 7))
     assert len(chunks) == 5 and all(c.dtype == np.float32 and c.shape == (engine.samples_per_patch,) for c in chunks)
