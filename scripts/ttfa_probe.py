@@ -96,7 +96,7 @@ def main() -> None:
     result["first_step_ms"] = statistics.median(p[1] for p in plain)
     result["step_calls"] = [p[2] for p in plain]
     split: dict[str, list[float]] = {}
-    runner, vae = engine.runner, engine._vae
+    runner, vae = engine.runner, engine._vae_streams
     orig = runner._lm, runner._sample, vae.decode, runner._inputs
     runner._lm = _timed(split, "lm", runner._lm)
     runner._sample = _timed(split, "sampler", runner._sample)

@@ -108,7 +108,7 @@ class Engine:
         # Causal VAE decoder state: one row per request in a long-lived slot state, so a step gathers
         # and writes back only its rows. A request's state waits in _warm (its prompt-context warm-up,
         # or None for a stream that starts from zeros) until its first chunk takes a slot.
-        self._vae = VaeStreams(
+        self._vae_streams = VaeStreams(
             self.vae,
             self.model_config.patch_size,
             self.config.max_num_seqs,
@@ -240,7 +240,7 @@ class Engine:
         self.scheduler.finish(request, status)
         del self.requests[request.request_id]
         self._warm.pop(request.request_id, None)
-        self._vae.release(request.request_id)
+        self._vae_streams.release(request.request_id)
         self._deadlines.pop(request.request_id, None)
 
     def _frames(self, patches: Tensor) -> Tensor:
@@ -271,9 +271,11 @@ class Engine:
         with record_function("engine.vae"):
             ids = [r.request_id for r in sampled.requests]
             for request_id in ids:
-                if not self._vae.has(request_id):  # its first chunk: the warmed-up state takes a slot
-                    self._vae.admit(request_id, self._warm.pop(request_id))
-            audio, audio_ready = self._audio_to_host(self._vae.decode(ids, self._frames(sampled.patches[:, None])))
+                if not self._vae_streams.has(request_id):  # its first chunk: the warmed-up state takes a slot
+                    self._vae_streams.admit(request_id, self._warm.pop(request_id))
+            audio, audio_ready = self._audio_to_host(
+                self._vae_streams.decode(ids, self._frames(sampled.patches[:, None]))
+            )
         # The VAE decode is queued right behind the sampler: the stop flags come back while it runs.
         stops = sampled.stop_list()
         patched = time.monotonic()  # the stop flags came back: this step's patches are done
@@ -396,11 +398,11 @@ class Engine:
             held = sum(1 for r in self.requests.values() if r.lora_slot)
             refs = self.adapters.stats()["in_use"]
             assert held == refs, f"{refs} adapter references for {held} requests holding a slot"
-        held = {r for r in self.requests if self._vae.has(r)}
+        held = {r for r in self.requests if self._vae_streams.has(r)}
         assert not set(self._warm) & held, "a request has two VAE states"
         assert set(self._warm) | held == set(self.requests), "VAE stream state leaked or missing"
-        assert self._vae.num_held == len(held), "VAE slot held by a finished request"
-        assert self._vae.num_held + self._vae.num_free == self._vae.num_slots, "VAE slot leaked"
+        assert self._vae_streams.num_held == len(held), "VAE slot held by a finished request"
+        assert self._vae_streams.num_held + self._vae_streams.num_free == self._vae_streams.num_slots, "VAE slot leaked"
 
     def generate(self, requests: dict[str, tuple[str, Voice | None, GenerationParams | None]]) -> dict[str, np.ndarray]:
         """Run a set of requests to completion together; returns each one's concatenated audio."""

@@ -32,7 +32,9 @@ from voxcpm_engine.proc.messages import (
     AddRequest,
     Call,
     ClientIpcStats,
+    ErrorKind,
     Fatal,
+    Method,
     Ready,
     Reply,
     Shutdown,
@@ -67,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_REPLY_ERRORS: dict[str | None, type[Exception]] = {"ValueError": ValueError, "KeyError": KeyError}
+_REPLY_ERRORS: dict[ErrorKind | None, type[Exception]] = {ErrorKind.VALUE: ValueError, ErrorKind.KEY: KeyError}
 
 
 class EngineStartError(EngineError):
@@ -279,7 +281,7 @@ class AsyncEngine(EngineClient):
 
     # --- calls --------------------------------------------------------------------------------
 
-    async def _call(self, method: str, *args: Any, timeout_s: float = 30.0) -> Any:
+    async def _call(self, method: Method, *args: Any, timeout_s: float = 30.0) -> Any:
         if not self._alive or self._loop is None:
             raise EngineDeadError(self._death or f"engine on {self.device} is not running")
         call_id = next(self._call_ids)
@@ -301,7 +303,7 @@ class AsyncEngine(EngineClient):
             ValueError: No LoRA slots, or an invalid adapter (the engine's message).
             EngineDeadError: The engine is not running.
         """
-        return await self._call("register_voice", name, str(path))
+        return await self._call(Method.REGISTER_VOICE, name, str(path))
 
     async def unregister_voice(self, name: str) -> None:
         """Remove a LoRA voice (running requests finish with it; waiting ones fail).
@@ -309,7 +311,7 @@ class AsyncEngine(EngineClient):
         Raises:
             KeyError: No such voice.
         """
-        await self._call("unregister_voice", name)
+        await self._call(Method.UNREGISTER_VOICE, name)
 
     @property
     def encode_sample_rate(self) -> int:
@@ -347,7 +349,7 @@ class AsyncEngine(EngineClient):
             samples = check_samples(audio)
         else:
             samples = await asyncio.to_thread(load_audio, audio, self.encode_sample_rate, limits=limits)
-        return await self._call("encode_prompt", samples, self.encode_sample_rate, reference, timeout_s=timeout_s)
+        return await self._call(Method.ENCODE_PROMPT, samples, self.encode_sample_rate, reference, timeout_s=timeout_s)
 
     async def stats(self) -> dict[str, Any]:
         """Engine counts (when alive) plus ``alive``, ``pid``, ``device``, ``unfinished`` and ``ipc``.
@@ -363,7 +365,7 @@ class AsyncEngine(EngineClient):
         out: dict[str, Any] = {"alive": self._alive, "pid": self.pid, "device": self.device}
         if self._alive:
             try:
-                out.update(await self._call("stats"))
+                out.update(await self._call(Method.STATS))
                 self._last_core = out.pop("core")
             except EngineDeadError:
                 out["alive"] = False

@@ -26,8 +26,10 @@ from voxcpm_engine.proc.messages import (
     AbortRequest,
     AddRequest,
     Call,
+    ErrorKind,
     Fatal,
     MessageSender,
+    Method,
     Output,
     Ready,
     Reply,
@@ -53,11 +55,6 @@ STALL_POLL_S = 0.005  # pause after a step that could run nothing, so a stuck qu
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def error_kind(exc: BaseException) -> str:
-    """How the client should re-raise an error: ``"KeyError"``, ``"ValueError"`` or ``"Error"`` (anything else)."""
-    return "KeyError" if isinstance(exc, KeyError) else "ValueError" if isinstance(exc, ValueError) else "Error"
 
 
 def error_message(exc: BaseException) -> str:
@@ -150,7 +147,7 @@ class EngineCore:
                 self._pending.append(Output(message.request_id, None, int(RequestStatus.FAILED), error, invalid, field))
         elif isinstance(message, AbortRequest):
             self.engine.abort(message.request_id)
-        elif isinstance(message, Call) and message.method == "encode_prompt":
+        elif isinstance(message, Call) and message.method is Method.ENCODE_PROMPT:
             self._encodes.append(message)  # run by _run_encodes, in turn with the steps
         elif isinstance(message, Call):
             self.sender.send(self.call(message))
@@ -161,35 +158,33 @@ class EngineCore:
 
     def call(self, call: Call) -> Reply:
         """Run a method call; its exception becomes the reply's error."""
+        handlers = {
+            Method.REGISTER_VOICE: self.engine.register_voice,
+            Method.UNREGISTER_VOICE: self.engine.unregister_voice,
+            Method.STATS: self.stats,
+            Method.ENCODE_PROMPT: self._encode_prompt,
+        }
         try:
-            if call.method == "register_voice":
-                value: Any = self.engine.register_voice(*call.args)
-            elif call.method == "unregister_voice":
-                value = self.engine.unregister_voice(*call.args)
-            elif call.method == "stats":
-                value = self.stats()
-            elif call.method == "encode_prompt":
-                # Decoded samples only (encode_prompt checks them): the client decodes, downmixes
-                # and resamples files in the server process. A file decoded here would stall every
-                # running stream for as long as its decode takes (a small FLAC can hold minutes of
-                # 8-channel 655 kHz audio).
-                import numpy as np  # loaded in this process anyway; the module stays light for the server
-
-                samples, sample_rate, reference = call.args
-                frontend = self.engine.frontend
-                if sample_rate != frontend.config.encode_sample_rate:
-                    raise ValueError(
-                        f"prompt samples must be at the encoder's {frontend.config.encode_sample_rate} Hz, "
-                        f"got {sample_rate!r}"
-                    )
-                if not isinstance(samples, np.ndarray):
-                    raise ValueError(f"prompt samples must be a numpy array, got {type(samples).__name__}")
-                value = frontend.encode_prompt(samples, reference=reference)
-            else:
-                raise ValueError(f"unknown method {call.method!r}")
+            value = handlers[call.method](*call.args)
         except Exception as exc:
-            return Reply(call.call_id, error=error_message(exc), error_kind=error_kind(exc))
+            return Reply(call.call_id, error=error_message(exc), error_kind=ErrorKind.of(exc))
         return Reply(call.call_id, value=value)
+
+    def _encode_prompt(self, samples: Any, sample_rate: int, reference: bool) -> Any:
+        # Decoded samples only (encode_prompt checks them): the client decodes, downmixes and
+        # resamples files in the server process. A file decoded here would stall every running
+        # stream for as long as its decode takes (a small FLAC can hold minutes of 8-channel 655 kHz
+        # audio).
+        import numpy as np  # loaded in this process anyway; the module stays light for the server
+
+        frontend = self.engine.frontend
+        if sample_rate != frontend.config.encode_sample_rate:
+            raise ValueError(
+                f"prompt samples must be at the encoder's {frontend.config.encode_sample_rate} Hz, got {sample_rate!r}"
+            )
+        if not isinstance(samples, np.ndarray):
+            raise ValueError(f"prompt samples must be a numpy array, got {type(samples).__name__}")
+        return frontend.encode_prompt(samples, reference=reference)
 
     def stats(self) -> dict[str, Any]:
         """Engine counts plus the core's own figures.

@@ -11,6 +11,7 @@ server process on the same host. ``perf_counter`` carries no such promise.
 
 from __future__ import annotations
 
+import enum
 import pickle
 import queue
 import threading
@@ -144,19 +145,40 @@ class AbortRequest:
     request_id: str
 
 
+class Method(enum.Enum):
+    """What a :class:`Call` asks the engine process to do (its ``args``)."""
+
+    REGISTER_VOICE = "register_voice"  # name, LoRA directory
+    UNREGISTER_VOICE = "unregister_voice"  # name
+    STATS = "stats"  # (none)
+    ENCODE_PROMPT = "encode_prompt"  # decoded mono float32 samples, their rate, reference (never a file's bytes)
+
+
+class ErrorKind(enum.Enum):
+    """How the client re-raises a failed call: the built-in type the in-process ``Engine`` raised."""
+
+    VALUE = "ValueError"
+    KEY = "KeyError"
+    OTHER = "Error"  # anything else: the engine's fault, raised as an EngineError
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorKind:
+        """The kind of ``exc``."""
+        return cls.KEY if isinstance(exc, KeyError) else cls.VALUE if isinstance(exc, ValueError) else cls.OTHER
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """A call answered by :class:`Reply` with the same ``call_id``.
 
     Attributes:
         call_id: Chosen by the client, unique among its open calls.
-        method: ``"register_voice"``, ``"unregister_voice"``, ``"stats"`` or ``"encode_prompt"``
-            (args: decoded mono float32 samples, their rate, ``reference``; never a file's bytes).
-        args: Positional arguments of the method.
+        method: What to do.
+        args: Positional arguments of the method (see :class:`Method`).
     """
 
     call_id: int
-    method: str
+    method: Method
     args: tuple[Any, ...] = ()
 
 
@@ -236,16 +258,12 @@ class StepOutputs:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Answer to a :class:`Call`: ``value`` on success, else ``error`` and its ``error_kind``.
-
-    ``error_kind`` is ``"ValueError"``, ``"KeyError"`` or ``"Error"``, so the client can re-raise the
-    built-in type the in-process ``Engine`` would have raised.
-    """
+    """Answer to a :class:`Call`: ``value`` on success, else ``error`` and its ``error_kind``."""
 
     call_id: int
     value: Any = None
     error: str | None = None
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
 
 
 @dataclass(frozen=True, slots=True)

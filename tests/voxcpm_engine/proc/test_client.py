@@ -37,7 +37,9 @@ from voxcpm_engine.proc.group import AsyncEngineGroup
 from voxcpm_engine.proc.messages import (
     AddRequest,
     Call,
+    ErrorKind,
     Fatal,
+    Method,
     Reply,
     Shutdown,
     StepOutputs,
@@ -411,7 +413,7 @@ def test_the_core_encodes_decoded_samples_only(local):
     audio = _flac(_tone(rate, 0.3), rate)
     samples = load_audio(audio, rate)
     try:
-        ok = core.call(Call(1, "encode_prompt", (samples, rate, False)))
+        ok = core.call(Call(1, Method.ENCODE_PROMPT, (samples, rate, False)))
         assert ok.error is None and torch.equal(ok.value, local.frontend.encode_prompt(audio))
         refused = [
             ((audio, rate, False), "must be a numpy array"),
@@ -420,8 +422,8 @@ def test_the_core_encodes_decoded_samples_only(local):
             ((samples[None], rate, False), "must be 1-D float32"),
         ]
         for args, match in refused:
-            reply = core.call(Call(2, "encode_prompt", args))
-            assert reply.error_kind == "ValueError" and match in reply.error, reply
+            reply = core.call(Call(2, Method.ENCODE_PROMPT, args))
+            assert reply.error_kind is ErrorKind.VALUE and match in reply.error, reply
     finally:
         core.close()
 
@@ -434,7 +436,7 @@ def test_prompt_encodes_take_turns_with_the_steps(local):
     samples = load_audio(_flac(_tone(rate, 0.1), rate), rate)
     send_message(parent, AddRequest("turns", TEXT, params=_params(4, 1)))
     for call_id in range(3):
-        send_message(parent, Call(call_id, "encode_prompt", (samples, rate, False)))
+        send_message(parent, Call(call_id, Method.ENCODE_PROMPT, (samples, rate, False)))
     core = EngineCore(local, child)
     thread = threading.Thread(target=serve, args=(core,), daemon=True)
     thread.start()
@@ -452,7 +454,7 @@ def test_prompt_encodes_take_turns_with_the_steps(local):
         assert "RR" not in "".join(order), order  # never two encodes without a step between them
         assert order.count("S") == 4, order
         for call_id in (10, 11):  # idle: no step to take turns with
-            send_message(parent, Call(call_id, "encode_prompt", (samples, rate, False)))
+            send_message(parent, Call(call_id, Method.ENCODE_PROMPT, (samples, rate, False)))
         assert [recv_message(parent).call_id for _ in range(2)] == [10, 11]
     finally:
         send_message(parent, Shutdown())

@@ -17,7 +17,7 @@ _ABSTRACT = {name for name, v in vars(EngineClient).items() if getattr(v, "__isa
 class _Recorder(EngineClient):
     """Records the lifecycle; its requests and voices are never reached here."""
 
-    engines = is_alive = sample_rate = samples_per_patch = encode_sample_rate = num_unfinished = None  # type: ignore[assignment]
+    engines = is_alive = model_info = sample_rate = samples_per_patch = encode_sample_rate = num_unfinished = None  # type: ignore[assignment]
 
     def __init__(self) -> None:
         self.calls: list[str] = []
