@@ -186,12 +186,12 @@ class Engine:
         if lora is not None and (self.adapters is None or lora not in self.adapters.names()):
             raise RequestRejected(RequestField.VOICE, f"unknown voice {lora!r}")
         voice, params = voice or Voice(), params or GenerationParams()
-        prefill, max_len = self.frontend.prepare(text, voice, params)
-        need = len(prefill) + max_len
+        prefill, max_steps = self.frontend.prepare(text, voice, params)
+        need = len(prefill) + max_steps
         if need > self.config.max_model_len:
             raise RequestRejected(
                 RequestField.TEXT,
-                f"request needs {len(prefill)} prompt + {max_len} generated positions, "
+                f"request needs {len(prefill)} prompt + {max_steps} generated positions, "
                 f"more than max_model_len {self.config.max_model_len}",
             )
         if self.config.blocks_for(need) > self.blocks.num_blocks:
@@ -203,8 +203,8 @@ class Engine:
         sampling = SamplingParams(
             cfg_value=params.cfg_value,
             inference_timesteps=params.inference_timesteps,
-            min_len=params.min_steps,
-            max_len=max_len,
+            min_steps=params.min_steps,
+            max_steps=max_steps,
             temperature=params.temperature,
         )
         request = Request(request_id, prefill, sampling, gen, arrival=next(self._arrivals), lora_name=lora, times=times)
@@ -284,9 +284,9 @@ class Engine:
             request.patches.append(sampled.patches[row_index])
             i = len(request.patches) - 1
             status = RequestStatus.RUNNING
-            if stops[row_index] and i > request.params.min_len:
+            if stops[row_index] and i > request.params.min_steps:
                 status = RequestStatus.FINISHED_STOPPED
-            elif len(request.patches) >= request.params.max_len:
+            elif len(request.patches) >= request.params.max_steps:
                 status = RequestStatus.FINISHED_LENGTH
             if status.is_finished:
                 self._end(request, status)  # its slots are reused only by work queued after this step's

@@ -27,7 +27,7 @@ from voxcpm.modules import audiovae as ref_vae
 from tests.voxcpm_engine.tiny_configs import randomize_, shared_models_dir, tiny_config_dict
 from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.model.voxcpm import VoxCPMModel
-from voxcpm_engine.single.generate import build_prefill, effective_max_len, generate_patches
+from voxcpm_engine.single.generate import build_prefill, default_max_steps, generate_patches
 
 FULL_VOCAB = 73448
 TARGET = "Hello, this is a parity test."
@@ -93,8 +93,8 @@ def _run(
     prompt_patches: torch.Tensor | None = None,
     ref_patches: torch.Tensor | None = None,
     seed: int = 1234,
-    min_len: int = 2,
-    max_len: int = 12,
+    min_steps: int = 2,
+    max_steps: int = 12,
     cfg_value: float = 2.0,
     steps: int = 10,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,8 +107,8 @@ def _run(
         cache["mode"] = "ref_continuation" if prompt_patches is not None else "reference"
     calls = _capture_inference(ref)
     torch.manual_seed(seed)
-    _, _, ref_out = ref.generate_with_prompt_cache(
-        TARGET, cache, min_len=min_len, max_len=max_len, inference_timesteps=steps, cfg_value=cfg_value
+    _, _, ref_out = ref.generate_with_prompt_cache(  # the reference calls them min_len / max_len
+        TARGET, cache, min_len=min_steps, max_len=max_steps, inference_timesteps=steps, cfg_value=cfg_value
     )
 
     wrap = ref.text_tokenizer
@@ -121,10 +121,16 @@ def _run(
     assert torch.equal(prefill.patches, feat) and feat.dtype == torch.bfloat16
 
     gen = torch.Generator().manual_seed(seed)
-    cap = effective_max_len(len(wrap(TARGET)), max_len)
+    cap = default_max_steps(len(wrap(TARGET)), max_steps)
     ours_out = list(
         generate_patches(
-            ours, prefill, cfg_value=cfg_value, inference_timesteps=steps, min_len=min_len, max_len=cap, generator=gen
+            ours,
+            prefill,
+            cfg_value=cfg_value,
+            inference_timesteps=steps,
+            min_steps=min_steps,
+            max_steps=cap,
+            generator=gen,
         )
     )
     ours_out = torch.stack(ours_out)
@@ -177,7 +183,7 @@ def test_v2_modes(mode, tokenizer):
         kwargs.update(prompt_text=PROMPT_TEXT, prompt_patches=_patches(3, 4, 9))
     if mode in ("reference", "ref_continuation"):
         kwargs["ref_patches"] = _patches(2, 4, 10)
-    _assert_same(*_run(ref, ours, tokenizer, min_len=8, **kwargs))  # this seed would stop after 4-5
+    _assert_same(*_run(ref, ours, tokenizer, min_steps=8, **kwargs))  # this seed would stop after 4-5
 
 
 def test_natural_stop_matches(tokenizer):
@@ -186,7 +192,7 @@ def test_natural_stop_matches(tokenizer):
     with torch.no_grad():
         ours.stop_head.weight[1] -= 0.15  # makes steps 0 and 4 "continue", step 5 "stop" for this seed
         ref.stop_head.weight.copy_(ours.stop_head.weight)
-    ref_out, ours_out = _run(ref, ours, tokenizer, min_len=3, max_len=40, steps=4)
+    ref_out, ours_out = _run(ref, ours, tokenizer, min_steps=3, max_steps=40, steps=4)
     _assert_same(ref_out, ours_out)
     assert ours_out.size(0) < 40  # the stop head, not the length cap, ended it
 
@@ -214,5 +220,5 @@ def test_long_prompt_longrope_positions(kind, tokenizer):
     ref, ours = _build_pair(kind, tokenizer, seed=5, **_released_rope(kind))
     n_tokens = len(ref.text_tokenizer(LONG_PROMPT_TEXT + TARGET))
     assert n_tokens >= 210
-    out = _run(ref, ours, tokenizer, prompt_text=LONG_PROMPT_TEXT, prompt_patches=_patches(2, 4, 11), max_len=5)
+    out = _run(ref, ours, tokenizer, prompt_text=LONG_PROMPT_TEXT, prompt_patches=_patches(2, 4, 11), max_steps=5)
     _assert_same(*out)

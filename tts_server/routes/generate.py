@@ -38,12 +38,12 @@ from tts_server.routes.speech import (
 )
 from tts_server.services import Services, services
 from voxcpm_engine.io.tokenizer import prepare_text
-from voxcpm_engine.single.generate import effective_max_len
+from voxcpm_engine.single.generate import default_max_steps
 from voxcpm_engine.types import GenerationParams
 
 __all__ = ["GenerateRequest", "generate", "generate_routes"]
 
-_DEFAULT_MIN_STEPS = 2  # the reference's min_len
+_DEFAULT_MIN_STEPS = 2  # the reference's min_steps
 AudioFormat = Literal["wav", "pcm", "mp3", "flac", "opus", "aac"]
 
 
@@ -86,7 +86,7 @@ def _check_min_steps(svc: Services, min_steps: int, segments: tuple[str, ...], m
         limit, source = max_steps, "the server's default max_generate_length"
     else:
         # The engine's rule when no limit is given (Synthesizer.prepare): per segment, from its own tokens.
-        limit = min(effective_max_len(len(svc.tokenizer.encode(prepare_text(s)))) for s in segments)
+        limit = min(default_max_steps(len(svc.tokenizer.encode(prepare_text(s)))) for s in segments)
         source = "the default for this text: 6 x its tokens + 10, at most 2000"
     if min_steps > limit:
         message = (

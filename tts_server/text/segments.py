@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tts_server.errors import ApiError
 from tts_server.text.normalize import split_text
 from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text
-from voxcpm_engine.single.generate import effective_max_len
+from voxcpm_engine.single.generate import default_max_steps
 from voxcpm_engine.types import Voice
 
 __all__ = ["SegmentBudget", "plan_segments", "voice_positions"]
@@ -56,7 +56,7 @@ class SegmentBudget:
 
     def steps(self, target_tokens: int) -> int:
         """Patches a segment of ``target_tokens`` tokens may generate."""
-        return self.max_steps if self.max_steps is not None else effective_max_len(target_tokens)
+        return self.max_steps if self.max_steps is not None else default_max_steps(target_tokens)
 
 
 class _Counter:

@@ -18,7 +18,7 @@ class RequestStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
     FINISHED_STOPPED = 2  # the stop head ended it
-    FINISHED_LENGTH = 3  # max_len reached
+    FINISHED_LENGTH = 3  # max_steps reached
     CANCELLED = 4  # abort() or deadline
     FAILED = 5  # engine error
 
@@ -34,8 +34,8 @@ class SamplingParams:
 
     cfg_value: float = 2.0
     inference_timesteps: int = 10
-    min_len: int = 2
-    max_len: int = 2000
+    min_steps: int = 2
+    max_steps: int = 2000
     temperature: float = 1.0
 
 

@@ -128,12 +128,12 @@ def build_prefill(
     )
 
 
-def effective_max_len(n_target_tokens: int, max_len: int = 2000, ratio: float = 6.0) -> int:
-    """The reference's length cap: ``min(int(n_target_tokens * ratio + 10), max_len)``.
+def default_max_steps(n_target_tokens: int, max_steps: int = 2000, ratio: float = 6.0) -> int:
+    """The reference's length cap: ``min(int(n_target_tokens * ratio + 10), max_steps)``.
 
     ``n_target_tokens`` counts the target text alone (no prompt text, no 101).
     """
-    return min(int(n_target_tokens * ratio + 10), max_len)
+    return min(int(n_target_tokens * ratio + 10), max_steps)
 
 
 @dataclass
@@ -183,8 +183,8 @@ def generate_patches(
     *,
     cfg_value: float = 2.0,
     inference_timesteps: int = 10,
-    min_len: int = 2,
-    max_len: int = 2000,
+    min_steps: int = 2,
+    max_steps: int = 2000,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Iterator[Tensor]:
@@ -193,17 +193,17 @@ def generate_patches(
     The starting noise of each step comes from ``generator`` (global RNG of the model device when
     None) through a :class:`NoiseStream`: on a CPU generator exactly one ``randn([1, D, P])``
     (times ``temperature``) per step, as in the reference. The stop head reads the same ``lm_hidden`` that
-    conditioned the patch; a stop at step ``i`` is honoured only when ``i > min_len`` and keeps
-    that step's patch, so at least ``min(min_len + 2, max_len)`` patches come out. Tied stop
-    logits continue. ``max_len`` is applied as given: cap it with :func:`effective_max_len`.
+    conditioned the patch; a stop at step ``i`` is honoured only when ``i > min_steps`` and keeps
+    that step's patch, so at least ``min(min_steps + 2, max_steps)`` patches come out. Tied stop
+    logits continue. ``max_steps`` is applied as given: cap it with :func:`default_max_steps`.
 
     Args:
         model: The model (eval, any device).
         prefill: From :func:`build_prefill`.
         cfg_value: Classifier-free guidance scale.
         inference_timesteps: Euler steps per patch.
-        min_len: Steps before a stop may be honoured.
-        max_len: Most patches to generate.
+        min_steps: Steps before a stop may be honoured.
+        max_steps: Most patches to generate.
         temperature: Noise scale (1.0 = reference).
         generator: Per-request RNG.
 
@@ -219,7 +219,7 @@ def generate_patches(
     noise_stream = NoiseStream(
         generator, (cfg.feat_dim, cfg.patch_size), dtype=model.dtype, device=model.device, temperature=temperature
     )
-    for i in range(max_len):
+    for i in range(max_steps):
         mu = model.dit_condition(state.lm_hidden, state.residual_hidden)
         noise = noise_stream.next()[None]
         sample = model.sample_patch(
@@ -230,6 +230,6 @@ def generate_patches(
         audio_embed = model.encode_patches(patch.unsqueeze(1))[:, 0]
         yield patch[0].contiguous()
         cond = patch
-        if i > min_len and model.stop_logits(state.lm_hidden).argmax(dim=-1)[0].item() == 1:
+        if i > min_steps and model.stop_logits(state.lm_hidden).argmax(dim=-1)[0].item() == 1:
             return
         _advance(model, state, audio_embed)

@@ -23,7 +23,7 @@ from torch import Tensor
 from voxcpm_engine.io.checkpoint import LoadedCheckpoint, load_checkpoint
 from voxcpm_engine.io.prompt_audio import check_samples, load_audio, pad_to_multiple
 from voxcpm_engine.io.tokenizer import prepare_text
-from voxcpm_engine.single.generate import Prefill, build_prefill, effective_max_len, generate_patches
+from voxcpm_engine.single.generate import Prefill, build_prefill, default_max_steps, generate_patches
 from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
 
 AudioSource = str | os.PathLike | bytes
@@ -118,7 +118,7 @@ class Synthesizer:
                 RequestField.TEXT, f"prompt of {len(prefill)} positions exceeds the model's {self.config.max_length}"
             )
         room = self.config.max_length - len(prefill)
-        max_steps = params.max_steps if params.max_steps is not None else effective_max_len(len(target_ids))
+        max_steps = params.max_steps if params.max_steps is not None else default_max_steps(len(target_ids))
         return prefill, min(max_steps, room)
 
     def _generator(self, seed: int | None) -> torch.Generator:
@@ -140,8 +140,8 @@ class Synthesizer:
             prefill,
             cfg_value=params.cfg_value,
             inference_timesteps=params.inference_timesteps,
-            min_len=params.min_steps,
-            max_len=max_steps,
+            min_steps=params.min_steps,
+            max_steps=max_steps,
             temperature=params.temperature,
             generator=self._generator(params.seed),
         )

@@ -7,7 +7,7 @@ from tts_server.errors import ApiError
 from tts_server.text.segments import SegmentBudget, plan_segments, voice_positions
 from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text
-from voxcpm_engine.single.generate import build_prefill, effective_max_len
+from voxcpm_engine.single.generate import build_prefill, default_max_steps
 from voxcpm_engine.types import Voice
 
 LONG = " ".join(f"Sentence {i} has a handful of words in it, and a clause." for i in range(60))
@@ -29,7 +29,7 @@ def need(tokenizer, model, text, voice, max_steps):
     target = tokenizer.encode(text)
     ids = tokenizer.encode(voice.prompt_text + text) if voice.prompt_text else target
     prefill = build_prefill(model, ids, voice.prompt_latents, voice.ref_latents)
-    return len(prefill) + (max_steps if max_steps is not None else effective_max_len(len(target)))
+    return len(prefill) + (max_steps if max_steps is not None else default_max_steps(len(target)))
 
 
 @pytest.mark.parametrize("max_steps", [None, 1, 40])

@@ -35,7 +35,7 @@ def test_first_audio_times_default_to_zero_and_keep_stage_order():
 
 def test_sampling_params_defaults():
     p = SamplingParams()
-    assert (p.cfg_value, p.inference_timesteps, p.min_len, p.max_len, p.temperature) == (2.0, 10, 2, 2000, 1.0)
+    assert (p.cfg_value, p.inference_timesteps, p.min_steps, p.max_steps, p.temperature) == (2.0, 10, 2, 2000, 1.0)
 
 
 def test_positions_pending_and_reset_for_recompute():
