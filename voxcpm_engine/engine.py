@@ -45,12 +45,15 @@ class StepOutput:
         audio: Float32 samples of the newest patch (``samples_per_patch`` of them), or None when the
             request ended without a new patch (cancelled, failed).
         status: The request's state after this step.
+        times: On the request's first audio only: where its time to first audio went.
+        error: Why a FAILED request failed.
     """
 
     request_id: str
     audio: np.ndarray | None
     status: RequestStatus
-    times: FirstAudioTimes | None = None  # on the request's first audio only
+    times: FirstAudioTimes | None = None
+    error: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -324,10 +327,9 @@ class Engine:
         """Schedule a step and run it up to its new patches (queued on the GPU, not waited for)."""
         with record_function("engine.schedule"):
             plan = self.scheduler.schedule()
-        for request, _why in self.scheduler.failed:  # e.g. its voice was unregistered while it waited
+        for request, why in plan.failed:  # e.g. its voice was unregistered while it waited
             self._end(request, RequestStatus.FAILED)
-            outputs.append(StepOutput(request.request_id, None, RequestStatus.FAILED))
-        self.scheduler.failed.clear()
+            outputs.append(StepOutput(request.request_id, None, RequestStatus.FAILED, error=why))
         if not plan.rows:
             return None
         launched = time.monotonic()

@@ -111,8 +111,11 @@ def test_unregistered_while_waiting_fails(tiny_v2, adapters):
     engine.add_request("victim", TEXT, params=_params(3, 1), lora="v1")
     engine.step()
     engine.unregister_voice("v1")
-    _, status = _run(engine)
-    assert status == {"holder": RequestStatus.FINISHED_LENGTH, "victim": RequestStatus.FAILED}
+    failures = []
+    while engine.has_unfinished():
+        failures += [(o.request_id, o.error) for o in engine.step() if o.status == RequestStatus.FAILED]
+    assert [rid for rid, _ in failures] == ["victim"]
+    assert "v1" in failures[0][1]  # the reason reaches the caller
 
 
 def test_prefix_cache_is_keyed_by_adapter(tiny_v2, adapters):

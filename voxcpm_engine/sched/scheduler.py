@@ -35,10 +35,18 @@ class ScheduledRow:
 
 @dataclass
 class SchedulerOutput:
-    """What one step runs, and who was preempted to make room."""
+    """What one step runs, who was preempted to make room, and who could not be admitted at all.
+
+    Attributes:
+        rows: Each scheduled request's share of the step.
+        preempted: Running requests sent back to the head of the queue (their blocks freed).
+        failed: Requests taken out of the queue because they can never run, with the reason (e.g.
+            their LoRA voice was unregistered while they waited); the caller ends them.
+    """
 
     rows: list[ScheduledRow] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    failed: list[tuple[Request, str]] = field(default_factory=list)
 
 
 class Scheduler:
@@ -56,7 +64,6 @@ class Scheduler:
         self.config = config
         self.blocks = block_manager
         self.adapters = adapters
-        self.failed: list[tuple[Request, str]] = []  # admission errors for the engine to report
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admission order
 
@@ -106,7 +113,7 @@ class Scheduler:
                     break  # every slot busy: wait, in order
                 except KeyError as exc:  # unregistered while the request waited
                     self.waiting.popleft()
-                    self.failed.append((request, str(exc)))
+                    out.failed.append((request, str(exc)))
                     continue
                 request.cache_salt = self.adapters.version_key(request.lora_slot).encode()
             if not self.blocks.can_allocate(request, request.num_positions):

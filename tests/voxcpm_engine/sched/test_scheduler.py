@@ -210,7 +210,7 @@ def test_lora_requests_wait_in_order_for_a_slot_and_unknown_voices_fail(one_slot
     # x takes the one slot; the unknown voice fails; y waits for the slot and plain waits behind it.
     assert [r.request.request_id for r in out.rows] == ["x1"]
     assert x.lora_slot == 1 and x.cache_salt == one_slot_registry.version_key(1).encode()
-    assert [(r.request_id, "ghost" in why) for r, why in sched.failed] == [("g", True)]
+    assert [(r.request_id, "ghost" in why) for r, why in out.failed] == [("g", True)]
     assert [r.request_id for r in sched.waiting] == ["y1", "p"]
     sched.finish(x, RequestStatus.FINISHED_LENGTH)
     assert x.lora_slot == 0
