@@ -296,7 +296,7 @@ def make_encoder(fmt: str, sample_rate: int, *, streaming: bool = True) -> Audio
     return factory(int(sample_rate), streaming)
 
 
-def encode_all(fmt: str, sample_rate: int, audio: np.ndarray) -> bytes:
+def encode_all(fmt: str, sample_rate: int, audio: np.ndarray) -> tuple[bytes, int]:
     """Encode a whole clip at once (the non-streaming response), with exact lengths in the headers.
 
     Args:
@@ -305,11 +305,11 @@ def encode_all(fmt: str, sample_rate: int, audio: np.ndarray) -> bytes:
         audio: 1-D mono samples, nominally in [-1, 1].
 
     Returns:
-        The complete file.
+        The complete file, and its sample rate (the encoder's output rate: opus is always 48 kHz).
     """
     encoder = make_encoder(fmt, sample_rate, streaming=False)
     try:
         encoder.encode(audio)
-        return encoder.finish()
+        return encoder.finish(), encoder.output_sample_rate
     finally:
         encoder.close()

@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
-import numpy as np
 import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from tts_server.audio.encoders import make_encoder
+from tts_server.audio.encoders import encode_all, make_encoder
 from tts_server.audio.formats import FORMATS, AudioEncoder
 from tts_server.jobs.job import Job
 from tts_server.metrics import Outcome
@@ -103,15 +102,6 @@ async def _encoded(job: Job, encoder: AudioEncoder) -> AsyncIterator[bytes]:
         encoder.close()
 
 
-def _encode_whole(fmt: str, sample_rate: int, audio: np.ndarray) -> tuple[bytes, int]:
-    encoder = make_encoder(fmt, sample_rate, streaming=False)
-    try:
-        encoder.encode(audio)
-        return encoder.finish(), encoder.output_sample_rate
-    finally:
-        encoder.close()
-
-
 async def audio_response(job: Job, fmt: str, *, stream: bool, headers: Mapping[str, str] | None = None) -> Response:
     """The job's audio in ``fmt``: streamed as made, or (``stream=False``) one file with exact headers.
 
@@ -123,7 +113,7 @@ async def audio_response(job: Job, fmt: str, *, stream: bool, headers: Mapping[s
     if not stream:
         audio = await job.collect()
         # Encoding minutes of audio takes a while: keep the event loop serving the other streams.
-        data, rate = await asyncio.to_thread(_encode_whole, fmt, job.svc.sample_rate, audio)
+        data, rate = await asyncio.to_thread(encode_all, fmt, job.svc.sample_rate, audio)
         job.spec.timeline.encoded = job.spec.timeline.now()
         job.svc.metrics.observe_stages(job.spec.timeline.stages())
         return Response(

@@ -28,7 +28,7 @@ def crc16_arc(data: bytes) -> int:
 @pytest.mark.parametrize("rate", MP3_RATES)
 def test_whole_mp3_lame_tag(rate: int) -> None:
     audio = noise(rate, seconds=0.4)
-    data = encode_all("mp3", rate, audio)
+    data, _ = encode_all("mp3", rate, audio)
     with av.open(io.BytesIO(data)) as container:
         stream_ = container.streams.audio[0]
         assert stream_.metadata.get("encoder") == "LAME3.100"  # ffmpeg names it only when the tag's CRC is right
