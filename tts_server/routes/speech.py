@@ -23,6 +23,7 @@ from tts_server.services import Services
 from tts_server.text.normalize import clean_text, has_speakable, normalize_text
 from tts_server.text.segments import SegmentBudget, plan_segments
 from tts_server.voices.entry import ResolvedVoice
+from tts_server.voices.inputs import check_pairing
 from tts_server.voices.latents import latents_from_json
 from voxcpm_engine.types import Voice
 
@@ -138,18 +139,14 @@ async def resolve_voice(svc: Services, name: str | None, inline: InlineVoice | N
     if inline is None:
         return base
     voices, model = svc.voices, svc.model
-    if inline.prompt_audio is not None and inline.prompt_latents is not None:
-        raise ApiError(400, "prompt_latents: give prompt_audio or prompt_latents, not both", field="prompt_latents")
-    if inline.ref_audio is not None and inline.ref_latents is not None:
-        raise ApiError(400, "ref_latents: give ref_audio or ref_latents, not both", field="ref_latents")
-    has_prompt = inline.prompt_audio is not None or inline.prompt_latents is not None
-    if has_prompt and not inline.prompt_text:
-        raise ApiError(400, "prompt_text: required with prompt_audio or prompt_latents", field="prompt_text")
-    if inline.prompt_text is not None and not has_prompt:
-        raise ApiError(400, "prompt_text: given without prompt_audio or prompt_latents", field="prompt_text")
-    if (inline.ref_audio is not None or inline.ref_latents is not None) and svc.model_version != 2:
-        field = "ref_audio" if inline.ref_audio is not None else "ref_latents"
-        raise ApiError(400, f"{field}: reference voices need a VoxCPM2 model", field=field)
+    check_pairing(
+        prompt_audio=inline.prompt_audio is not None,
+        prompt_latents=inline.prompt_latents is not None,
+        prompt_text=inline.prompt_text,
+        ref_audio=inline.ref_audio is not None,
+        ref_latents=inline.ref_latents is not None,
+        model_version=model.version,
+    )
     shape = {"patch_size": model.patch_size, "latent_dim": model.latent_dim}
     voice = base.voice
     if inline.prompt_audio is not None:

@@ -125,6 +125,37 @@ def check_latents(
     return t
 
 
+def check_pairing(
+    *,
+    prompt_audio: bool,
+    prompt_latents: bool,
+    prompt_text: str | None,
+    ref_audio: bool,
+    ref_latents: bool,
+    model_version: int,
+) -> None:
+    """The rules a voice's parts follow together: the same for a stored voice and one sent with a request.
+
+    Raises:
+        ApiError: 400 naming the field at fault.
+    """
+    if prompt_audio and prompt_latents:
+        raise bad("prompt_latents", "prompt_audio and prompt_latents are alternatives: give one")
+    has_prompt = prompt_audio or prompt_latents
+    if has_prompt and prompt_text is None:
+        raise bad("prompt_text", "required with prompt_audio/prompt_latents (the prompt's transcript)")
+    if prompt_text is not None:
+        if not has_prompt:
+            raise bad("prompt_text", "given without prompt_audio or prompt_latents")
+        if not isinstance(prompt_text, str) or not prompt_text.strip():
+            raise bad("prompt_text", "must be a non-empty string")
+    if ref_audio and ref_latents:
+        raise bad("ref_latents", "ref_audio and ref_latents are alternatives: give one")
+    if (ref_audio or ref_latents) and model_version != 2:
+        field = "ref_audio" if ref_audio else "ref_latents"
+        raise bad(field, f"reference voices need a VoxCPM2 model; this server runs VoxCPM{model_version}")
+
+
 def check_inputs(
     prompt_audio: bytes | None,
     prompt_text: str | None,
@@ -140,23 +171,17 @@ def check_inputs(
     max_patches: int,
 ) -> VoiceSpec:
     """Validate the parts of a new voice together; every error names its field."""
-    if prompt_audio is not None and prompt_latents is not None:
-        raise bad("prompt_latents", "prompt_audio and prompt_latents are alternatives: give one")
+    check_pairing(
+        prompt_audio=prompt_audio is not None,
+        prompt_latents=prompt_latents is not None,
+        prompt_text=prompt_text,
+        ref_audio=ref_audio is not None,
+        ref_latents=ref_latents is not None,
+        model_version=model_version,
+    )
     has_prompt = prompt_audio is not None or prompt_latents is not None
-    if has_prompt and prompt_text is None:
-        raise bad("prompt_text", "required with prompt_audio/prompt_latents (the prompt's transcript)")
-    if prompt_text is not None:
-        if not has_prompt:
-            raise bad("prompt_text", "given without prompt_audio or prompt_latents")
-        if not isinstance(prompt_text, str) or not prompt_text.strip():
-            raise bad("prompt_text", "must be a non-empty string")
-        if len(prompt_text) > MAX_PROMPT_TEXT_CHARS:
-            raise bad("prompt_text", f"longer than {MAX_PROMPT_TEXT_CHARS} characters")
-    if ref_audio is not None and ref_latents is not None:
-        raise bad("ref_latents", "ref_audio and ref_latents are alternatives: give one")
-    if (ref_audio is not None or ref_latents is not None) and model_version != 2:
-        field = "ref_audio" if ref_audio is not None else "ref_latents"
-        raise bad(field, f"reference voices need a VoxCPM2 model; this server runs VoxCPM{model_version}")
+    if prompt_text is not None and len(prompt_text) > MAX_PROMPT_TEXT_CHARS:
+        raise bad("prompt_text", f"longer than {MAX_PROMPT_TEXT_CHARS} characters")
     if (weights is None) != (config is None):
         missing = "lora_config" if config is None else "lora_weights"
         raise bad(missing, "lora_weights and lora_config go together: give both")
