@@ -26,8 +26,9 @@ from voxcpm.modules import audiovae as ref_vae
 
 from tests.voxcpm_engine.tiny_configs import randomize_, shared_models_dir, tiny_config_dict
 from voxcpm_engine.config.model_config import ModelConfig
+from voxcpm_engine.frontend import build_prefill, default_max_steps
 from voxcpm_engine.model.voxcpm import VoxCPMModel
-from voxcpm_engine.single.generate import build_prefill, default_max_steps, generate_patches
+from voxcpm_engine.single.generate import generate_patches
 
 FULL_VOCAB = 73448
 TARGET = "Hello, this is a parity test."

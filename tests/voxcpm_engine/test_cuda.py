@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from voxcpm_engine.single.generate import build_prefill
+from voxcpm_engine.frontend import build_prefill
 from voxcpm_engine.single.synthesizer import Synthesizer
 from voxcpm_engine.types import GenerationParams
 

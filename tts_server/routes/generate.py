@@ -37,8 +37,8 @@ from tts_server.routes.speech import (
     timeline,
 )
 from tts_server.services import Services, services
+from voxcpm_engine.frontend import default_max_steps
 from voxcpm_engine.io.tokenizer import prepare_text
-from voxcpm_engine.single.generate import default_max_steps
 from voxcpm_engine.types import GenerationParams
 
 __all__ = ["GenerateRequest", "generate", "generate_routes"]

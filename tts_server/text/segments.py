@@ -1,11 +1,9 @@
 """Long input → segments that each fit one engine request, split at sentence boundaries.
 
-An engine request holds ``prompt positions + generated patches <= max_model_len``, where the
-prompt is the voice's positions (``[103, ref, 104]`` and the prompt audio's patches), the tokens
-of ``prompt_text + target`` and the audio-start token, and the generated patches are the
-request's step limit (given, or the reference's ``6 x target tokens + 10``, at most 2000). The
-tokens are counted exactly with the checkpoint's own tokenizer (loaded in the server process;
-no model code), so a segment never fails in the engine for its length.
+An engine request holds ``prompt positions + generated patches <= max_model_len``. Both are counted
+with the engine's own front end (:mod:`voxcpm_engine.frontend`: the prompt's layout and the
+reference's step limit) and the checkpoint's tokenizer, loaded in the server process (no model
+code), so a segment never fails in the engine for its length.
 """
 
 from __future__ import annotations
@@ -14,26 +12,26 @@ from dataclasses import dataclass
 
 from tts_server.errors import ApiError
 from tts_server.text.normalize import split_text
-from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text
-from voxcpm_engine.single.generate import default_max_steps
+from voxcpm_engine.frontend import default_max_steps, prefill_length, request_tokens
+from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.types import Voice
 
 __all__ = ["SegmentBudget", "plan_segments", "voice_positions"]
 
-_AUDIO_START = 1  # the 101 token after the text
 _SAFETY = 0.9  # first guess of the characters per segment, below the exact limit: fewer re-splits
 
 
 def voice_positions(voice: Voice | None) -> int:
-    """Prompt positions a voice takes besides its transcript's tokens."""
+    """Prompt positions a voice takes besides its transcript's tokens (and the target's)."""
+    return prefill_length(0, *_voice_patches(voice)) - prefill_length(0)
+
+
+def _voice_patches(voice: Voice | None) -> tuple[int, int]:
     if voice is None:
-        return 0
-    n = 0
-    if voice.ref_latents is not None:
-        n += int(voice.ref_latents.shape[0]) + 2  # [103, ref..., 104]
-    if voice.prompt_latents is not None:
-        n += int(voice.prompt_latents.shape[0])
-    return n
+        return 0, 0
+    prompt = int(voice.prompt_latents.shape[0]) if voice.prompt_latents is not None else 0
+    ref = int(voice.ref_latents.shape[0]) if voice.ref_latents is not None else 0
+    return prompt, ref
 
 
 @dataclass(frozen=True)
@@ -64,14 +62,12 @@ class _Counter:
         self.tokenizer = tokenizer
         self.budget = budget
         self.prompt_text = budget.voice.prompt_text if budget.voice is not None else None
-        self.fixed = voice_positions(budget.voice) + _AUDIO_START
+        self.patches = _voice_patches(budget.voice)
 
     def need(self, segment: str) -> int:
-        """Positions the engine request of ``segment`` takes (as ``Synthesizer.prepare`` counts them)."""
-        text = prepare_text(self.budget.prefix + segment)
-        target = len(self.tokenizer.encode(text))
-        prompt = len(self.tokenizer.encode(self.prompt_text + text)) if self.prompt_text else target
-        return self.fixed + prompt + self.budget.steps(target)
+        """Positions the engine request of ``segment`` takes (as ``Synthesizer.prepare`` lays it out)."""
+        target, prompt = request_tokens(self.tokenizer, self.budget.prefix + segment, self.prompt_text)
+        return prefill_length(len(prompt), *self.patches) + self.budget.steps(len(target))
 
     def fits(self, segment: str) -> bool:
         return self.need(segment) <= self.budget.max_model_len

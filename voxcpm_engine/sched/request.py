@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from voxcpm_engine.frontend import Prefill
 from voxcpm_engine.model.sampler import NoiseStream
-from voxcpm_engine.single.generate import Prefill
 
 
 class RequestStatus(enum.IntEnum):

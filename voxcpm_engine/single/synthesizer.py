@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from voxcpm_engine.frontend import Prefill, build_prefill, default_max_steps, request_tokens
 from voxcpm_engine.io.checkpoint import LoadedCheckpoint, load_checkpoint
 from voxcpm_engine.io.prompt_audio import check_samples, load_audio, pad_to_multiple
 from voxcpm_engine.io.tokenizer import prepare_text
-from voxcpm_engine.single.generate import Prefill, build_prefill, default_max_steps, generate_patches
+from voxcpm_engine.single.generate import generate_patches
 from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
 
 AudioSource = str | os.PathLike | bytes
@@ -107,11 +108,9 @@ class Synthesizer:
 
     def prepare(self, text: str, voice: Voice, params: GenerationParams) -> tuple[Prefill, int]:
         """Tokenize and lay out a request; returns the prefill and the step limit."""
-        text = prepare_text(text)
-        if not text.strip():
+        if not prepare_text(text).strip():
             raise RequestRejected(RequestField.TEXT, "text must not be empty")
-        target_ids = self.tokenizer.encode(text)
-        ids = self.tokenizer.encode((voice.prompt_text or "") + text) if voice.prompt_text else target_ids
+        target_ids, ids = request_tokens(self.tokenizer, text, voice.prompt_text)
         prefill = build_prefill(self.config, ids, voice.prompt_latents, voice.ref_latents)
         if len(prefill) >= self.config.max_length:
             raise RequestRejected(

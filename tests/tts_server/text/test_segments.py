@@ -5,9 +5,9 @@ import torch
 
 from tts_server.errors import ApiError
 from tts_server.text.segments import SegmentBudget, plan_segments, voice_positions
+from voxcpm_engine.frontend import build_prefill, default_max_steps
 from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.io.tokenizer import TextTokenizer, prepare_text
-from voxcpm_engine.single.generate import build_prefill, default_max_steps
 from voxcpm_engine.types import Voice
 
 LONG = " ".join(f"Sentence {i} has a handful of words in it, and a clause." for i in range(60))

@@ -6,8 +6,8 @@ import torch
 
 from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.config.presets import preset_config
+from voxcpm_engine.frontend import build_prefill
 from voxcpm_engine.sched.request import FirstAudioTimes, Request, RequestStatus, SamplingParams
-from voxcpm_engine.single.generate import build_prefill
 
 CFG = ModelConfig.from_dict(preset_config("tiny-v2"))
 

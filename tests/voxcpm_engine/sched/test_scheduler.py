@@ -8,6 +8,7 @@ import torch
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.config.presets import preset_config
+from voxcpm_engine.frontend import build_prefill
 from voxcpm_engine.io.checkpoint import load_checkpoint
 from voxcpm_engine.io.lora_files import LoRAConfig, adapter_from_state_dict, lora_targets
 from voxcpm_engine.lora.layers import disable_lora, enable_lora
@@ -15,7 +16,6 @@ from voxcpm_engine.lora.registry import AdapterRegistry
 from voxcpm_engine.sched.block_manager import BlockManager
 from voxcpm_engine.sched.request import Request, RequestStatus, SamplingParams
 from voxcpm_engine.sched.scheduler import ScheduledRow, Scheduler, SchedulerOutput
-from voxcpm_engine.single.generate import build_prefill
 from voxcpm_engine.tools.synthetic_lora import synthetic_lora_tensors
 
 CFG = ModelConfig.from_dict(preset_config("tiny-v1"))  # prompt = text ids + [101]

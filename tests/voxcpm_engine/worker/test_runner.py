@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from voxcpm_engine.frontend import build_prefill
 from voxcpm_engine.io.checkpoint import LoadedCheckpoint as Checkpoint
 from voxcpm_engine.sched.block_manager import BlockManager
 from voxcpm_engine.sched.request import Request, SamplingParams
 from voxcpm_engine.sched.scheduler import ScheduledRow
-from voxcpm_engine.single.generate import build_prefill
 from voxcpm_engine.worker.runner import ModelRunner, SampledBatch
 
 ATOL = 1e-4
