@@ -52,7 +52,7 @@ _VOICE_NAMES = (
 
 
 class HealthResponse(_Out):
-    """``GET /health``: the seed's fields, then extras."""
+    """``GET /health``: the original VoxCPM server's fields, then extras."""
 
     status: Literal["ok", "engine_dead"]
     sample_rate: int
@@ -114,7 +114,7 @@ class StartupFigures(_Out):
 
 
 class StatusResponse(_Out):
-    """``GET /status``: the seed's fields, then extras."""
+    """``GET /status``: the original VoxCPM server's fields, then extras."""
 
     status: str
     can_accept_requests: bool

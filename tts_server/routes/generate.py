@@ -1,6 +1,6 @@
 """``POST /generate``: the native endpoint, streaming audio as the engine makes it.
 
-The seed's fields (``target_text``, ``voice``, ``temperature``, ``cfg_value``,
+The original VoxCPM server's fields (``target_text``, ``voice``, ``temperature``, ``cfg_value``,
 ``max_generate_length``, ``request_id``) plus inline voice material, ``seed``,
 ``inference_timesteps``, ``response_format`` (default ``wav``: a streamed WAV header makes the
 bytes playable as they come and says the sample rate; ``pcm`` gives the bare s16le samples),

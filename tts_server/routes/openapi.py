@@ -81,7 +81,7 @@ _OPS: tuple[_Op, ...] = (
         {"200": _audio("Audio in response_format")}, _GEN_ERRORS),
     _Op("post", "/v1/audio/speech", "OpenAI-compatible speech", SpeechRequest,
         {"200": _audio("Audio in response_format, or server-sent events", sse=True)}, _GEN_ERRORS, openai=True),
-    _Op("get", "/health", "Liveness and the seed's counters", None,
+    _Op("get", "/health", "Liveness and load counters", None,
         {"200": _json(s.HealthResponse, "Serving"), "503": _json(s.HealthResponse, "The engine is dead")}),
     _Op("get", "/status", "Load-balancer status", None, {"200": _json(s.StatusResponse, "Status")}),
     _Op("get", "/ready", "Readiness", None,

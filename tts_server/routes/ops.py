@@ -1,6 +1,7 @@
 """Endpoints for load balancers and operators: health, status, readiness, queue, cancel, metrics, info.
 
-``/health`` and ``/status`` keep the seed's fields exactly (extras are in new keys). None of these
+``/health`` and ``/status`` keep the fields that clients of the original VoxCPM server read,
+exactly (extras are in new keys). None of these
 endpoints is behind the connection cap, and none touches the engine except ``/metrics`` and
 ``/status``, which read the engine figures the app polls twice a second.
 
@@ -99,7 +100,7 @@ def _counts(state: Any) -> dict[str, int]:
 
 
 async def health(request: Request) -> Response:
-    """Liveness plus the seed's counters; 503 once the engine is dead (the process is about to exit)."""
+    """Liveness plus the original server's counters; 503 once the engine is dead (the process is about to exit)."""
     svc = services(request)
     dead = svc.lifecycle.state is ServerState.ENGINE_DEAD
     body = HealthResponse(
@@ -114,7 +115,7 @@ async def health(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    """The seed's load-balancer view, plus engine figures under ``engine`` and start-up progress under ``startup``.
+    """The original server's load-balancer view, plus engine figures (``engine``) and start-up progress (``startup``).
 
     Answers from the server's first moment: while the engine starts, ``status`` is ``starting``,
     ``reason`` says which phase each engine is in, and ``startup`` has the counts.

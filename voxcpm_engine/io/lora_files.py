@@ -50,8 +50,8 @@ def _integer(value: Any) -> int | None:
 
 
 # Bounds on a config, beyond the reference CLI's "positive": numbers past them only come from a
-# corrupt or hostile file (``alpha = 1e308``, an integral float, used to pass and made every
-# request with the voice silent). A rank is a small fraction of a layer's width (the reference
+# corrupt or hostile file (``alpha = 1e308``, an integral float, would otherwise pass and make
+# every request with the voice silent). A rank is a small fraction of a layer's width (the reference
 # trains r = 8..64; VoxCPM's attention layers are 1024 or 2048 wide), so past 1024 it is no
 # low-rank adapter. ``alpha / r`` multiplies the adapter's output: the reference default is 2
 # (r = 8, alpha = 16), common recipes use 0.5..4; 64 leaves room for unusual training choices.

@@ -1,4 +1,4 @@
-"""Operator endpoints against a real hypercorn and the tiny engine: the seed's shapes, consistency under
+"""Operator endpoints against a real hypercorn and the tiny engine: the original server's shapes, consistency under
 load, Prometheus metrics (the OpenAPI document is tested in ``test_openapi.py``)."""
 
 import asyncio
