@@ -48,6 +48,7 @@ from voxcpm_engine.proc.engine_client import EngineClient
 from voxcpm_engine.proc.group import AsyncEngineGroup
 from voxcpm_engine.proc.stream import EngineError
 from voxcpm_engine.startup import freeze_heap
+from voxcpm_engine.types import EngineLoad
 
 __all__ = ["create_app", "cut_all", "drain"]
 
@@ -76,7 +77,7 @@ async def _monitor(svc: Services) -> None:
             return
         if tick % _STATS_EVERY == 0:
             try:
-                svc.engine_stats = await svc.engine.stats()
+                svc.engine_load = EngineLoad.from_stats(await svc.engine.stats())
             except EngineError:  # died during the call: the next tick sees it
                 pass
         tick += 1
@@ -226,7 +227,7 @@ def create_app(
             await warm_request_path(model.sample_rate)
             registry = InflightRegistry(queue, engine)
             svc = Services(config, lifecycle, admission, metrics, engine, queue, registry, voices, tokenizer, model)
-            svc.engine_stats = await engine.stats()
+            svc.engine_load = EngineLoad.from_stats(await engine.stats())
             app.state.services = svc
             app.state.engine, app.state.voices, app.state.model = engine, voices, model
             app.state.registry = registry

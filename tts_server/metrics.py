@@ -2,19 +2,20 @@
 
 Counters and histograms are updated where things happen (admission, queue, jobs); gauges of
 current state (queue depth, active streams, connections) are read when scraped, so they cannot
-drift from the objects they describe. Engine counters come from ``engine.stats()`` at scrape
-time (``observe_engine``), since reading them needs a round trip to the engine process.
+drift from the objects they describe. Engine counters are the last :class:`EngineLoad` the app
+polled (``observe_engine``), since reading them needs a round trip to the engine process.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from voxcpm_engine.types import EngineLoad
 
 __all__ = ["CONTENT_TYPE", "ENDPOINTS", "Outcome", "ServerMetrics"]
 
@@ -40,12 +41,12 @@ class _EngineCollector(Collector):
     """Engine figures as of the last :meth:`ServerMetrics.observe_engine` (scrape time)."""
 
     def __init__(self) -> None:
-        self.stats: Mapping[str, Any] = {}
+        self.load = EngineLoad()
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.stats
+        load = self.load
         steps = CounterMetricFamily("tts_engine_steps", "Engine steps run (all engines)")
-        steps.add_metric([], float(stats.get("steps", 0)))
+        steps.add_metric([], float(load.steps))
         yield steps
         for key, help_text in (
             ("running", "Requests in the engines' running batches"),
@@ -54,10 +55,10 @@ class _EngineCollector(Collector):
             ("kv_blocks_total", "KV blocks (all engines)"),
         ):
             gauge = GaugeMetricFamily(f"tts_engine_{key}", help_text)
-            gauge.add_metric([], float(stats.get(key, 0)))
+            gauge.add_metric([], float(getattr(load, key)))
             yield gauge
         alive = GaugeMetricFamily("tts_engine_alive", "1 while the engine serves")
-        alive.add_metric([], 1.0 if stats.get("alive") else 0.0)
+        alive.add_metric([], 1.0 if load.alive else 0.0)
         yield alive
 
 
@@ -118,9 +119,9 @@ class ServerMetrics:
         self._engine = _EngineCollector()
         r.register(self._engine)
 
-    def observe_engine(self, stats: Mapping[str, Any]) -> None:
-        """Remember the engine's latest stats for the next scrape."""
-        self._engine.stats = stats
+    def observe_engine(self, load: EngineLoad) -> None:
+        """Remember the engine's latest load for the next scrape."""
+        self._engine.load = load
 
     def request_done(self, endpoint: str, outcome: Outcome) -> None:
         """Count one finished request."""

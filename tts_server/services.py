@@ -25,7 +25,7 @@ from tts_server.voices.store import VoiceStore
 from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.engine_client import EngineClient
-from voxcpm_engine.types import ModelInfo
+from voxcpm_engine.types import EngineLoad, ModelInfo
 
 __all__ = ["Services", "services"]
 
@@ -47,7 +47,7 @@ class Services:
         voices: Named voices.
         tokenizer: The checkpoint's tokenizer (counts tokens to split long input).
         model: What the engine serves (its READY message).
-        engine_stats: The engine's stats as of the app's last poll (twice a second).
+        engine_load: The engine's load as of the app's last poll (twice a second).
     """
 
     config: ServerConfig
@@ -60,7 +60,7 @@ class Services:
     voices: VoiceStore
     tokenizer: TextTokenizer
     model: ModelInfo
-    engine_stats: dict[str, Any] = field(default_factory=dict)
+    engine_load: EngineLoad = field(default_factory=EngineLoad)
 
     @property
     def sample_rate(self) -> int:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["GenerationParams", "ModelInfo", "RequestField", "RequestRejected", "Voice"]
+__all__ = ["EngineLoad", "GenerationParams", "ModelInfo", "RequestField", "RequestRejected", "Voice"]
 
 
 class RequestField(enum.Enum):
@@ -139,3 +139,30 @@ class ModelInfo:
         out = dataclasses.asdict(self)
         del out["checkpoint"], out["encode_sample_rate"]
         return {**out, "devices": list(devices)}
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """How busy an engine (or a group: the sums) is: what ``/status`` and ``/metrics`` report.
+
+    Attributes:
+        alive: Whether it serves (a group: any engine).
+        running: Requests in the running batch.
+        waiting: Requests queued inside the engine.
+        steps: Steps run since start.
+        kv_blocks_free: KV cache blocks free.
+        kv_blocks_total: KV cache blocks.
+    """
+
+    alive: bool = False
+    running: int = 0
+    waiting: int = 0
+    steps: int = 0
+    kv_blocks_free: int = 0
+    kv_blocks_total: int = 0
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, Any]) -> EngineLoad:
+        """The load in an engine client's ``stats()`` (missing figures, e.g. of a dead engine, are 0)."""
+        counts = {f.name: int(stats.get(f.name, 0)) for f in dataclasses.fields(cls) if f.name != "alive"}
+        return cls(alive=bool(stats.get("alive", False)), **counts)

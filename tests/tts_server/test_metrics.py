@@ -7,6 +7,7 @@ from tests.tts_server.harness import serve, server_config
 from tests.tts_server.routes.generate_helpers import body
 from tts_server.app import create_app
 from tts_server.metrics import CONTENT_TYPE, ENDPOINTS, Outcome, ServerMetrics
+from voxcpm_engine.types import EngineLoad
 
 
 def samples(metrics: ServerMetrics) -> dict[tuple[str, tuple], float]:
@@ -91,13 +92,12 @@ def test_gauges_are_read_when_scraped(metrics, src):
 
 def test_engine_figures_are_those_of_the_last_observation(metrics):
     assert value(metrics, "tts_engine_alive") == 0 and value(metrics, "tts_engine_steps_total") == 0
-    metrics.observe_engine({"steps": 42, "running": 2, "waiting": 1, "kv_blocks_free": 7, "kv_blocks_total": 9,
-                            "alive": True})  # fmt: skip
+    metrics.observe_engine(EngineLoad(alive=True, running=2, waiting=1, steps=42, kv_blocks_free=7, kv_blocks_total=9))
     got = samples(metrics)
     assert got[("tts_engine_steps_total", ())] == 42 and got[("tts_engine_alive", ())] == 1
     assert got[("tts_engine_running", ())] == 2 and got[("tts_engine_waiting", ())] == 1
     assert got[("tts_engine_kv_blocks_free", ())] == 7 and got[("tts_engine_kv_blocks_total", ())] == 9
-    metrics.observe_engine({"steps": 43, "alive": False})
+    metrics.observe_engine(EngineLoad(steps=43))
     assert value(metrics, "tts_engine_alive") == 0 and value(metrics, "tts_engine_running") == 0
     assert value(metrics, "tts_engine_steps_total") == 43
 

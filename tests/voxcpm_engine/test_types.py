@@ -52,3 +52,19 @@ def test_model_info_for_clients_has_no_server_path_and_lists_every_device():
     assert "checkpoint" not in public and "/srv" not in repr(public)
     assert public["devices"] == ["cuda:0", "cuda:1"] and public["samples_per_patch"] == 3840
     assert pickle.loads(pickle.dumps(info)) == info  # it travels in the READY message
+
+
+def test_engine_load_reads_a_clients_stats_and_zeroes_what_a_dead_engine_lacks():
+    from voxcpm_engine.types import EngineLoad
+
+    stats = {
+        "alive": True,
+        "running": 3,
+        "waiting": 1,
+        "steps": 99,
+        "kv_blocks_free": 5,
+        "kv_blocks_total": 8,
+        "ipc": {},
+    }
+    assert EngineLoad.from_stats(stats) == EngineLoad(True, 3, 1, 99, 5, 8)
+    assert EngineLoad.from_stats({"alive": False, "pid": 7}) == EngineLoad()

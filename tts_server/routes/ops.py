@@ -14,6 +14,7 @@ request is ``not_found``, exactly like an id that does not exist.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +46,7 @@ from tts_server.lifecycle import ServerState
 from tts_server.metrics import CONTENT_TYPE
 from tts_server.routes.speech import REQUEST_ID_PATTERN
 from tts_server.services import Services, services
+from voxcpm_engine.types import EngineLoad
 
 __all__ = ["CancelRequest", "ops_routes"]
 
@@ -125,7 +127,7 @@ async def status(request: Request) -> Response:
     svc: Services | None = getattr(state, "services", None)
     alive = svc is not None and svc.engines_alive
     c = _counts(state)
-    stats = svc.engine_stats if svc is not None else {}
+    load = svc.engine_load if svc is not None else EngineLoad()
     body = StatusResponse(
         status=lifecycle.state.value,
         can_accept_requests=lifecycle.accepting and alive and c["active_connections"] < c["max_concurrent_connections"],
@@ -142,11 +144,11 @@ async def status(request: Request) -> Response:
         ),
         engine=EngineFigures(
             alive=alive,
-            running=int(stats.get("running", 0)),
-            waiting=int(stats.get("waiting", 0)),
-            steps=int(stats.get("steps", 0)),
-            kv_blocks_free=int(stats.get("kv_blocks_free", 0)),
-            kv_blocks_total=int(stats.get("kv_blocks_total", 0)),
+            running=load.running,
+            waiting=load.waiting,
+            steps=load.steps,
+            kv_blocks_free=load.kv_blocks_free,
+            kv_blocks_total=load.kv_blocks_total,
         ),
         reason=None if lifecycle.accepting else _not_ready_reason(request),
         startup=_startup(request),
@@ -219,7 +221,7 @@ async def cancel(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     svc = services(request)
-    svc.metrics.observe_engine({**svc.engine_stats, "alive": svc.engines_alive})
+    svc.metrics.observe_engine(dataclasses.replace(svc.engine_load, alive=svc.engines_alive))
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
