@@ -31,7 +31,7 @@ from voxcpm_engine.sched.scheduler import Scheduler
 from voxcpm_engine.single.synthesizer import Synthesizer
 from voxcpm_engine.startup import ProgressClock, StartupPhase, capture_step_graphs
 from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
-from voxcpm_engine.worker.paged_kv import gpu_kv_blocks
+from voxcpm_engine.worker.paged_kv import default_kv_blocks
 from voxcpm_engine.worker.runner import ModelRunner, SampledBatch
 from voxcpm_engine.worker.vae_stream import VaeStreams
 
@@ -83,7 +83,7 @@ class Engine:
         self.frontend = Synthesizer(checkpoint)
         self.model_config = checkpoint.config
         self.vae = checkpoint.vae
-        num_blocks = self.config.num_kv_blocks or self._default_blocks(checkpoint)
+        num_blocks = self.config.num_kv_blocks or default_kv_blocks(checkpoint, self.config)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         fused = self.config.fused_kernels
         if fused or (fused is None and checkpoint.device.type == "cuda"):
@@ -124,26 +124,6 @@ class Engine:
         self._arrivals = itertools.count()
         self.steps = 0
         self._step_times: deque[float] = deque(maxlen=64)  # recent step ends, for steps per second
-
-    def _default_blocks(self, checkpoint: LoadedCheckpoint) -> int:
-        """CPU: enough for every running request at full length; GPU: what gpu_memory_utilization allows."""
-        if checkpoint.device.type != "cuda":
-            return self.config.default_cpu_blocks()
-        cfg = checkpoint.config
-        dtype = checkpoint.model.dtype
-        # Workspace: activations of the widest step (token budget through the LMs, the DiT's CFG batch).
-        hidden = max(cfg.lm.intermediate_size, cfg.dit.ffn_dim) * 4
-        workspace = 2 * self.config.max_num_batched_tokens * hidden * torch.empty((), dtype=dtype).element_size()
-        workspace += 1 << 30  # VAE decode of a full batch, allocator slack
-        return gpu_kv_blocks(
-            [cfg.base_lm_config(), cfg.residual_lm_config()],
-            self.config.block_size,
-            dtype,
-            checkpoint.device,
-            self.config.gpu_memory_utilization,
-            workspace,
-            cap=2 * self.config.default_cpu_blocks(),
-        )
 
     @classmethod
     def from_dir(

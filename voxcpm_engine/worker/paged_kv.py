@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.config.model_config import LMConfig
+from voxcpm_engine.io.checkpoint import LoadedCheckpoint
 from voxcpm_engine.kernels import paged_attention, store_kv
 
 
@@ -70,6 +72,31 @@ def gpu_kv_blocks(
             f"the model and a {workspace_bytes / 2**30:.2f} GiB workspace; one block needs {per_block} bytes)"
         )
     return int(blocks)
+
+
+def default_kv_blocks(checkpoint: LoadedCheckpoint, config: EngineConfig) -> int:
+    """KV blocks when ``EngineConfig.num_kv_blocks`` is not given.
+
+    CPU: enough for every running request at full length; GPU: what ``gpu_memory_utilization``
+    leaves after the loaded model and a workspace for the widest step.
+    """
+    if checkpoint.device.type != "cuda":
+        return config.default_cpu_blocks()
+    cfg = checkpoint.config
+    dtype = checkpoint.model.dtype
+    # Workspace: activations of the widest step (token budget through the LMs, the DiT's CFG batch).
+    hidden = max(cfg.lm.intermediate_size, cfg.dit.ffn_dim) * 4
+    workspace = 2 * config.max_num_batched_tokens * hidden * torch.empty((), dtype=dtype).element_size()
+    workspace += 1 << 30  # VAE decode of a full batch, allocator slack
+    return gpu_kv_blocks(
+        [cfg.base_lm_config(), cfg.residual_lm_config()],
+        config.block_size,
+        dtype,
+        checkpoint.device,
+        config.gpu_memory_utilization,
+        workspace,
+        cap=2 * config.default_cpu_blocks(),
+    )
 
 
 @dataclass
