@@ -13,7 +13,7 @@ import enum
 import time
 
 from voxcpm_engine.proc.engine_client import EngineClient
-from voxcpm_engine.startup import StartupProgress
+from voxcpm_engine.types import StartupProgress
 
 __all__ = ["StartStep", "StartupState"]
 

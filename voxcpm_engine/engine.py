@@ -29,8 +29,8 @@ from voxcpm_engine.sched.block_manager import BlockManager
 from voxcpm_engine.sched.request import FirstAudioTimes, Request, RequestStatus, SamplingParams
 from voxcpm_engine.sched.scheduler import Scheduler
 from voxcpm_engine.single.synthesizer import Synthesizer
-from voxcpm_engine.startup import ProgressClock, StartupPhase, capture_step_graphs
-from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
+from voxcpm_engine.startup import ProgressClock, capture_step_graphs
+from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, StartupPhase, Voice
 from voxcpm_engine.worker.paged_kv import default_kv_blocks
 from voxcpm_engine.worker.runner import ModelRunner, SampledBatch
 from voxcpm_engine.worker.vae_stream import VaeStreams

@@ -13,14 +13,14 @@ until then.
 
 from __future__ import annotations
 
-import enum
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from voxcpm_engine.types import StartupPhase, StartupProgress
 
 if TYPE_CHECKING:
     from voxcpm_engine.config.engine_config import EngineConfig
@@ -38,38 +38,6 @@ __all__ = [
     "warm_up_batches",
     "warm_up_plan",
 ]
-
-
-class StartupPhase(enum.Enum):
-    """What an engine is doing before it serves (in order)."""
-
-    LOADING = "loading the checkpoint"
-    DECODE_GRAPHS = "capturing decode-step CUDA graphs"
-    PACKED_LM_GRAPHS = "capturing prefill CUDA graphs"
-    VAE_GRAPHS = "capturing VAE CUDA graphs"
-    WARM_UP = "running warm-up requests"
-
-
-@dataclass(frozen=True, slots=True)
-class StartupProgress:
-    """Where one engine's start-up stands.
-
-    Attributes:
-        phase: The current phase.
-        done: Units of the phase finished (graphs captured, warm-up batches run).
-        total: Units of the phase (0 when it has no count, e.g. loading).
-        elapsed_s: Seconds since the engine process started loading.
-    """
-
-    phase: StartupPhase
-    done: int
-    total: int
-    elapsed_s: float
-
-    def describe(self) -> str:
-        """One line for ``/ready`` and the log, e.g. ``capturing prefill CUDA graphs (12/66)``."""
-        count = f" ({self.done}/{self.total})" if self.total else ""
-        return f"{self.phase.value}{count}, {self.elapsed_s:.0f} s in"
 
 
 ProgressFn = Callable[[StartupProgress], None]

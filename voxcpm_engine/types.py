@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["EngineLoad", "GenerationParams", "ModelInfo", "RequestField", "RequestRejected", "Voice"]
+__all__ = [
+    "EngineLoad",
+    "GenerationParams",
+    "ModelInfo",
+    "RequestField",
+    "RequestRejected",
+    "StartupPhase",
+    "StartupProgress",
+    "Voice",
+]
 
 
 class RequestField(enum.Enum):
@@ -166,3 +175,35 @@ class EngineLoad:
         """The load in an engine client's ``stats()`` (missing figures, e.g. of a dead engine, are 0)."""
         counts = {f.name: int(stats.get(f.name, 0)) for f in dataclasses.fields(cls) if f.name != "alive"}
         return cls(alive=bool(stats.get("alive", False)), **counts)
+
+
+class StartupPhase(enum.Enum):
+    """What an engine is doing before it serves (in order)."""
+
+    LOADING = "loading the checkpoint"
+    DECODE_GRAPHS = "capturing decode-step CUDA graphs"
+    PACKED_LM_GRAPHS = "capturing prefill CUDA graphs"
+    VAE_GRAPHS = "capturing VAE CUDA graphs"
+    WARM_UP = "running warm-up requests"
+
+
+@dataclass(frozen=True, slots=True)
+class StartupProgress:
+    """Where one engine's start-up stands.
+
+    Attributes:
+        phase: The current phase.
+        done: Units of the phase finished (graphs captured, warm-up batches run).
+        total: Units of the phase (0 when it has no count, e.g. loading).
+        elapsed_s: Seconds since the engine process started loading.
+    """
+
+    phase: StartupPhase
+    done: int
+    total: int
+    elapsed_s: float
+
+    def describe(self) -> str:
+        """One line for ``/ready`` and the log, e.g. ``capturing prefill CUDA graphs (12/66)``."""
+        count = f" ({self.done}/{self.total})" if self.total else ""
+        return f"{self.phase.value}{count}, {self.elapsed_s:.0f} s in"

@@ -13,8 +13,8 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
 from voxcpm_engine.proc.client import AsyncEngine
-from voxcpm_engine.startup import ProgressClock, StartupPhase, StartupProgress, freeze_heap, warm_up, warm_up_batches
-from voxcpm_engine.types import GenerationParams
+from voxcpm_engine.startup import ProgressClock, freeze_heap, warm_up, warm_up_batches
+from voxcpm_engine.types import GenerationParams, StartupPhase, StartupProgress
 
 
 def test_warm_up_batches_straddle_sixteen_and_stay_within_the_batch():

@@ -53,8 +53,7 @@ from voxcpm_engine.proc.stream import (
     RequestFailed,
     RequestStream,
 )
-from voxcpm_engine.startup import StartupProgress
-from voxcpm_engine.types import GenerationParams, ModelInfo, Voice
+from voxcpm_engine.types import GenerationParams, ModelInfo, StartupProgress, Voice
 
 __all__ = [
     "AsyncEngine",

@@ -42,8 +42,8 @@ from voxcpm_engine.proc.messages import (
     send_message,
 )
 from voxcpm_engine.sched.request import RequestStatus
-from voxcpm_engine.startup import ProgressClock, StartupPhase, freeze_heap, warm_up, warm_up_plan
-from voxcpm_engine.types import ModelInfo, RequestRejected
+from voxcpm_engine.startup import ProgressClock, freeze_heap, warm_up, warm_up_plan
+from voxcpm_engine.types import ModelInfo, RequestRejected, StartupPhase
 
 if TYPE_CHECKING:  # the server process imports this module for spawn_engine_core: keep it light
     from voxcpm_engine.engine import Engine, StepOutput

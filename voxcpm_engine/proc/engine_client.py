@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from voxcpm_engine.io.prompt_audio import AudioLimits
     from voxcpm_engine.proc.client import AsyncEngine
     from voxcpm_engine.proc.stream import RequestStream
-    from voxcpm_engine.startup import StartupProgress
-    from voxcpm_engine.types import GenerationParams, ModelInfo, Voice
+    from voxcpm_engine.types import GenerationParams, ModelInfo, StartupProgress, Voice
 
 __all__ = ["EngineClient"]
 

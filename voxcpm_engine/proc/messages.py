@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from voxcpm_engine.startup import StartupProgress
-from voxcpm_engine.types import GenerationParams, ModelInfo, RequestField, Voice
+from voxcpm_engine.types import GenerationParams, ModelInfo, RequestField, StartupProgress, Voice
 
 
 def dumps(message: object) -> bytes:

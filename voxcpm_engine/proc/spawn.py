@@ -22,7 +22,7 @@ from multiprocessing.process import BaseProcess
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.proc.core import ENGINE_IGNORED_SIGNALS, run_engine_core
 from voxcpm_engine.proc.messages import Starting, recv_message
-from voxcpm_engine.startup import StartupProgress
+from voxcpm_engine.types import StartupProgress
 
 __all__ = ["reap", "spawn_engine_core", "wait_until_started"]
 

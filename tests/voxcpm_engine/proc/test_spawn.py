@@ -11,7 +11,7 @@ from pathlib import Path
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.proc.messages import StartFailed, Starting, send_message
 from voxcpm_engine.proc.spawn import reap, spawn_engine_core, wait_until_started
-from voxcpm_engine.startup import StartupPhase, StartupProgress
+from voxcpm_engine.types import StartupPhase, StartupProgress
 
 # Forked children: the parent's side is what is under test, and a fork starts in milliseconds.
 FORK = multiprocessing.get_context("fork")
