@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.voxcpm_engine.model.vae_configs import RELEASES, TINY, randomize
+from tests.voxcpm_engine.tiny_configs import RELEASES, TINY, randomize
 from voxcpm_engine.config.model_config import AudioVAEConfig
 from voxcpm_engine.model.audio_vae import AudioVAE
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.voxcpm_engine.kernels.interpret import DEVICE, close, randn, skip_if_compiled
-from tests.voxcpm_engine.model.vae_configs import TINY, randomize
+from tests.voxcpm_engine.tiny_configs import TINY, randomize
 from voxcpm_engine.kernels import fused_vae
 from voxcpm_engine.model.audio_vae import AudioVAE
 from voxcpm_engine.model.vae_layers import snake as vae_snake

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.voxcpm_engine.model.vae_configs import RELEASES, TINY, randomize
+from tests.voxcpm_engine.tiny_configs import RELEASES, TINY, randomize
 from voxcpm_engine.model.audio_vae import AudioVAE, StreamingDecoderState
 
 # Streamed chunks vs a whole decode: same math, different conv/GEMM blocking (measured <= 1.7e-7 here).
