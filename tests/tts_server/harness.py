@@ -68,6 +68,16 @@ class Served:
         return self.run(settled(self, timeout_s))
 
 
+def get_all(served: Served, *paths: str) -> list[Any]:
+    """GET each path in turn through one client; returns the responses."""
+
+    async def go() -> list[Any]:
+        async with served.client() as client:
+            return [await client.get(p) for p in paths]
+
+    return served.run(go())
+
+
 async def settled(served: Served, timeout_s: float = 5.0) -> dict[str, Any]:
     """See :meth:`Served.settled` (the coroutine, for use inside other coroutines)."""
     svc = served.services

@@ -6,7 +6,7 @@ import pytest
 import referencing
 import referencing.jsonschema
 
-from tests.tts_server.harness import serve, server_config
+from tests.tts_server.harness import get_all, serve, server_config
 from tts_server.routes.openapi import build_openapi
 
 
@@ -14,14 +14,6 @@ from tts_server.routes.openapi import build_openapi
 def srv(loop_runner, shared_engine, tiny_v2):
     with serve(loop_runner, shared_engine, server_config(tiny_v2, max_num_seqs=2)) as served:
         yield served
-
-
-def get_all(served, *paths):
-    async def go():
-        async with served.client() as client:
-            return [await client.get(p) for p in paths]
-
-    return served.run(go())
 
 
 def test_openapi_lists_every_route_and_validates(srv):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.tts_server.harness import serve, server_config, settled
+from tests.tts_server.harness import get_all, serve, server_config, settled
 from tests.tts_server.serving import sine_wav
 
 SEED_HEALTH = {
@@ -22,14 +22,6 @@ def srv(loop_runner, shared_engine, tiny_v2):
     config = server_config(tiny_v2, max_num_seqs=2, max_concurrent_connections=5)
     with serve(loop_runner, shared_engine, config) as served:
         yield served
-
-
-def get_all(served, *paths):
-    async def go():
-        async with served.client() as client:
-            return [await client.get(p) for p in paths]
-
-    return served.run(go())
 
 
 def test_health_status_ready_queue_info_have_the_documented_shapes(srv):
