@@ -70,8 +70,12 @@ class Lifecycle:
         return True
 
     def engine_died(self, message: str) -> None:
-        """The engine is gone: refuse work, exit non-zero, and ask the runner to stop."""
-        if self.state is ServerState.STOPPED:
+        """The engine is gone: refuse work, exit non-zero, and ask the runner to stop.
+
+        A start that has already failed keeps its reason and exit code (1): the supervisor should
+        see why the server never served, not that its engine went away afterwards.
+        """
+        if self.state in (ServerState.STOPPED, ServerState.START_FAILED):
             return
         self.state = ServerState.ENGINE_DEAD
         self.reason = f"the engine is not running: {message}"

@@ -93,6 +93,14 @@ def test_engine_death_after_the_stop_changes_nothing():
     assert not life.shutdown_requested.is_set()
 
 
+def test_engine_death_after_a_failed_start_keeps_its_reason_and_exit_code():
+    life = Lifecycle()
+    life.start_failed("no tokenizer.json")
+    life.engine_died("gone")
+    assert (life.state, life.exit_code) == (ServerState.START_FAILED, EXIT_START_FAILED)
+    assert life.reason == "the server could not start: no tokenizer.json"
+
+
 def test_a_failed_start_exits_1_at_once():
     life = Lifecycle()
     life.start_failed("config.json is missing")
