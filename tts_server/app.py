@@ -45,8 +45,8 @@ from tts_server.voices.store import VoiceStore
 from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.engine_client import EngineClient
+from voxcpm_engine.proc.errors import EngineError
 from voxcpm_engine.proc.group import AsyncEngineGroup
-from voxcpm_engine.proc.stream import EngineError
 from voxcpm_engine.startup import freeze_heap
 from voxcpm_engine.types import EngineLoad
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voxcpm_engine.proc.stream import RequestFailed
+from voxcpm_engine.proc.errors import RequestFailed
 
 __all__ = ["checked_audio"]
 

@@ -42,7 +42,8 @@ from tts_server.jobs.queue import QueueCancelled, QueueClosed, QueueTimeout, Tic
 from tts_server.jobs.registry import CancelReason, InflightRequest, RequestState
 from tts_server.jobs.timeline import Timeline
 from tts_server.metrics import Outcome
-from voxcpm_engine.proc.stream import EngineDeadError, EngineError, InvalidRequest, RequestCancelled, RequestStream
+from voxcpm_engine.proc.errors import EngineDeadError, EngineError, InvalidRequest, RequestCancelled
+from voxcpm_engine.proc.stream import RequestStream
 from voxcpm_engine.types import GenerationParams, RequestField, Voice
 
 if TYPE_CHECKING:  # the bundle of shared objects is built above the jobs layer

@@ -36,7 +36,7 @@ from tts_server.voices.entry import ResolvedVoice, VoiceEntry, VoiceState, entry
 from tts_server.voices.inputs import VoiceSpec, bad, check_inputs, check_latents, decode_audio
 from voxcpm_engine.io.prompt_audio import AudioLimits
 from voxcpm_engine.proc.engine_client import EngineClient
-from voxcpm_engine.proc.stream import EngineError
+from voxcpm_engine.proc.errors import EngineError
 from voxcpm_engine.types import Voice
 
 __all__ = ["VoiceStore"]

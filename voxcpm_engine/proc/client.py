@@ -27,6 +27,11 @@ import numpy as np
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.prompt_audio import AudioLimits, check_samples, load_audio
 from voxcpm_engine.proc.engine_client import EngineClient
+from voxcpm_engine.proc.errors import (
+    EngineDeadError,
+    EngineError,
+    EngineStartError,
+)
 from voxcpm_engine.proc.messages import (
     AbortRequest,
     AddRequest,
@@ -44,35 +49,14 @@ from voxcpm_engine.proc.messages import (
 )
 from voxcpm_engine.proc.pipe_threads import start_pipe_threads
 from voxcpm_engine.proc.spawn import reap, spawn_engine_core, wait_until_started
-from voxcpm_engine.proc.stream import (
-    EngineDeadError,
-    EngineError,
-    InvalidRequest,
-    OutputRouter,
-    RequestCancelled,
-    RequestFailed,
-    RequestStream,
-)
+from voxcpm_engine.proc.stream import OutputRouter, RequestStream
 from voxcpm_engine.types import GenerationParams, ModelInfo, StartupProgress, Voice
 
-__all__ = [
-    "AsyncEngine",
-    "EngineDeadError",
-    "EngineError",
-    "EngineStartError",
-    "InvalidRequest",
-    "RequestCancelled",
-    "RequestFailed",
-    "RequestStream",
-]
+__all__ = ["AsyncEngine"]
 
 log = logging.getLogger(__name__)
 
 _REPLY_ERRORS: dict[ErrorKind | None, type[Exception]] = {ErrorKind.VALUE: ValueError, ErrorKind.KEY: KeyError}
-
-
-class EngineStartError(EngineError):
-    """The engine process could not load its model (the message is the loader's) or died before READY."""
 
 
 class AsyncEngine(EngineClient):

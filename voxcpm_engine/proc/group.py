@@ -18,7 +18,8 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.prompt_audio import AudioLimits, load_audio
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.engine_client import EngineClient
-from voxcpm_engine.proc.stream import EngineDeadError, RequestStream
+from voxcpm_engine.proc.errors import EngineDeadError
+from voxcpm_engine.proc.stream import RequestStream
 from voxcpm_engine.types import GenerationParams, ModelInfo, StartupProgress, Voice
 
 _SUMMED = ("running", "waiting", "unfinished", "kv_blocks_total", "kv_blocks_free", "steps")

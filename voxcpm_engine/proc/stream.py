@@ -1,4 +1,4 @@
-"""The consumer's side of one request: an async iterator of audio chunks, and the errors it raises."""
+"""The consumer's side of one request: an async iterator of audio chunks (its errors: :mod:`.errors`)."""
 
 from __future__ import annotations
 
@@ -8,45 +8,9 @@ from typing import Protocol
 
 import numpy as np
 
+from voxcpm_engine.proc.errors import EngineDeadError, EngineError, InvalidRequest, RequestCancelled, RequestFailed
 from voxcpm_engine.proc.messages import Output
 from voxcpm_engine.sched.request import RequestStatus
-from voxcpm_engine.types import RequestField
-
-
-class EngineError(RuntimeError):
-    """Base of the engine client's errors."""
-
-
-class EngineDeadError(EngineError):
-    """The engine process is gone (crash, kill, shutdown); nothing sent to it will complete."""
-
-
-class RequestFailed(EngineError):
-    """The engine failed the request.
-
-    Attributes:
-        reason: The engine's message alone (for an HTTP error body), without the request id.
-    """
-
-    def __init__(self, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason if reason is not None else message
-
-
-class InvalidRequest(RequestFailed):
-    """The engine rejected the request at admission (bad input, unknown voice, over a limit).
-
-    Attributes:
-        field: The part of the request at fault (None: the engine did not say, e.g. a duplicate id).
-    """
-
-    def __init__(self, message: str, reason: str | None = None, field: RequestField | None = None) -> None:
-        super().__init__(message, reason)
-        self.field = field
-
-
-class RequestCancelled(EngineError):
-    """The request was aborted (``abort``, its deadline, or engine shutdown)."""
 
 
 class _Owner(Protocol):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tts_server.jobs.audio_checks import checked_audio
-from voxcpm_engine.proc.stream import RequestFailed
+from voxcpm_engine.proc.errors import RequestFailed
 
 
 def test_finite_audio_passes_unchanged():

@@ -19,7 +19,8 @@ from tts_server.voices.entry import VoiceState
 from tts_server.voices.store import VoiceStore
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.checkpoint import read_config
-from voxcpm_engine.proc.client import AsyncEngine, InvalidRequest
+from voxcpm_engine.proc.client import AsyncEngine
+from voxcpm_engine.proc.errors import InvalidRequest
 from voxcpm_engine.tools.synthetic_lora import write_lora
 from voxcpm_engine.types import GenerationParams
 

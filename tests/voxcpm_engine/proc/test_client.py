@@ -24,15 +24,9 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import CheckpointError, load_checkpoint
 from voxcpm_engine.io.prompt_audio import AudioLimitError, AudioLimits, load_audio
-from voxcpm_engine.proc.client import (
-    AsyncEngine,
-    EngineDeadError,
-    EngineStartError,
-    InvalidRequest,
-    RequestCancelled,
-    RequestFailed,
-)
+from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.core import EngineCore, serve
+from voxcpm_engine.proc.errors import EngineDeadError, EngineStartError, InvalidRequest, RequestCancelled, RequestFailed
 from voxcpm_engine.proc.group import AsyncEngineGroup
 from voxcpm_engine.proc.messages import (
     AddRequest,

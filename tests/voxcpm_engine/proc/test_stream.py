@@ -7,16 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from voxcpm_engine.proc.errors import EngineDeadError, EngineError, InvalidRequest, RequestCancelled, RequestFailed
 from voxcpm_engine.proc.messages import Output
-from voxcpm_engine.proc.stream import (
-    EngineDeadError,
-    EngineError,
-    InvalidRequest,
-    OutputRouter,
-    RequestCancelled,
-    RequestFailed,
-    RequestStream,
-)
+from voxcpm_engine.proc.stream import OutputRouter, RequestStream
 from voxcpm_engine.sched.request import RequestStatus
 
 RUNNING, STOPPED = int(RequestStatus.RUNNING), int(RequestStatus.FINISHED_STOPPED)
