@@ -1,8 +1,9 @@
-"""The engine's vocabulary shared with its callers: request settings, voices, and why a request is refused.
+"""The engine's vocabulary shared with its callers: request settings, voices, why a request is refused,
+what an engine serves, how busy it is, and how far its start-up has got.
 
-These cross the process boundary (the server builds them, the engine process uses them) and are
-imported by the server's layers, so this module imports nothing of the engine and no torch at run
-time (``Voice`` holds tensors the caller made; the annotation is all it needs).
+These cross the process boundary (the server builds them, the engine process uses them, or the
+reverse) and are imported by the server's layers, so this module imports nothing of the engine and
+no torch at run time (``Voice`` holds tensors the caller made; the annotation is all it needs).
 """
 
 from __future__ import annotations

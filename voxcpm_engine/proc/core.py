@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,12 @@ class EngineCore:
         self._step_time = RollingStats()
         self._bytes = RollingStats()
         self._encodes: deque[Call] = deque()  # prompt encodes waiting for their turn (see _run_encodes)
+        self._handlers: dict[Method, Callable[..., Any]] = {
+            Method.REGISTER_VOICE: engine.register_voice,
+            Method.UNREGISTER_VOICE: engine.unregister_voice,
+            Method.STATS: self.stats,
+            Method.ENCODE_PROMPT: self._encode_prompt,
+        }
 
     def send_outputs(self, outputs: list[Output]) -> None:
         """Queue one step message for the sender (time stamp, queueing time and audio bytes recorded)."""
@@ -158,14 +165,8 @@ class EngineCore:
 
     def call(self, call: Call) -> Reply:
         """Run a method call; its exception becomes the reply's error."""
-        handlers = {
-            Method.REGISTER_VOICE: self.engine.register_voice,
-            Method.UNREGISTER_VOICE: self.engine.unregister_voice,
-            Method.STATS: self.stats,
-            Method.ENCODE_PROMPT: self._encode_prompt,
-        }
         try:
-            value = handlers[call.method](*call.args)
+            value = self._handlers[call.method](*call.args)
         except Exception as exc:
             return Reply(call.call_id, error=error_message(exc), error_kind=ErrorKind.of(exc))
         return Reply(call.call_id, value=value)

@@ -23,7 +23,6 @@ from torch import Tensor
 from voxcpm_engine.frontend import Prefill, build_prefill, default_max_steps, request_tokens
 from voxcpm_engine.io.checkpoint import LoadedCheckpoint, load_checkpoint
 from voxcpm_engine.io.prompt_audio import check_samples, load_audio, pad_to_multiple
-from voxcpm_engine.io.tokenizer import prepare_text
 from voxcpm_engine.single.generate import generate_patches
 from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, Voice
 
@@ -108,7 +107,7 @@ class Synthesizer:
 
     def prepare(self, text: str, voice: Voice, params: GenerationParams) -> tuple[Prefill, int]:
         """Tokenize and lay out a request; returns the prefill and the step limit."""
-        if not prepare_text(text).strip():
+        if not text.strip():  # the same as after prepare_text, which only rewrites whitespace
             raise RequestRejected(RequestField.TEXT, "text must not be empty")
         target_ids, ids = request_tokens(self.tokenizer, text, voice.prompt_text)
         prefill = build_prefill(self.config, ids, voice.prompt_latents, voice.ref_latents)
