@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 class LoopRunner:
-    """One event loop kept across tests (``asyncio.Runner`` is 3.11+; the project supports 3.10)."""
+    """One event loop kept across tests (an engine client belongs to the loop it was started on)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()

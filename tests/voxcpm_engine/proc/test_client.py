@@ -11,66 +11,22 @@ import io
 import os
 import shutil
 import signal
-import threading
 import time
-from multiprocessing import Pipe
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from voxcpm_engine.config.engine_config import EngineConfig
+from tests.voxcpm_engine.proc.engine_helpers import CONFIG, LONG, SMALL, TEXT, collect, flac, params, settled, tone
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import CheckpointError, load_checkpoint
 from voxcpm_engine.io.prompt_audio import AudioLimitError, AudioLimits, load_audio
 from voxcpm_engine.proc.client import AsyncEngine
-from voxcpm_engine.proc.core import EngineCore, serve
-from voxcpm_engine.proc.errors import EngineDeadError, EngineStartError, InvalidRequest, RequestCancelled, RequestFailed
-from voxcpm_engine.proc.group import AsyncEngineGroup
-from voxcpm_engine.proc.messages import (
-    AddRequest,
-    Call,
-    ErrorKind,
-    Fatal,
-    Method,
-    Reply,
-    Shutdown,
-    StepOutputs,
-    recv_message,
-    send_message,
-)
+from voxcpm_engine.proc.errors import EngineDeadError, EngineStartError, InvalidRequest, RequestCancelled
 from voxcpm_engine.sched.request import RequestStatus
 from voxcpm_engine.tools.synthetic_lora import write_lora
-from voxcpm_engine.types import GenerationParams, RequestField, Voice
-
-CONFIG = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
-SMALL = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256)
-TEXT = "The client under test."
-LONG = 200  # steps: never finishes within a test unless aborted
-
-
-def _params(n, seed):
-    return GenerationParams(min_steps=n, max_steps=n, seed=seed)
-
-
-async def _collect(stream):
-    return [chunk async for chunk in stream]
-
-
-async def _settled(engine, timeout_s=1.0):
-    """Stats once nothing is running, waiting or unfinished (or the last stats at the timeout)."""
-    end = time.monotonic() + timeout_s
-    while True:
-        stats = await engine.stats()
-        if (stats["running"], stats["waiting"], stats["unfinished"]) == (0, 0, 0) or time.monotonic() > end:
-            return stats
-        await asyncio.sleep(0.02)
-
-
-async def _until(condition):
-    while not condition():
-        await asyncio.sleep(0.01)
+from voxcpm_engine.types import RequestField, Voice
 
 
 def _local_run(engine, request_id, text, params, lora=None):
@@ -82,7 +38,7 @@ def _local_run(engine, request_id, text, params, lora=None):
 
 
 class _Runner:
-    """One event loop for the module's shared engine (``asyncio.Runner`` is 3.11+; the project supports 3.10)."""
+    """One event loop for the module's shared engine (an ``AsyncEngine`` belongs to the loop it was started on)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -113,14 +69,14 @@ def local(tiny_v2):
 
 def test_stream_equals_in_process_engine(runner, engine, local):
     assert engine.sample_rate == local.sample_rate and engine.model_info.version == 2
-    chunks = runner.run(_collect(engine.generate("same", TEXT, params=_params(5, 7))))
-    expected = _local_run(local, "same", TEXT, _params(5, 7))
+    chunks = runner.run(collect(engine.generate("same", TEXT, params=params(5, 7))))
+    expected = _local_run(local, "same", TEXT, params(5, 7))
     assert len(chunks) == 5 and all(c.dtype == np.float32 and c.shape == (engine.samples_per_patch,) for c in chunks)
     np.testing.assert_array_equal(np.concatenate(chunks), np.concatenate(expected))
     # a voice's latents (torch tensors) travel in the add message
     ref = torch.randn(3, local.model_config.patch_size, 64, generator=torch.Generator().manual_seed(0))
-    voiced = runner.run(_collect(engine.generate("ref", TEXT, voice=Voice(ref_latents=ref), params=_params(3, 7))))
-    local.add_request("ref", TEXT, voice=Voice(ref_latents=ref), params=_params(3, 7))
+    voiced = runner.run(collect(engine.generate("ref", TEXT, voice=Voice(ref_latents=ref), params=params(3, 7))))
+    local.add_request("ref", TEXT, voice=Voice(ref_latents=ref), params=params(3, 7))
     expected = [o.audio for _ in range(4) for o in local.step() if o.audio is not None]
     np.testing.assert_array_equal(np.concatenate(voiced), np.concatenate(expected))
     assert np.abs(np.concatenate(voiced) - np.concatenate(chunks)[: len(expected) * len(expected[0])]).max() > 0.01
@@ -131,7 +87,7 @@ def test_concurrent_generates_interleave_one_message_per_step(runner, engine):
         order = []
 
         async def consume(rid, n):
-            async for _ in engine.generate(rid, TEXT, params=_params(n, 1)):
+            async for _ in engine.generate(rid, TEXT, params=params(n, 1)):
                 order.append(rid)
 
         before = (await engine.stats())["ipc"]["latency_us"]["count"]
@@ -147,15 +103,15 @@ def test_concurrent_generates_interleave_one_message_per_step(runner, engine):
 
 def test_abort_mid_stream_cancels_promptly_and_frees_the_engine(runner, engine):
     async def go():
-        stream = engine.generate("ab", TEXT, params=_params(LONG, 1))
+        stream = engine.generate("ab", TEXT, params=params(LONG, 1))
         await anext(stream)
         assert await engine.abort("ab")
         t0 = time.monotonic()
         with pytest.raises(RequestCancelled):
-            await _collect(stream)
+            await collect(stream)
         elapsed = time.monotonic() - t0
         assert stream.status == RequestStatus.CANCELLED and not await engine.abort("ab")
-        return elapsed, await _settled(engine)
+        return elapsed, await settled(engine)
 
     elapsed, stats = runner.run(go())
     assert elapsed < 1.0
@@ -165,13 +121,13 @@ def test_abort_mid_stream_cancels_promptly_and_frees_the_engine(runner, engine):
 
 def test_leaving_early_aborts(runner, engine):
     async def go():
-        async for _ in engine.generate("br", TEXT, params=_params(LONG, 2)):
+        async for _ in engine.generate("br", TEXT, params=params(LONG, 2)):
             break  # the stream is dropped here: the request must not run on
-        first = await _settled(engine)
+        first = await settled(engine)
         started = asyncio.Event()
 
         async def consume():
-            async for _ in engine.generate("tc", TEXT, params=_params(LONG, 3)):
+            async for _ in engine.generate("tc", TEXT, params=params(LONG, 3)):
                 started.set()
 
         task = asyncio.create_task(consume())
@@ -179,7 +135,7 @@ def test_leaving_early_aborts(runner, engine):
         task.cancel()  # what the HTTP server does when the client disconnects
         with pytest.raises(asyncio.CancelledError):
             await task
-        return first, await _settled(engine)
+        return first, await settled(engine)
 
     for stats in runner.run(go()):
         assert (stats["running"], stats["waiting"], stats["unfinished"]) == (0, 0, 0)
@@ -189,18 +145,18 @@ def test_leaving_early_aborts(runner, engine):
 def test_invalid_requests_fail_alone(runner, engine):
     async def go():
         with pytest.raises(InvalidRequest, match="unknown voice 'nope'") as err:
-            await _collect(engine.generate("bad1", TEXT, lora="nope"))
+            await collect(engine.generate("bad1", TEXT, lora="nope"))
         assert err.value.field is RequestField.VOICE  # the part at fault crosses the process boundary typed
         with pytest.raises(InvalidRequest, match="text must not be empty") as err:
-            await _collect(engine.generate("bad2", "  "))
+            await collect(engine.generate("bad2", "  "))
         assert err.value.reason == "text must not be empty"
         assert err.value.field is RequestField.TEXT
-        stream = engine.generate("dup", TEXT, params=_params(2, 1))
+        stream = engine.generate("dup", TEXT, params=params(2, 1))
         with pytest.raises(ValueError, match="already in flight"):
             engine.generate("dup", TEXT)
-        assert len(await _collect(stream)) == 2  # still serving
+        assert len(await collect(stream)) == 2  # still serving
         with pytest.raises(RequestCancelled):  # deadlines fire in the engine
-            await asyncio.wait_for(_collect(engine.generate("late", TEXT, params=_params(LONG, 1), deadline_s=0.2)), 2)
+            await asyncio.wait_for(collect(engine.generate("late", TEXT, params=params(LONG, 1), deadline_s=0.2)), 2)
 
     runner.run(go())
 
@@ -210,19 +166,19 @@ def test_lora_voice_through_the_process(runner, engine, local, tiny_v2, tmp_path
 
     async def go():
         assert await engine.register_voice("v", adapter) == local.register_voice("v", adapter)
-        voiced = await _collect(engine.generate("lv", TEXT, params=_params(4, 5), lora="v"))
-        plain = await _collect(engine.generate("lp", TEXT, params=_params(4, 5)))
+        voiced = await collect(engine.generate("lv", TEXT, params=params(4, 5), lora="v"))
+        plain = await collect(engine.generate("lp", TEXT, params=params(4, 5)))
         assert (await engine.stats())["adapters"] is not None
         await engine.unregister_voice("v")
         with pytest.raises(KeyError, match="not registered"):
             await engine.unregister_voice("v")
         with pytest.raises(InvalidRequest, match="unknown voice"):
-            await _collect(engine.generate("lg", TEXT, lora="v"))
+            await collect(engine.generate("lg", TEXT, lora="v"))
         return np.concatenate(voiced), np.concatenate(plain)
 
     voiced, plain = runner.run(go())
     assert np.abs(voiced - plain).max() > 0.01  # the adapter changes the voice
-    np.testing.assert_array_equal(voiced, np.concatenate(_local_run(local, "lv", TEXT, _params(4, 5), lora="v")))
+    np.testing.assert_array_equal(voiced, np.concatenate(_local_run(local, "lv", TEXT, params(4, 5), lora="v")))
     local.unregister_voice("v")
 
 
@@ -251,11 +207,11 @@ def test_sigkill_fails_pending_generates_within_a_second(tiny_v1):
         await eng.start()
         with pytest.raises(ValueError, match="serves no LoRA"):
             await eng.register_voice("v", "/nowhere")
-        streams = [eng.generate(f"k{i}", TEXT, params=_params(LONG, i)) for i in range(3)]
+        streams = [eng.generate(f"k{i}", TEXT, params=params(LONG, i)) for i in range(3)]
         await anext(streams[0])
         os.kill(eng.pid, signal.SIGKILL)
         t0 = time.monotonic()
-        results = await asyncio.wait_for(asyncio.gather(*(_collect(s) for s in streams), return_exceptions=True), 5)
+        results = await asyncio.wait_for(asyncio.gather(*(collect(s) for s in streams), return_exceptions=True), 5)
         elapsed = time.monotonic() - t0
         assert all(isinstance(r, EngineDeadError) for r in results), results
         stats = await eng.stats()
@@ -271,83 +227,7 @@ def test_sigkill_fails_pending_generates_within_a_second(tiny_v1):
     assert asyncio.run(go()) < 1.0
 
 
-def test_group_routes_to_the_least_loaded_engine_and_around_a_dead_one(tiny_v1):
-    def owners(group, ids):
-        return [next(i for i, e in enumerate(group.engines) if e.has_request(r)) for r in ids]
-
-    async def go():
-        async with AsyncEngineGroup(tiny_v1, SMALL, devices=["cpu", "cpu"], num_threads=1) as group:
-            kept = group.generate("kept", TEXT, params=_params(LONG, 1))
-            streams = {r: group.generate(r, TEXT, params=_params(LONG, 1)) for r in "abcd"}
-            assert owners(group, ["kept", *"abcd"]) == [0, 1, 0, 1, 0]
-            assert await group.abort("a")
-            with pytest.raises(RequestCancelled):
-                await _collect(streams.pop("a"))
-            streams["e"] = group.generate("e", TEXT, params=_params(LONG, 1))  # engine 1 has one request less
-            assert owners(group, "e") == [1]
-            await asyncio.gather(*(anext(s) for s in streams.values()))
-            stats = await group.stats()
-            assert stats["alive"] and stats["running"] == 5 and [s["running"] for s in stats["engines"]] == [3, 2]
-            for s in streams.values():
-                await s.aclose()
-            await asyncio.sleep(0.3)
-            stats = await group.stats()
-            assert (stats["running"], stats["unfinished"]) == (1, 1)
-            with pytest.raises(ValueError, match="serves no LoRA"):
-                await group.register_voice("v", "/nowhere")
-            # a failure inside engine 0's loop (here: a control message it does not know) fails its requests
-            group.engines[0]._send(object())
-            with pytest.raises(RequestFailed, match="engine core failed: TypeError: unknown control message"):
-                await _collect(kept)
-            await asyncio.wait_for(_until(lambda: not group.engines[0].is_alive), 5)
-            late = group.generate("late", TEXT, params=_params(LONG, 1))  # left open through the shutdown
-            assert owners(group, ["late"]) == [1]
-            # a file is decoded here, then encoded by the live engine: as that engine does its samples
-            audio = _flac(np.stack([_tone(44_100, 0.4), _tone(44_100, 0.4, 330.0)], axis=1), 44_100)
-            samples = load_audio(audio, group.encode_sample_rate)
-            assert torch.equal(await group.encode_prompt(audio), await group.engines[1].encode_prompt(samples))
-            with pytest.raises(AudioLimitError, match="exceeds the limit of 0.1 s"):
-                await group.encode_prompt(audio, limits=AudioLimits(max_seconds=0.1))
-            stats = await group.stats()
-            assert stats["alive"] and [s["alive"] for s in stats["engines"]] == [False, True]
-            assert "engine core failed" in stats["engines"][0]["error"]
-        with pytest.raises(RequestCancelled):
-            await _collect(late)
-        assert not group.is_alive and not (await group.stats())["alive"]
-
-    asyncio.run(go())
-
-
-def test_core_failure_fails_in_flight_requests_and_reports(local):
-    """An exception inside the step loop: FAILED outputs for every request in flight, then Fatal, exit 1."""
-    parent, child = Pipe()
-    send_message(parent, AddRequest("f", TEXT, params=_params(3, 1)))
-    calls = []
-
-    def broken_step():
-        calls.append(1)
-        raise RuntimeError("kernel exploded")
-
-    local.step = broken_step
-    try:
-        assert serve(EngineCore(local, child)) == 1
-    finally:
-        del local.step
-    outputs, fatal = recv_message(parent), recv_message(parent)
-    assert isinstance(outputs, StepOutputs) and isinstance(fatal, Fatal) and calls == [1]
-    [out] = outputs.outputs
-    assert (out.request_id, out.status) == ("f", RequestStatus.FAILED)
-    assert out.error == fatal.message == "engine core failed: RuntimeError: kernel exploded"
-    assert "kernel exploded" in fatal.traceback
-    local.abort("f")
-    local.step()
-    assert not local.has_unfinished()
-
-
 def test_encode_prompt_through_the_process_equals_in_process(runner, engine, local):
-    import io
-
-    import soundfile as sf
 
     wav = np.sin(np.linspace(0, 200, local.sample_rate // 2)).astype(np.float32) * 0.3
     buf = io.BytesIO()
@@ -367,20 +247,9 @@ def test_encode_prompt_through_the_process_equals_in_process(runner, engine, loc
     assert prompt.dtype == torch.float32 and prompt.shape[-1] == 64
 
 
-def _tone(sr, seconds, freq=220.0):
-    t = np.arange(int(sr * seconds)) / sr
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _flac(samples, sr):
-    buf = io.BytesIO()
-    sf.write(buf, samples, sr, format="FLAC", subtype="PCM_24")
-    return buf.getvalue()
-
-
 def test_encode_prompt_decodes_here_and_equals_in_process(runner, engine, local):
     """A file is decoded, downmixed and resampled in this process; the latents equal the in-process path's."""
-    audio = _flac(np.stack([_tone(44_100, 1.3), _tone(44_100, 1.3, 330.0)], axis=1), 44_100)
+    audio = flac(np.stack([tone(44_100, 1.3), tone(44_100, 1.3, 330.0)], axis=1), 44_100)
     rate = local.frontend.config.encode_sample_rate
     samples = load_audio(audio, rate)
 
@@ -397,60 +266,3 @@ def test_encode_prompt_decodes_here_and_equals_in_process(runner, engine, local)
     assert engine.encode_sample_rate == rate
     assert torch.equal(from_file, local.frontend.encode_prompt(audio))
     assert torch.equal(from_samples, local.frontend.encode_prompt(audio, reference=True))
-
-
-def test_the_core_encodes_decoded_samples_only(local):
-    """The engine process never decodes a file: ``encode_prompt`` takes mono float32 at the encoder's rate."""
-    parent, child = Pipe()
-    core = EngineCore(local, child)
-    rate = local.frontend.config.encode_sample_rate
-    audio = _flac(_tone(rate, 0.3), rate)
-    samples = load_audio(audio, rate)
-    try:
-        ok = core.call(Call(1, Method.ENCODE_PROMPT, (samples, rate, False)))
-        assert ok.error is None and torch.equal(ok.value, local.frontend.encode_prompt(audio))
-        refused = [
-            ((audio, rate, False), "must be a numpy array"),
-            ((samples, 2 * rate, False), f"must be at the encoder's {rate} Hz"),
-            ((samples.astype(np.float64), rate, False), "must be 1-D float32"),
-            ((samples[None], rate, False), "must be 1-D float32"),
-        ]
-        for args, match in refused:
-            reply = core.call(Call(2, Method.ENCODE_PROMPT, args))
-            assert reply.error_kind is ErrorKind.VALUE and match in reply.error, reply
-    finally:
-        core.close()
-
-
-def test_prompt_encodes_take_turns_with_the_steps(local):
-    """Prompts that arrive together are encoded one per step while a request runs, so a stream waits
-    for one encode at a time, not for all of them; while idle they are all encoded at once."""
-    parent, child = Pipe()
-    rate = local.frontend.config.encode_sample_rate
-    samples = load_audio(_flac(_tone(rate, 0.1), rate), rate)
-    send_message(parent, AddRequest("turns", TEXT, params=_params(4, 1)))
-    for call_id in range(3):
-        send_message(parent, Call(call_id, Method.ENCODE_PROMPT, (samples, rate, False)))
-    core = EngineCore(local, child)
-    thread = threading.Thread(target=serve, args=(core,), daemon=True)
-    thread.start()
-    order = []
-    try:
-        finished = False
-        while not finished or order.count("R") < 3:
-            message = recv_message(parent)
-            if isinstance(message, Reply):
-                assert message.error is None, message.error
-                order.append("R")
-            elif isinstance(message, StepOutputs):
-                order.append("S")
-                finished = finished or any(RequestStatus(o.status).is_finished for o in message.outputs)
-        assert "RR" not in "".join(order), order  # never two encodes without a step between them
-        assert order.count("S") == 4, order
-        for call_id in (10, 11):  # idle: no step to take turns with
-            send_message(parent, Call(call_id, Method.ENCODE_PROMPT, (samples, rate, False)))
-        assert [recv_message(parent).call_id for _ in range(2)] == [10, 11]
-    finally:
-        send_message(parent, Shutdown())
-        thread.join(10)
-    assert not thread.is_alive() and not local.has_unfinished()
