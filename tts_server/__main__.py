@@ -11,7 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tts_server.config import ConfigError, load_config
+from tts_server.config import ConfigError
+from tts_server.config_sources import load_config
 from tts_server.lifecycle import EXIT_START_FAILED
 
 log = logging.getLogger("tts_server")

@@ -1,24 +1,22 @@
-"""``ServerConfig``: every server setting, read once from CLI flags and ``TTS_*`` environment variables.
+"""``ServerConfig``: every server setting, validated once.
 
-Each setting is one dataclass field whose metadata holds its help text; the command-line flag
-(``--max-num-seqs``) and the environment variable (``TTS_MAX_NUM_SEQS``) are derived from the
-field name, so the parser, the README table (:func:`settings_markdown`) and the code cannot drift
-apart. Precedence: command line, then environment, then the default. Nothing else in the server
-reads the environment.
+Each setting is one dataclass field whose metadata holds its help text and parser; the
+command-line flag (``--max-num-seqs``, :func:`flag_of`) and the environment variable
+(``TTS_MAX_NUM_SEQS``, :func:`env_of`) are derived from the field name.
+:mod:`tts_server.config_sources` reads them (command line, then environment, then the default).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, Field, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from voxcpm_engine.config.engine_config import EngineConfig
 
-__all__ = ["ConfigError", "ServerConfig", "load_config", "settings_markdown"]
+__all__ = ["ConfigError", "ServerConfig", "env_of", "flag_of"]
 
 ENV_PREFIX = "TTS_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -335,11 +333,6 @@ class ServerConfig:
         }
 
 
-def _show(default: Any) -> str:
-    """A default as it is typed on the command line (``(10, 5)`` → ``10,5``)."""
-    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
-
-
 def flag_of(name: str) -> str:
     """``max_num_seqs`` → ``--max-num-seqs``."""
     return "--" + name.replace("_", "-")
@@ -352,66 +345,3 @@ def env_of(name: str) -> str:
 
 def _is_secret(name: str) -> bool:
     return any(f.name == name and f.metadata["secret"] for f in fields(ServerConfig))
-
-
-def _parse(f: Field[Any], text: str, source: str) -> Any:
-    parse = f.metadata["parse"] or str
-    try:
-        return parse(text)
-    except ValueError as exc:
-        shown = "***" if f.metadata["secret"] else repr(text)
-        raise ConfigError(f"{source}: cannot parse {shown} ({exc})") from exc
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser (every flag defaults to "not given", so the environment can fill in)."""
-    parser = argparse.ArgumentParser(
-        prog="tts-server",
-        description="VoxCPM text-to-speech HTTP server. Every flag can also be set as a TTS_* environment variable.",
-    )
-    for f in fields(ServerConfig):
-        default = "required" if f.default is MISSING else f"default {_show(f.default)}"
-        help_text = f"{f.metadata['help']} [{env_of(f.name)}; {default}]".replace("%", "%%")
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag_of(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(flag_of(f.name), dest=f.name, metavar=f.name.upper(), help=help_text)
-    return parser
-
-
-def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServerConfig:
-    """Read the settings: command line first, then ``TTS_*`` variables, then defaults.
-
-    Args:
-        argv: Command-line arguments without the program name.
-        environ: The environment (``os.environ``).
-
-    Returns:
-        The validated config.
-
-    Raises:
-        ConfigError: A value cannot be parsed or is invalid (the message names the flag or variable).
-        SystemExit: ``--help`` or an unknown flag (argparse's behaviour).
-    """
-    given = vars(build_parser().parse_args(list(argv or [])))
-    values: dict[str, Any] = {}
-    for f in fields(ServerConfig):
-        cli = given.get(f.name)
-        if isinstance(cli, bool):
-            values[f.name] = cli
-        elif cli is not None:
-            values[f.name] = _parse(f, cli, flag_of(f.name))
-        elif env_of(f.name) in environ:
-            values[f.name] = _parse(f, environ[env_of(f.name)], env_of(f.name))
-    if "model" not in values:
-        raise ConfigError(f"--model is required (or set {env_of('model')}): the checkpoint directory")
-    return ServerConfig(**values)
-
-
-def settings_markdown() -> str:
-    """The README's settings table: flag, environment variable, default, meaning."""
-    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
-    for f in fields(ServerConfig):
-        default = "required" if f.default is MISSING else "unset" if f.default is None else f"`{_show(f.default)}`"
-        rows.append(f"| `{flag_of(f.name)}` | `{env_of(f.name)}` | {default} | {f.metadata['help']} |")
-    return "\n".join(rows)

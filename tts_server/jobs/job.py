@@ -37,14 +37,15 @@ import numpy as np
 from starlette.types import Message, Receive
 
 from tts_server.errors import ApiError
+from tts_server.jobs import failures
 from tts_server.jobs.audio_checks import checked_audio
 from tts_server.jobs.queue import QueueCancelled, QueueClosed, QueueTimeout, Ticket
 from tts_server.jobs.registry import CancelReason, InflightRequest, RequestState
 from tts_server.jobs.timeline import Timeline
 from tts_server.metrics import Outcome
-from voxcpm_engine.proc.errors import EngineDeadError, EngineError, InvalidRequest, RequestCancelled
+from voxcpm_engine.proc.errors import EngineDeadError, EngineError, RequestCancelled
 from voxcpm_engine.proc.stream import RequestStream
-from voxcpm_engine.types import GenerationParams, RequestField, Voice
+from voxcpm_engine.types import GenerationParams, Voice
 
 if TYPE_CHECKING:  # the bundle of shared objects is built above the jobs layer
     from tts_server.services import Services
@@ -164,19 +165,19 @@ class Job:
             await svc.queue.acquire(self.ticket, svc.config.queue_timeout)
         except QueueTimeout as exc:
             self.close(Outcome.TIMEOUT)
-            raise self._unavailable("queue_timeout", f"queue timeout: {exc}") from None
+            raise failures.unavailable(self.svc, "queue_timeout", f"queue timeout: {exc}") from None
         except QueueClosed as exc:
             self.close(Outcome.REJECTED)
-            raise self._unavailable("engine_dead", f"the engine is not running: {exc.reason}") from None
+            raise failures.unavailable(self.svc, "engine_dead", f"the engine is not running: {exc.reason}") from None
         except QueueCancelled:
             self.close(Outcome.CANCELLED)
-            raise self._cancelled_error() from None
+            raise failures.cancelled(self.svc, self.record) from None
         self._holds_slot = True
         self.spec.timeline.slot = time.monotonic()
         svc.metrics.queue_wait.observe(self.spec.timeline.slot - self.spec.timeline.received)
         if self.record.cancelled:  # cancelled in the instant between the grant and this task running
             self.close(Outcome.CANCELLED)
-            raise self._cancelled_error()
+            raise failures.cancelled(self.svc, self.record)
         self.record.state = RequestState.RUNNING
         log.debug(  # the shape of the work, never its text or voice material
             "request %s %s: slot granted after %.1f ms in the queue; %d segment(s), %s voice",
@@ -202,11 +203,11 @@ class Job:
                 return
             if self.record.cancelled:  # between two segments, before any audio
                 self.close(Outcome.CANCELLED)
-                raise self._cancelled_error()
+                raise failures.cancelled(self.svc, self.record)
         except EngineError as exc:
             self.failure = None if isinstance(exc, RequestCancelled) else exc
             self.close(Outcome.CANCELLED if self.record.cancelled else Outcome.FAILED)
-            raise self._engine_error(exc) from None
+            raise failures.from_engine(self.svc, exc, self.record, self.spec.text_field) from None
 
     def _open_next(self) -> bool:
         """Submit the next segment; False when none is left or the job was cancelled."""
@@ -336,12 +337,12 @@ class Job:
         except EngineError as exc:
             self.failure = None if isinstance(exc, RequestCancelled) else exc
             self.close(Outcome.CANCELLED if self.record.cancelled else Outcome.FAILED)
-            raise self._engine_error(exc) from None
+            raise failures.from_engine(self.svc, exc, self.record, self.spec.text_field) from None
         finally:
             self.stop_watching()
         if self.record.cancelled:
             self.close(Outcome.CANCELLED)
-            raise self._cancelled_error()
+            raise failures.cancelled(self.svc, self.record)
         self.close(Outcome.OK)
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
@@ -374,28 +375,3 @@ class Job:
             self._segment,
             f"({reason})" if reason else "",
         )
-
-    # --- errors ----------------------------------------------------------------------------------
-
-    def _unavailable(self, reason: str, message: str) -> ApiError:
-        self.svc.metrics.rejected(reason)
-        retry = {"Retry-After": str(self.svc.config.retry_after)}
-        return ApiError(503, message, type="overloaded", headers=retry)
-
-    def _cancelled_error(self) -> ApiError:
-        reason = self.record.cancel_reason or CancelReason.CLIENT
-        if reason is CancelReason.SHUTDOWN:
-            return self._unavailable("shutdown", f"request {self.spec.request_id!r} stopped: {reason.value}")
-        message = f"request {self.spec.request_id!r} was cancelled ({reason.value})"
-        return ApiError(409, message, field="request_id", type="cancelled")
-
-    def _engine_error(self, exc: EngineError) -> ApiError:
-        if isinstance(exc, RequestCancelled) or self.record.cancelled:
-            return self._cancelled_error()
-        if isinstance(exc, EngineDeadError):
-            return self._unavailable("engine_dead", f"the engine is not running: {exc}")
-        if isinstance(exc, InvalidRequest):
-            field = "voice" if exc.field is RequestField.VOICE else self.spec.text_field
-            return ApiError(400, f"{field}: {exc.reason}", field=field)
-        log.error("request %s failed in the engine: %s", self.spec.request_id, exc)
-        return ApiError(500, f"the engine failed the request: {getattr(exc, 'reason', exc)}", type="engine_error")

@@ -20,7 +20,8 @@ from tts_server.http.auth import client_key
 from tts_server.http.bodies import decode_base64
 from tts_server.jobs.timeline import TIMELINE_KEY, Timeline
 from tts_server.services import Services
-from tts_server.text.normalize import clean_text, has_speakable, normalize_text
+from tts_server.text.clean import clean_text, has_speakable
+from tts_server.text.normalize import normalize_text
 from tts_server.text.segments import SegmentBudget, plan_segments
 from tts_server.voices.entry import ResolvedVoice
 from tts_server.voices.inputs import check_pairing

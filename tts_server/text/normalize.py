@@ -1,4 +1,4 @@
-"""Text preparation for synthesis: cleaning, normalization (wetext + inflect) and splitting long input.
+"""Text normalization for synthesis (wetext + inflect): markdown stripped, numbers and symbols read out.
 
 Follows the reference VoxCPM ``TextNormalizer`` (spec §5.3) with these differences, each because the
 reference loses or mangles words: inline code keeps its text (the reference deletes it), ``**bold**`` /
@@ -16,150 +16,14 @@ import html
 import logging
 import re
 import threading
-import unicodedata
 from typing import Any
 
-__all__ = ["clean_text", "detect_language", "has_speakable", "load_normalizers", "normalize_text", "split_text"]
+from tts_server.text.clean import CJK, CJK_CHAR, CLOSER, clean_text
+from tts_server.text.sentences import sentence_spans
+
+__all__ = ["detect_language", "load_normalizers", "normalize_text"]
 
 logger = logging.getLogger(__name__)
-
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
-_CJK_CHAR = re.compile(f"[{_CJK}]")
-# Control and format characters (Cc, Cf) that are not whitespace; ZWJ/ZWNJ stay (they shape Indic/Persian
-# text), lone surrogates go (they cannot be encoded for the tokenizer).
-_INVISIBLE = re.compile(
-    "[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064"
-    "\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff\U000e0001\U000e0020-\U000e007f]"
-)
-
-
-def clean_text(text: str) -> str:
-    """Always-applied cleanup: drop control/format characters, collapse whitespace runs to one space, strip.
-
-    CJK text is left as it is (no spaces are added between characters); every Unicode whitespace character
-    (newline, tab, ideographic space...) counts as whitespace.
-    """
-    return " ".join(_INVISIBLE.sub("", text).split())
-
-
-def has_speakable(text: str) -> bool:
-    """Whether the text has anything to speak: a letter or a digit (Unicode categories L and N).
-
-    Text of only punctuation, symbols, emoji, combining marks, or invisible joiners (ZWJ/ZWNJ stay
-    through :func:`clean_text`) gives the model nothing to read; both speech endpoints refuse it
-    rather than return whatever noise the model makes of it.
-    """
-    return any(unicodedata.category(c)[0] in "LN" for c in text)
-
-
-# --- splitting ---------------------------------------------------------------------------------------------
-
-_CLOSERS = "\"'”’)）]】」』》"
-_CLOSER = f"[{re.escape(_CLOSERS)}]"
-_TERMINATOR_RUN = re.compile(f"[.!?…。！？；]+{_CLOSER}*")
-_CJK_TERMINATORS = frozenset("。！？；")
-_CLAUSE_END = re.compile(f"(?:[,;:](?=\\s|$)|[，、；：]){_CLOSER}*")
-# Words that end in "." without ending the sentence when a capitalised word follows ("Mr. Smith").
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs e.g i.e cf approx dept gen gov rev sgt capt col lt messrs".split()
-)
-_NUMBERED_ABBREVIATIONS = frozenset("no nos vol fig figs p pp ch sec art".split())  # "No. 5", "Fig. 3"
-_INITIALISM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]|[A-Z]")  # "U.S", "J" (of "J. K. Rowling")
-
-
-def _is_sentence_end(text: str, start: int, end: int) -> bool:
-    """Whether the terminator run ``text[start:end]`` ends a sentence."""
-    run = text[start:end]
-    if end >= len(text) or any(c in _CJK_TERMINATORS for c in run):
-        return True
-    after = text[end]
-    if _CJK_CHAR.match(after):
-        return True
-    if not after.isspace():
-        return False  # "3.14", "e.g.x", "U.S.A"
-    following = text[end + 1 : end + 2]
-    if following.islower():
-        return False  # "e.g. apples", "Wait… what?" is one sentence for a reader too
-    if run.rstrip(_CLOSERS) != ".":
-        return True
-    word = (text[max(0, start - 24) : start].split() or [""])[-1].lstrip("\"'“‘([{")
-    if word.lower() in _ABBREVIATIONS or _INITIALISM.fullmatch(word):
-        return False
-    return not (word.lower() in _NUMBERED_ABBREVIATIONS and following.isdigit())
-
-
-def _cuts(text: str, start: int, end: int, level: int) -> list[int]:
-    """Positions in ``(start, end)`` where a piece may end: after sentences, clauses, or at spaces."""
-    if level == 0:
-        found = _TERMINATOR_RUN.finditer(text, start, end)
-        return [m.end() for m in found if m.end() < end and _is_sentence_end(text, m.start(), m.end())]
-    if level == 1:
-        return [m.end() for m in _CLAUSE_END.finditer(text, start, end) if m.end() < end]
-    return [i for i in range(start + 1, end) if text[i] == " "]
-
-
-def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
-def _split_span(text: str, start: int, end: int, max_chars: int, level: int) -> list[tuple[int, int]]:
-    """Greedy packing of ``text[start:end]`` at this level's cuts; pieces still too long go a level down."""
-    start, end = _strip_span(text, start, end)
-    if end - start <= max_chars:
-        return [(start, end)] if end > start else []
-    if level == 3:  # one word (or an unpunctuated CJK run) longer than max_chars: cut anywhere
-        return [(i, min(i + max_chars, end)) for i in range(start, end, max_chars)]
-    bounds = [start, *_cuts(text, start, end, level), end]
-    spans: list[tuple[int, int]] = []
-    current: tuple[int, int] | None = None
-    for piece_start, piece_end in zip(bounds, bounds[1:], strict=False):
-        piece_start, piece_end = _strip_span(text, piece_start, piece_end)
-        if piece_end <= piece_start:
-            continue
-        if piece_end - piece_start > max_chars:
-            if current:
-                spans.append(current)
-            *done, current = _split_span(text, piece_start, piece_end, max_chars, level + 1)
-            spans.extend(done)  # the tail stays open: the next pieces may still fit beside it
-        elif current and piece_end - current[0] <= max_chars:
-            current = (current[0], piece_end)
-        else:
-            if current:
-                spans.append(current)
-            current = (piece_start, piece_end)
-    if current:
-        spans.append(current)
-    return spans
-
-
-def split_text(text: str, max_chars: int) -> list[str]:
-    """Split text into consecutive segments of at most ``max_chars`` characters, at sentence boundaries.
-
-    The text is cleaned first (:func:`clean_text`). Whole sentences (ending in ``. ! ? …`` or ``。！？；``,
-    closing quotes and brackets included; "Mr. Smith", "e.g. this", "3.14", "J. K." do not end one) are
-    packed greedily. A sentence longer than ``max_chars`` is split at clause punctuation (``, ; : ，、：``),
-    then at spaces, then anywhere. Every segment is a slice of the cleaned text with no outer whitespace; the
-    cleaned text is the segments joined by the single space or nothing that separated them there.
-
-    Args:
-        text: Input text.
-        max_chars: Largest segment length, at least 1.
-
-    Returns:
-        Non-empty segments in order (an empty list for blank text).
-
-    Raises:
-        ValueError: ``max_chars`` < 1.
-    """
-    if max_chars < 1:
-        raise ValueError(f"max_chars must be at least 1, got {max_chars}")
-    cleaned = clean_text(text)
-    return [cleaned[s:e] for s, e in _split_span(cleaned, 0, len(cleaned), max_chars, 0)]
-
 
 # --- markdown ----------------------------------------------------------------------------------------------
 
@@ -175,7 +39,7 @@ _INLINE = [
 ]
 _RULE = re.compile(r"[ \t]*(?:[-*_][ \t]*){3,}")
 _BLOCK_MARKER = re.compile(r"[ \t]*(?:>[ \t]?)*(#{1,6}(?:[ \t]+|$)|[-*+•](?:[ \t]+|$))?")  # quote, heading, bullet
-_ENDS_SENTENCE = re.compile(f"[.!?…。！？；:：,，、;]{_CLOSER}*$")
+_ENDS_SENTENCE = re.compile(f"[.!?…。！？；:：,，、;]{CLOSER}*$")
 _LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 
 
@@ -191,7 +55,7 @@ def _strip_markdown(text: str) -> str:
             body = pattern.sub(replacement, body)
         body = html.unescape(body).strip()
         if body and marker and marker.group(1) and not _ENDS_SENTENCE.search(body):
-            body += "。" if _CJK_CHAR.match(body[-1]) else "."
+            body += "。" if CJK_CHAR.match(body[-1]) else "."
         lines.append(body)
     return "\n".join(lines)
 
@@ -205,7 +69,7 @@ _EMOJI = re.compile(
 # Full-width digits and letters to ASCII (wetext reads "１２３" as nothing), curly double quotes to straight.
 _FULLWIDTH: dict[int, int | str] = {ord("％"): "%", ord("“"): '"', ord("”"): '"'}
 _FULLWIDTH.update({cp: cp - 0xFEE0 for cp in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]})
-_SCRIPT_TOKEN = re.compile(f"(?P<zh>[{_CJK}]+)|(?P<en>[A-Za-z]+(?:['’][A-Za-z]+)*)")
+_SCRIPT_TOKEN = re.compile(f"(?P<zh>[{CJK}]+)|(?P<en>[A-Za-z]+(?:['’][A-Za-z]+)*)")
 _MIN_EN_WORDS = 3  # fewer Latin words inside Chinese ("iPhone", "25°C", "Q3") are read in Chinese
 _LANGUAGES = {"en": "en", "english": "en", "zh": "zh", "cmn": "zh", "chinese": "zh", "mandarin": "zh"}
 
@@ -394,8 +258,7 @@ def normalize_text(text: str, language: str | None = None) -> str:
             raise ValueError(f"text normalization supports en and zh, not {language!r}")
     text = clean_text(_EMOJI.sub("", _strip_markdown(text))).translate(_FULLWIDTH)
     out, default = [], forced or detect_language(text)
-    bounds = [0, *_cuts(text, 0, len(text), 0), len(text)]
-    for start, end in (_strip_span(text, s, e) for s, e in zip(bounds, bounds[1:], strict=False)):
+    for start, end in sentence_spans(text):
         runs = [(forced, text[start:end])] if forced else _script_runs(text[start:end], default)
         for lang, piece in runs:
             normalized = (_normalize_zh if lang == "zh" else _normalize_en)(piece.strip()) if piece.strip() else ""

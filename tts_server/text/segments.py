@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tts_server.errors import ApiError
-from tts_server.text.normalize import split_text
+from tts_server.text.sentences import split_text
 from voxcpm_engine.frontend import default_max_steps, prefill_length, request_tokens
 from voxcpm_engine.io.tokenizer import TextTokenizer
 from voxcpm_engine.types import Voice

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from tts_server.errors import ApiError
 from tts_server.voices import files as vf
+from tts_server.voices.adapters import EngineAdapters
 from tts_server.voices.change_locks import ChangeLocks
 from tts_server.voices.entry import ResolvedVoice, VoiceEntry, VoiceState, entry_from_files
 from tts_server.voices.inputs import VoiceSpec, bad, check_inputs, check_latents, decode_audio
@@ -43,7 +44,6 @@ __all__ = ["VoiceStore"]
 
 log = logging.getLogger(__name__)
 
-_LORA_CONFIG_FILE = "lora_config.json"
 # Prompt audio decoded at once (worker threads): the largest accepted prompt is ~11.5 M samples,
 # 78 MB at its peak while decoded and resampled (scripts/prompt_decode_cost.py); more uploads than this wait their turn.
 _CONCURRENT_DECODES = 4
@@ -107,6 +107,7 @@ class VoiceStore:
         self._changes = ChangeLocks(_report_orphan)
         self._loaded = False
         self._decoding = asyncio.Semaphore(_CONCURRENT_DECODES)
+        self._adapters = EngineAdapters(engine)
 
     # --- geometry --------------------------------------------------------------------------------
 
@@ -288,7 +289,7 @@ class VoiceStore:
                     log.error("voices: %r in %s cannot be loaded and is skipped: %s", name, self.root, exc)
                     self._entries[name] = VoiceEntry(name, VoiceState.FAILED, error=str(exc))
                     if len(self.engine.engines) > 1:  # a group may have registered it on some engines
-                        await self._unregister(name, quiet=True)
+                        await self._adapters.unregister(name, quiet=True)
                     continue
                 self._entries[name] = entry
                 loaded.append(name)
@@ -322,7 +323,7 @@ class VoiceStore:
                 raise
             self._entries[name] = entry
             if old is not None and old.lora and not entry.lora:
-                await self._unregister(name)  # the new voice has no adapter; running requests drain the old
+                await self._adapters.unregister(name)  # the new voice has no adapter; running requests drain the old
             return {**entry.describe(), "replaced": old is not None and old.state is VoiceState.READY}
 
     async def _build(self, name: str, path: Path, spec: VoiceSpec, old: VoiceEntry | None) -> VoiceEntry:
@@ -344,12 +345,12 @@ class VoiceStore:
         staging = await asyncio.to_thread(vf.stage, self.root, name, entry.document(self._model()), latents, spec.lora)
         try:
             if spec.lora is not None:
-                await self._register(name, staging / vf.LORA_DIR, old, path)
+                await self._adapters.register(name, staging / vf.LORA_DIR, old, path)
             try:
                 await asyncio.to_thread(vf.commit, self.root, staging, path)
             except BaseException:
                 if spec.lora is not None:
-                    await self._restore_adapter(name, old, path)  # the disk keeps the old voice: so must the engine
+                    await self._adapters.restore(name, old, path)  # the disk keeps the old voice: so must the engine
                 raise
         finally:
             await asyncio.to_thread(vf.remove_tree, staging)  # after an exchange it holds the old voice
@@ -357,35 +358,6 @@ class VoiceStore:
 
     def _model(self) -> dict[str, int]:
         return {"version": self.model_version, "patch_size": self.patch_size, "latent_dim": self.latent_dim}
-
-    async def _register(self, name: str, lora_dir: Path, old: VoiceEntry | None, path: Path) -> None:
-        # The registry reads and validates the files during this call, so the staging directory
-        # need not outlive it; an existing name switches versions atomically in the engine.
-        try:
-            await self.engine.register_voice(name, lora_dir)
-        except ValueError as exc:
-            if len(self.engine.engines) > 1:  # a group: engines where it succeeded hold the new adapter
-                await self._restore_adapter(name, old, path)
-            message = str(exc).replace(f"{lora_dir}{os.sep}", "").replace(str(lora_dir), vf.LORA_DIR)  # no paths
-            field = "lora_config" if message.startswith(_LORA_CONFIG_FILE) else "lora_weights"
-            raise bad(field, message) from exc
-
-    async def _restore_adapter(self, name: str, old: VoiceEntry | None, path: Path) -> None:
-        """Put the engine back to the old voice's adapter (or none) after a change that did not complete."""
-        try:
-            if old is not None and old.lora:
-                await self.engine.register_voice(name, path / vf.LORA_DIR)
-            else:
-                await self._unregister(name, quiet=True)
-        except Exception:  # secondary to the error being raised; record it and let that one through
-            log.exception("voices: could not restore the adapter of %r after a failed change", name)
-
-    async def _unregister(self, name: str, *, quiet: bool = False) -> None:
-        try:
-            await self.engine.unregister_voice(name)
-        except KeyError:
-            if not quiet:
-                log.warning("voices: the engine had no adapter %r to unregister", name)
 
     async def _remove(self, name: str, path: Path) -> None:
         async with self._changes.locked(name):
@@ -401,4 +373,4 @@ class VoiceStore:
                 raise
             del self._entries[name]
             if entry.lora:
-                await self._unregister(name)
+                await self._adapters.unregister(name)

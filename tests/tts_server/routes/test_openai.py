@@ -166,7 +166,7 @@ def test_errors_come_back_in_openais_shape_naming_the_field(srv):
 
 
 def test_a_4096_character_input_is_spoken_as_consecutive_segments(srv):
-    from tts_server.text.normalize import clean_text
+    from tts_server.text.clean import clean_text
     from tts_server.text.segments import SegmentBudget, plan_segments
 
     sentence = "The quick brown fox jumps over the lazy dog while the band plays on. "
