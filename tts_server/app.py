@@ -37,6 +37,7 @@ from tts_server.routes.generate import generate_routes
 from tts_server.routes.openai import openai_routes
 from tts_server.routes.openapi import openapi_routes
 from tts_server.routes.ops import ops_routes
+from tts_server.routes.stream_session import stream_session_routes
 from tts_server.routes.voices import voice_routes
 from tts_server.services import Services
 from tts_server.startup import StartStep, StartupState
@@ -249,7 +250,14 @@ def create_app(
             lifecycle.start_failed(str(exc))
 
     app = Starlette(
-        routes=[*generate_routes(), *openai_routes(), *ops_routes(), *voice_routes(), *openapi_routes()],
+        routes=[
+            *generate_routes(),
+            *openai_routes(),
+            *stream_session_routes(),
+            *ops_routes(),
+            *voice_routes(),
+            *openapi_routes(),
+        ],
         middleware=[Middleware(AdmissionMiddleware, admission=admission)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
         lifespan=lifespan,

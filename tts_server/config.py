@@ -225,6 +225,26 @@ class ServerConfig:
         "generation waits for the client (the inference slot is released as soon as generation ends).",
         parse=float,
     )
+    session_idle_timeout: float = _setting(
+        60.0,
+        "Seconds a /v1/tts/stream session may send nothing while it has nothing to speak before it is closed.",
+        parse=float,
+    )
+    session_text_wait: float = _setting(
+        0.3,
+        "Seconds without a new text fragment after which a session speaks the text it buffered so far "
+        "(a session's start message may set its own, up to 10 s).",
+        parse=float,
+    )
+    session_max_chars: int = _setting(
+        200_000, "Most characters of text one /v1/tts/stream session may send in all.", parse=int
+    )
+    session_context_seconds: float = _setting(
+        12.0,
+        "Longest previous segment, in seconds of audio, a session's next segment continues from (same voice "
+        "across the join); a longer one is not used. 0 turns continuation off.",
+        parse=float,
+    )
     default_max_generate_length: int | None = _setting(
         None,
         "Patches (engine steps) per segment when a request gives no max_generate_length; "
@@ -255,6 +275,10 @@ class ServerConfig:
             ("stream_buffer_seconds", 0 < self.stream_buffer_seconds < math.inf, "must be > 0 and finite"),
             ("default_max_generate_length", _none_or_at_least(self.default_max_generate_length, 1), "must be >= 1"),
             ("retry_after", self.retry_after >= 0, "must be >= 0"),
+            ("session_idle_timeout", 0 < self.session_idle_timeout < math.inf, "must be > 0 and finite"),
+            ("session_text_wait", 0 <= self.session_text_wait <= 10, "must be in [0, 10]"),
+            ("session_max_chars", self.session_max_chars >= 1, "must be >= 1"),
+            ("session_context_seconds", 0 <= self.session_context_seconds < math.inf, "must be >= 0 and finite"),
             ("api_key", self.api_key is None or self.api_key.strip() == self.api_key != "", "must be non-blank"),
             (
                 "admin_key",

@@ -51,6 +51,8 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hyper.accesslog = logging.getLogger("hypercorn.access") if config.log_level == "debug" else None
     hyper.graceful_timeout = _HYPERCORN_GRACE_S
     hyper.keep_alive_timeout = _KEEP_ALIVE_S
+    # A session's start message may carry prompt audio, like a request body; larger frames close with 1009.
+    hyper.websocket_max_message_size = config.max_body_bytes
     return hyper
 
 

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -127,6 +128,9 @@ class AdmissionMiddleware:
         self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -157,6 +161,25 @@ class AdmissionMiddleware:
         finally:
             if admitted:
                 adm.leave()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A streaming session: the same key, lifecycle and cap checks, answered before the upgrade."""
+        adm = self.admission
+        path: str = scope["path"]
+        try:
+            check_access(Access.USER, _authorization(scope), api_key=adm.api_key, admin_key=adm.admin_key)
+            if not adm.lifecycle.accepting:
+                reason = adm.lifecycle.state.value
+                raise adm.unavailable(reason, path, f"not accepting requests: {adm.lifecycle.reason}")
+            if not adm.try_enter():
+                raise adm.unavailable("connection_cap", path, f"server at capacity ({adm.cap} concurrent requests)")
+        except ApiError as error:
+            await _refuse_upgrade(scope, receive, send, error)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            adm.leave()
 
 
 def _authorization(scope: Scope) -> str | None:
@@ -224,6 +247,25 @@ class _BodyDeadline:
             type="overloaded",
             headers={"Retry-After": str(self._admission.retry_after), "Connection": "close"},
         )
+
+
+async def _refuse_upgrade(scope: Scope, receive: Receive, send: Send, error: ApiError) -> None:
+    """Refuse a WebSocket upgrade with the HTTP answer (status, headers, JSON body) a request would get.
+
+    Servers without the ASGI ``websocket.http.response`` extension can only close: with 1013 (try
+    again later) for a 503, else 1008 (policy).
+    """
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1013 if error.status == 503 else 1008})
+        return
+    body = orjson.dumps(error.body())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 async def _send_error(scope: Scope, receive: Receive, send: Send, error: ApiError) -> None:

@@ -16,9 +16,19 @@ from starlette.requests import Request
 
 from tts_server.errors import ApiError
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "body_limit", "decode_base64", "parse_body", "read_body", "validation_error"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "REQUEST_ID_PATTERN",
+    "body_limit",
+    "decode_base64",
+    "parse_body",
+    "read_body",
+    "validation_error",
+]
 
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
+# Ids travel back in a header and into logs: keep them to safe, printable characters.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 M = TypeVar("M", bound=BaseModel)

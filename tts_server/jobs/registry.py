@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tts_server.errors import ApiError
@@ -32,6 +33,7 @@ class RequestState(enum.Enum):
     """Lifecycle of one server request."""
 
     QUEUED = "queued"  # waiting for an inference slot
+    IDLE = "idle"  # a streaming session between segments: no slot, waiting for text
     RUNNING = "running"  # holds a slot; an engine request may be open
     CANCELLING = "cancelling"  # cancel asked; the job has not ended yet
     FINISHED = "finished"
@@ -69,6 +71,7 @@ class InflightRequest:
         engine_request_id: The engine request of the segment being spoken, if any.
         cancel_reason: Set once a cancel was asked.
         created_at: ``time.monotonic()`` at registration.
+        on_cancel: Called once when a cancel is asked (a streaming session waiting for text wakes up).
     """
 
     request_id: str
@@ -78,6 +81,7 @@ class InflightRequest:
     engine_request_id: str | None = None
     cancel_reason: CancelReason | None = None
     created_at: float = field(default_factory=time.monotonic)
+    on_cancel: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def cancelled(self) -> bool:
@@ -167,9 +171,12 @@ class InflightRegistry:
         request = self.owned(request_id, owner)
         if request is None:
             return False
-        if request.cancel_reason is None:
+        first = request.cancel_reason is None
+        if first:
             request.cancel_reason = reason
-        if request.state is RequestState.QUEUED:
+        if request.state is RequestState.IDLE:
+            request.state = RequestState.CANCELLING
+        elif request.state is RequestState.QUEUED:
             request.state = RequestState.CANCELLING
             # False: the slot was granted a moment ago and the job has not run yet; it sees the flag.
             self._queue.cancel(request_id, reason.value)
@@ -177,6 +184,8 @@ class InflightRegistry:
             request.state = RequestState.CANCELLING
             if request.engine_request_id is not None:
                 await self._engine.abort(request.engine_request_id)
+        if first and request.on_cancel is not None:
+            request.on_cancel()
         deadline = time.monotonic() + settle_s
         while self._engine_open(request) and time.monotonic() < deadline:
             await asyncio.sleep(_SETTLE_POLL_S)

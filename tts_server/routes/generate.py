@@ -25,10 +25,9 @@ from starlette.routing import Route
 
 from tts_server.audio.responses import audio_response
 from tts_server.errors import ApiError
-from tts_server.http.bodies import parse_body
+from tts_server.http.bodies import REQUEST_ID_PATTERN, parse_body
 from tts_server.jobs.job import Job, JobSpec
 from tts_server.routes.speech import (
-    REQUEST_ID_PATTERN,
     InlineVoice,
     client_id,
     prepare_segments,

@@ -34,11 +34,10 @@ from starlette.routing import Route
 
 from tts_server.audio.responses import audio_response, sse_response
 from tts_server.errors import ApiError
-from tts_server.http.bodies import parse_body
+from tts_server.http.bodies import REQUEST_ID_PATTERN, parse_body
 from tts_server.jobs.job import Job, JobSpec
 from tts_server.openai_errors import openai_error_response
 from tts_server.routes.speech import (
-    REQUEST_ID_PATTERN,
     client_id,
     prepare_segments,
     request_id,

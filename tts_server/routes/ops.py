@@ -25,7 +25,7 @@ from starlette.routing import Route
 from tts_server.audio.formats import FORMATS
 from tts_server.errors import JSONResponse
 from tts_server.http.auth import has_work_access, request_owner
-from tts_server.http.bodies import parse_body
+from tts_server.http.bodies import REQUEST_ID_PATTERN, parse_body
 from tts_server.http.schemas import (
     CancelResponse,
     EngineFigures,
@@ -44,7 +44,6 @@ from tts_server.http.schemas import (
 from tts_server.jobs.registry import CancelReason
 from tts_server.lifecycle import ServerState
 from tts_server.metrics import CONTENT_TYPE
-from tts_server.routes.speech import REQUEST_ID_PATTERN
 from tts_server.services import Services, services
 from voxcpm_engine.types import EngineLoad
 

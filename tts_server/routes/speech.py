@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from tts_server.errors import ApiError
 from tts_server.http.auth import client_key
-from tts_server.http.bodies import decode_base64
+from tts_server.http.bodies import REQUEST_ID_PATTERN, decode_base64
 from tts_server.jobs.timeline import TIMELINE_KEY, Timeline
 from tts_server.services import Services
 from tts_server.text.clean import clean_text, has_speakable
@@ -29,7 +29,6 @@ from tts_server.voices.latents import latents_from_json
 from voxcpm_engine.types import Voice
 
 __all__ = [
-    "REQUEST_ID_PATTERN",
     "InlineVoice",
     "client_id",
     "prepare_segments",
@@ -38,8 +37,6 @@ __all__ = [
     "timeline",
 ]
 
-# Ids travel back in a header and into logs: keep them to safe, printable characters.
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 
@@ -85,8 +82,12 @@ async def prepare_segments(
     max_steps: int | None,
     prefix: str = "",
     language: str | None = None,
+    reserve: int = 0,
 ) -> tuple[str, ...]:
     """Clean (always), normalize (if asked) and split the text into engine-sized segments.
+
+    ``reserve`` positions of the model context are left free in every segment (a streaming
+    session's continuation context takes them).
 
     Raises:
         ApiError: 400 naming ``field`` for text over the limit or with nothing left to speak (no letter
@@ -106,7 +107,11 @@ async def prepare_segments(
         message = f"{field}: nothing to speak after cleanup (no letters or digits)"
         raise ApiError(400, message, field=field)
     budget = SegmentBudget(
-        max_model_len=svc.config.max_model_len, voice=voice, max_steps=max_steps, prefix=prefix, text_field=field
+        max_model_len=svc.config.max_model_len - reserve,
+        voice=voice,
+        max_steps=max_steps,
+        prefix=prefix,
+        text_field=field,
     )
     return tuple(plan_segments(text, svc.tokenizer, budget))
 

@@ -1,0 +1,161 @@
+"""The messages of ``/v1/tts/stream``: what a client sends (validated) and the events it receives.
+
+Client → server, JSON text frames, each with a ``type``:
+
+- ``start`` (first, once): the session's voice, format and sampling settings (:class:`StartMessage`);
+- ``text``: a fragment of any size, single tokens included (:class:`TextMessage`);
+- ``flush``: speak what is buffered now; ``clear``: barge-in; ``close``: finish, then end.
+
+Server → client: binary frames of audio in the session's format, and JSON text frames:
+``started``, ``segment_started``, ``timing``, ``segment_done``, ``flushed``, ``cleared``,
+``error`` and ``done`` (:func:`event_message`). ``docs/stream_protocol.schema.json`` is the
+machine-readable form of both directions; a test keeps it equal to these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from tts_server.http.bodies import REQUEST_ID_PATTERN
+from tts_server.jobs.session_events import (
+    Cleared,
+    Flushed,
+    SegmentDone,
+    SegmentStarted,
+    SegmentTiming,
+    SessionEnded,
+    SessionEvent,
+    SessionFailed,
+    SessionInputError,
+    SessionProblem,
+    SessionWarning,
+)
+
+__all__ = [
+    "ClearMessage",
+    "ClientMessage",
+    "CloseMessage",
+    "FlushMessage",
+    "StartMessage",
+    "TextMessage",
+    "error_message",
+    "event_message",
+    "parse_client_message",
+]
+
+StreamFormat = Literal["pcm", "wav", "mp3", "opus"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class StartMessage(_Message):
+    """Opens the session: voice, audio format and sampling settings."""
+
+    type: Literal["start"]
+    voice: str | None = Field(None, max_length=64, description="A registered voice; omitted: zero-shot.")
+    prompt_audio: str | None = Field(None, description="Base64 audio of a continuation prompt (with prompt_text).")
+    prompt_text: str | None = Field(None, min_length=1, description="Transcript of the prompt audio/latents.")
+    prompt_latents: dict[str, Any] | None = Field(None, description="Prompt latents (see /encode_latents).")
+    ref_audio: str | None = Field(None, description="Base64 audio of a reference voice (VoxCPM2 only).")
+    ref_latents: dict[str, Any] | None = Field(None, description="Reference latents (VoxCPM2 only).")
+    format: StreamFormat = Field("pcm", description="Audio of the binary frames; pcm is s16le mono.")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Scale of the sampler's initial noise.")
+    cfg_value: float = Field(2.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
+    inference_timesteps: int = Field(10, ge=1, le=100, description="Flow sampler steps per patch.")
+    max_generate_length: int | None = Field(None, ge=1, le=100_000, description="Most patches per segment.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed: segment k uses seed + k.")
+    normalize: bool = Field(False, description="Normalize numbers, dates, symbols and markdown before speaking.")
+    language: Literal["en", "zh"] | None = Field(None, description="Normalization language; default: detected.")
+    request_id: str | None = Field(None, pattern=REQUEST_ID_PATTERN, description="Id for /cancel; default: new.")
+    client_id: str | None = Field(None, min_length=1, max_length=128, description="Fair-queue client.")
+    text_wait_ms: int | None = Field(
+        None, ge=0, le=10_000, description="Speak buffered text after this long without a fragment."
+    )
+    first_clause_chars: int = Field(
+        24, ge=0, le=1000, description="The first segment may end at a clause once this long (0: sentences only)."
+    )
+    continue_voice: bool = Field(True, description="Continue each segment from the previous one's audio.")
+
+
+class TextMessage(_Message):
+    """A fragment of text (any size; spaces and newlines are kept until the piece is spoken)."""
+
+    type: Literal["text"]
+    text: str = Field(max_length=65_536)
+
+
+class FlushMessage(_Message):
+    """Speak what is buffered now; ``flushed`` follows its audio."""
+
+    type: Literal["flush"]
+
+
+class ClearMessage(_Message):
+    """Barge-in: drop buffered text and stop the audio in flight; ``cleared`` follows."""
+
+    type: Literal["clear"]
+
+
+class CloseMessage(_Message):
+    """Speak what is buffered, then ``done`` and a normal close."""
+
+    type: Literal["close"]
+
+
+ClientMessage = Annotated[
+    StartMessage | TextMessage | FlushMessage | ClearMessage | CloseMessage, Field(discriminator="type")
+]
+_CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+def parse_client_message(raw: str) -> ClientMessage:
+    """One client text frame as its message.
+
+    Raises:
+        SessionInputError: Not JSON, no known ``type``, or a field out of range (the message names it).
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SessionInputError(SessionProblem.BAD_MESSAGE, f"message: not JSON ({exc})") from None
+    if not isinstance(data, dict) or "type" not in data:
+        raise SessionInputError(SessionProblem.BAD_MESSAGE, "type: every message is a JSON object with a type", "type")
+    try:
+        return _CLIENT_MESSAGE.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"][1:] if first["loc"][:1] == (data.get("type"),) else first["loc"]  # (tag, field...)
+        where = "type" if first["type"] == "union_tag_invalid" else ".".join(map(str, loc)) or "type"
+        raise SessionInputError(SessionProblem.BAD_MESSAGE, f"{where}: {first['msg']}", where) from None
+
+
+def error_message(problem: SessionProblem, message: str, field: str | None, *, fatal: bool) -> dict[str, Any]:
+    """An ``error`` event."""
+    return {"type": "error", "code": problem.value, "message": message, "field": field, "fatal": fatal}
+
+
+def event_message(event: SessionEvent) -> dict[str, Any] | None:
+    """The JSON event of a session event (None for audio, which travels as binary frames)."""
+    match event:
+        case SegmentStarted(index=k, text=text, continued=continued):
+            return {"type": "segment_started", "segment": k, "text": text, "continued": continued}
+        case SegmentTiming(index=k, ttfa_ms=ttfa, queued_ms=queued):
+            return {"type": "timing", "segment": k, "ttfa_ms": ttfa, "queued_ms": queued}
+        case SegmentDone(index=k, seconds=seconds):
+            return {"type": "segment_done", "segment": k, "duration_s": seconds}
+        case Flushed():
+            return {"type": "flushed"}
+        case Cleared(dropped_chars=dropped):
+            return {"type": "cleared", "dropped_chars": dropped}
+        case SessionWarning(problem=problem, message=message, field=field):
+            return error_message(problem, message, field, fatal=False)
+        case SessionFailed(problem=problem, error=error):
+            return error_message(problem, error.message, error.field, fatal=True)
+        case SessionEnded(segments=n, seconds=seconds):
+            return {"type": "done", "segments": n, "duration_s": seconds}
+    return None
