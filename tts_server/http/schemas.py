@@ -83,6 +83,14 @@ class InferenceUsage(_Out):
     utilization_pct: float
 
 
+class SessionUsage(_Out):
+    """Streaming sessions (``/v1/tts/stream``), each one connection; a speaking one also holds a slot."""
+
+    active: int = Field(description="Sessions open.")
+    speaking: int = Field(description="Sessions holding an inference slot now.")
+    waiting_for_text: int = Field(description="Sessions with nothing to speak, holding no slot.")
+
+
 class EngineFigures(_Out):
     """Engine counts (as of the last poll, at most half a second old)."""
 
@@ -120,6 +128,7 @@ class StatusResponse(_Out):
     can_accept_requests: bool
     connections: Usage
     inference: InferenceUsage
+    sessions: SessionUsage
     engine: EngineFigures
     reason: str | None = None
     startup: StartupFigures | None = None

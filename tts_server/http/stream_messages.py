@@ -36,6 +36,7 @@ from tts_server.jobs.session_events import (
 
 __all__ = [
     "ClearMessage",
+    "ServerEvent",
     "ClientMessage",
     "CloseMessage",
     "FlushMessage",
@@ -44,6 +45,7 @@ __all__ = [
     "error_message",
     "event_message",
     "parse_client_message",
+    "protocol_schema",
 ]
 
 StreamFormat = Literal["pcm", "wav", "mp3", "opus"]
@@ -134,28 +136,132 @@ def parse_client_message(raw: str) -> ClientMessage:
         raise SessionInputError(SessionProblem.BAD_MESSAGE, f"{where}: {first['msg']}", where) from None
 
 
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartedEvent(_Event):
+    """The session is open; audio frames follow in ``format`` at ``sample_rate``."""
+
+    type: Literal["started"] = "started"
+    request_id: str = Field(description="The session's id for /cancel and /queue.")
+    sample_rate: int = Field(description="Hz of the audio (pcm: s16le mono; the codecs may resample).")
+    format: StreamFormat
+    channels: Literal[1] = 1
+
+
+class SegmentStartedEvent(_Event):
+    """A segment went to the engine."""
+
+    type: Literal["segment_started"] = "segment_started"
+    segment: int = Field(description="Segment number in the session (0, 1, ...).")
+    text: str = Field(description="What is spoken (cleaned, normalized when asked).")
+    continued: bool = Field(description="Whether it continues from the previous segment's audio.")
+
+
+class TimingEvent(_Event):
+    """A segment's first audio is here; its audio frames follow."""
+
+    type: Literal["timing"] = "timing"
+    segment: int
+    ttfa_ms: float = Field(description="From its text being ready (boundary, flush, close or wait) to first audio.")
+    queued_ms: float = Field(description="Of that, the wait for an inference slot.")
+
+
+class SegmentDoneEvent(_Event):
+    """A segment's audio is complete."""
+
+    type: Literal["segment_done"] = "segment_done"
+    segment: int
+    duration_s: float
+
+
+class FlushedEvent(_Event):
+    """Everything sent before the flush has been spoken."""
+
+    type: Literal["flushed"] = "flushed"
+
+
+class ClearedEvent(_Event):
+    """Buffered text dropped, audio in flight stopped: no audio of earlier text follows."""
+
+    type: Literal["cleared"] = "cleared"
+    dropped_chars: int = Field(description="Characters of text that were never spoken.")
+
+
+class ErrorEvent(_Event):
+    """A refused message or a failure; ``fatal``: the session ends and the socket closes."""
+
+    type: Literal["error"] = "error"
+    code: Literal[tuple(p.value for p in SessionProblem)]  # type: ignore[valid-type]
+    message: str
+    field: str | None = Field(None, description="The message field at fault, if one is.")
+    fatal: bool
+
+
+class DoneEvent(_Event):
+    """Everything was spoken after close; a normal close (1000) follows."""
+
+    type: Literal["done"] = "done"
+    segments: int
+    duration_s: float
+
+
+ServerEvent = Annotated[
+    StartedEvent
+    | SegmentStartedEvent
+    | TimingEvent
+    | SegmentDoneEvent
+    | FlushedEvent
+    | ClearedEvent
+    | ErrorEvent
+    | DoneEvent,
+    Field(discriminator="type"),
+]
+
+
 def error_message(problem: SessionProblem, message: str, field: str | None, *, fatal: bool) -> dict[str, Any]:
     """An ``error`` event."""
-    return {"type": "error", "code": problem.value, "message": message, "field": field, "fatal": fatal}
+    return ErrorEvent(code=problem.value, message=message, field=field, fatal=fatal).model_dump()
 
 
 def event_message(event: SessionEvent) -> dict[str, Any] | None:
     """The JSON event of a session event (None for audio, which travels as binary frames)."""
     match event:
         case SegmentStarted(index=k, text=text, continued=continued):
-            return {"type": "segment_started", "segment": k, "text": text, "continued": continued}
+            out: _Event = SegmentStartedEvent(segment=k, text=text, continued=continued)
         case SegmentTiming(index=k, ttfa_ms=ttfa, queued_ms=queued):
-            return {"type": "timing", "segment": k, "ttfa_ms": ttfa, "queued_ms": queued}
+            out = TimingEvent(segment=k, ttfa_ms=ttfa, queued_ms=queued)
         case SegmentDone(index=k, seconds=seconds):
-            return {"type": "segment_done", "segment": k, "duration_s": seconds}
+            out = SegmentDoneEvent(segment=k, duration_s=seconds)
         case Flushed():
-            return {"type": "flushed"}
+            out = FlushedEvent()
         case Cleared(dropped_chars=dropped):
-            return {"type": "cleared", "dropped_chars": dropped}
+            out = ClearedEvent(dropped_chars=dropped)
         case SessionWarning(problem=problem, message=message, field=field):
             return error_message(problem, message, field, fatal=False)
         case SessionFailed(problem=problem, error=error):
             return error_message(problem, error.message, error.field, fatal=True)
         case SessionEnded(segments=n, seconds=seconds):
-            return {"type": "done", "segments": n, "duration_s": seconds}
-    return None
+            out = DoneEvent(segments=n, duration_s=seconds)
+        case _:
+            return None
+    return out.model_dump()
+
+
+def protocol_schema() -> dict[str, Any]:
+    """The protocol as JSON Schema: ``client_message`` and ``server_event`` (``docs/stream_protocol.schema.json``)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "VoxCPM /v1/tts/stream session messages",
+        "description": (
+            "JSON text frames of a /v1/tts/stream WebSocket session. Audio travels as binary frames in the "
+            "session's format (pcm: s16le mono at the started event's sample_rate)."
+        ),
+        "client_message": TypeAdapter(ClientMessage).json_schema(),
+        "server_event": TypeAdapter(ServerEvent).json_schema(),
+    }
+
+
+if __name__ == "__main__":  # python -m tts_server.http.stream_messages > docs/stream_protocol.schema.json
+    print(orjson.dumps(protocol_schema(), option=orjson.OPT_INDENT_2).decode())

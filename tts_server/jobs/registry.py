@@ -116,6 +116,10 @@ class InflightRegistry:
         """Requests currently in ``state``."""
         return sum(1 for r in self._requests.values() if r.state is state)
 
+    def of_endpoint(self, endpoint: str) -> list[InflightRequest]:
+        """The requests of one endpoint label (``stream``: the open sessions)."""
+        return [r for r in self._requests.values() if r.endpoint == endpoint]
+
     def owned(self, request_id: str, owner: str | None) -> InflightRequest | None:
         """The in-flight request of this id if ``owner`` may see it (None: anyone's), else None."""
         request = self._requests.get(request_id)

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import soxr
 
 from tts_server.errors import ApiError
 from tts_server.jobs import failures
 from tts_server.jobs.audio_checks import checked_audio
+from tts_server.jobs.continuation import continuation_voice
 from tts_server.jobs.queue import QueueCancelled, QueueClosed, QueueTimeout, Ticket
 from tts_server.jobs.registry import CancelReason, RequestState
 from tts_server.jobs.session_events import (
@@ -52,6 +52,7 @@ from tts_server.jobs.session_events import (
     SessionProblem,
     SessionWarning,
 )
+from tts_server.jobs.session_outbox import SessionOutbox
 from tts_server.metrics import Outcome
 from tts_server.text.incremental import BufferPolicy, TextBuffer
 from voxcpm_engine.proc.errors import EngineDeadError, EngineError, InvalidRequest, RequestCancelled
@@ -60,7 +61,7 @@ from voxcpm_engine.types import GenerationParams, Voice
 if TYPE_CHECKING:  # the bundle of shared objects is built above the jobs layer
     from tts_server.services import Services
 
-__all__ = ["Session", "SessionSpec"]
+__all__ = ["ENDPOINT", "Session", "SessionSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +138,7 @@ class Session:
         self._work_ready = asyncio.Event()
         self._last_fragment = time.monotonic()
         self._closing = False
-        self._epoch = 0  # bumped by clear(): audio of an older epoch is never sent
-        self._events: deque[tuple[int, SessionEvent]] = deque()
-        self._has_events = asyncio.Event()
-        self._buffered = 0  # samples of audio events not yet taken
-        self._buffer_limit = max(1, round(spec.buffer_seconds * svc.sample_rate))
-        self._taken = asyncio.Event()
+        self.outbox = SessionOutbox(round(spec.buffer_seconds * svc.sample_rate))
         self._holds_slot = False
         self._engine_id: str | None = None
         self._context: asyncio.Task[Voice | None] | None = None
@@ -199,15 +195,12 @@ class Session:
         """Barge-in: drop the buffered text and unsent audio, stop the segment in flight; then :class:`Cleared`."""
         dropped = self.text.clear() + sum(len(w.text) for w in self._work if isinstance(w, _Piece))
         self._work = deque(w for w in self._work if w == _END)
-        self._epoch += 1
-        self._events = deque((e, ev) for e, ev in self._events if isinstance(ev, SessionWarning))
-        self._buffered = 0
-        self._taken.set()
+        self.outbox.new_epoch()
         self._context = None  # the interrupted speech was not heard whole: start the next one afresh
         engine_id = self._engine_id
         if engine_id is not None:
             await self.svc.engine.abort(engine_id)
-        self._emit(Cleared(dropped))
+        self.outbox.put(Cleared(dropped))
         self._wake()
 
     async def abort(self, reason: CancelReason) -> None:
@@ -219,35 +212,19 @@ class Session:
     @property
     def busy(self) -> bool:
         """Whether the session has text to speak, is speaking, or has events not yet taken."""
-        return bool(self._work or self.text.pending or self._holds_slot or self._events or self._engine_id)
+        return bool(self._work or self.text.pending or self._holds_slot or self.outbox or self._engine_id)
 
     # --- output (the transport's send loop) ------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[SessionEvent]:
+    def events(self) -> AsyncIterator[SessionEvent]:
         """Every event in order; ends after :class:`SessionEnded` or :class:`SessionFailed`."""
-        while True:
-            while self._events:
-                epoch, event = self._events.popleft()
-                if isinstance(event, SegmentAudio):
-                    self._buffered -= event.samples.size
-                    self._taken.set()
-                    if epoch != self._epoch:
-                        continue
-                yield event
-                if isinstance(event, SessionEnded | SessionFailed):
-                    return
-            self._has_events.clear()
-            await self._has_events.wait()
-
-    def _emit(self, event: SessionEvent) -> None:
-        self._events.append((self._epoch, event))
-        self._has_events.set()
+        return self.outbox.events()
 
     # --- the speaker -----------------------------------------------------------------------------
 
     def _wake(self) -> None:
         self._work_ready.set()
-        self._taken.set()  # a speaker waiting for the transport looks again (cancel, clear)
+        self.outbox.nudge()  # a speaker waiting for the transport looks again (cancel)
 
     def _queue_pieces(self, pieces: list[str]) -> None:
         now = time.monotonic()
@@ -277,7 +254,7 @@ class Session:
                 if work == _END:
                     break
                 if work == _FLUSH:
-                    self._emit(Flushed())
+                    self.outbox.put(Flushed())
                     continue
                 assert isinstance(work, _Piece)
                 await self._speak_piece(work)
@@ -293,25 +270,25 @@ class Session:
         finally:
             self._finish(outcome)
         if failure is not None:
-            self._emit(SessionFailed(*failure))
+            self.outbox.put(SessionFailed(*failure))
         else:
-            self._emit(SessionEnded(self.segments, round(self.samples / self.svc.sample_rate, 3)))
+            self.outbox.put(SessionEnded(self.segments, round(self.samples / self.svc.sample_rate, 3)))
 
     async def _speak_piece(self, piece: _Piece) -> None:
-        epoch = self._epoch
+        epoch = self.outbox.epoch
         try:
             texts = await self._prepare(piece.text)
         except ApiError as error:  # e.g. only punctuation or emoji: nothing to say, and nothing wrong
             log.debug("session %s: piece not spoken: %s", self.spec.request_id, error.message)
             if error.field is not None and "nothing to speak" not in error.message:
-                self._emit(SessionWarning(SessionProblem.SEGMENT_FAILED, error.message, error.field))
+                self.outbox.put(SessionWarning(SessionProblem.SEGMENT_FAILED, error.message, error.field))
             return
         for text in texts:
-            if epoch != self._epoch or self.record.cancelled:
+            if epoch != self.outbox.epoch or self.record.cancelled:
                 return
             queued_at = time.monotonic()
             await self._take_slot()
-            if epoch != self._epoch or self.record.cancelled:
+            if epoch != self.outbox.epoch or self.record.cancelled:
                 return
             await self._speak_segment(text, piece.ready_at, time.monotonic() - queued_at, epoch)
 
@@ -325,7 +302,7 @@ class Session:
         voice = context or self.spec.voice
         engine_id = self._engine_id = self.record.engine_request_id = f"{self.spec.request_id}#{k}"
         stream = self.svc.engine.generate(engine_id, text, voice=voice, params=params, lora=self.spec.lora)
-        self._push_event(SegmentStarted(k, text, continued=context is not None), epoch)
+        self.outbox.put(SegmentStarted(k, text, continued=context is not None), epoch)
         chunks: list[np.ndarray] = []
         first_at = None
         try:
@@ -334,21 +311,21 @@ class Session:
                 if first_at is None:
                     first_at = time.monotonic()
                     timing = SegmentTiming(k, round((first_at - ready_at) * 1e3, 1), round(queued_s * 1e3, 1))
-                    self._push_event(timing, epoch)
+                    self.outbox.put(timing, epoch)
                 chunks.append(chunk)
                 self.samples += chunk.size
-                await self._push_audio(SegmentAudio(k, chunk), epoch)
-                if epoch != self._epoch:
+                await self.outbox.put_audio(SegmentAudio(k, chunk), epoch, lambda: self.record.cancelled)
+                if epoch != self.outbox.epoch:
                     break
         except RequestCancelled:
-            if epoch == self._epoch and not self.record.cancelled:
+            if epoch == self.outbox.epoch and not self.record.cancelled:
                 raise _Stop(Outcome.CANCELLED, SessionProblem.OVERLOADED, failures.unavailable(
                     self.svc, "shutdown", "the engine stopped the request (shutdown)"
                 )) from None  # fmt: skip
             return  # cleared, or cancelled: the caller sees which
         except InvalidRequest as exc:  # this text cannot be spoken; the session goes on
             error = failures.from_engine(self.svc, exc, self.record, "text")
-            self._emit(SessionWarning(SessionProblem.SEGMENT_FAILED, error.message, error.field))
+            self.outbox.put(SessionWarning(SessionProblem.SEGMENT_FAILED, error.message, error.field))
             return
         except EngineError as exc:
             if isinstance(exc, EngineDeadError):
@@ -359,44 +336,16 @@ class Session:
         finally:
             stream.close()  # aborts the engine request unless it has ended
             self._engine_id = None
-        if epoch != self._epoch:
+        if epoch != self.outbox.epoch:
             return
         seconds = sum(c.size for c in chunks) / self.svc.sample_rate
-        self._emit(SegmentDone(k, round(seconds, 3)))
+        self.outbox.put(SegmentDone(k, round(seconds, 3)))
         patches = sum(c.size for c in chunks) / self.svc.model.samples_per_patch
         if chunks and 0 < patches <= self.spec.context_patches and len(text) <= self.spec.context_chars:
             audio = np.concatenate(chunks)
-            self._context = asyncio.create_task(self._encode_context(text, audio))
+            self._context = asyncio.create_task(continuation_voice(self.svc, text, audio, self.spec.voice))
         else:
             self._context = None
-
-    async def _encode_context(self, text: str, audio: np.ndarray) -> Voice | None:
-        """The voice the next segment continues from: this segment's latents and text."""
-        rate = self.svc.engine.encode_sample_rate
-        try:
-            if rate != self.svc.sample_rate:
-                audio = await asyncio.to_thread(soxr.resample, audio, self.svc.sample_rate, rate, "HQ")
-            latents = await self.svc.engine.encode_prompt(np.ascontiguousarray(audio, dtype=np.float32))
-        except (EngineError, ValueError) as exc:
-            log.warning("session %s: no continuation context (%s)", self.spec.request_id, exc)
-            return None
-        base = self.spec.voice
-        return Voice(text, latents, base.ref_latents if base is not None else None)
-
-    def _push_event(self, event: SessionEvent, epoch: int) -> None:
-        if epoch == self._epoch:  # nothing of a cleared segment is queued after the clear
-            self._events.append((epoch, event))
-            self._has_events.set()
-
-    async def _push_audio(self, event: SegmentAudio, epoch: int) -> None:
-        """Queue audio for the transport, waiting while the unsent audio is at its bound."""
-        if epoch != self._epoch:
-            return
-        self._push_event(event, epoch)
-        self._buffered += event.samples.size
-        while self._buffered >= self._buffer_limit and epoch == self._epoch and not self.record.cancelled:
-            self._taken.clear()
-            await self._taken.wait()
 
     async def _take_slot(self) -> None:
         if self._holds_slot:

@@ -37,11 +37,13 @@ from tts_server.http.schemas import (
     Limits,
     QueueResponse,
     ReadyResponse,
+    SessionUsage,
     StartupFigures,
     StatusResponse,
     Usage,
 )
-from tts_server.jobs.registry import CancelReason
+from tts_server.jobs.registry import CancelReason, RequestState
+from tts_server.jobs.session import ENDPOINT as SESSION_ENDPOINT
 from tts_server.lifecycle import ServerState
 from tts_server.metrics import CONTENT_TYPE
 from tts_server.services import Services, services
@@ -141,6 +143,7 @@ async def status(request: Request) -> Response:
             max_slots=c["max_inference_slots"],
             utilization_pct=_pct(c["active_inference"], c["max_inference_slots"]),
         ),
+        sessions=_sessions(svc),
         engine=EngineFigures(
             alive=alive,
             running=load.running,
@@ -153,6 +156,15 @@ async def status(request: Request) -> Response:
         startup=_startup(request),
     )
     return _json(body)
+
+
+def _sessions(svc: Services | None) -> SessionUsage:
+    sessions = svc.registry.of_endpoint(SESSION_ENDPOINT) if svc is not None else []
+    return SessionUsage(
+        active=len(sessions),
+        speaking=sum(1 for s in sessions if s.state is RequestState.RUNNING),
+        waiting_for_text=sum(1 for s in sessions if s.state is RequestState.IDLE),
+    )
 
 
 def _startup(request: Request) -> StartupFigures | None:

@@ -37,6 +37,7 @@ from tts_server.http.stream_messages import (
     ClearMessage,
     CloseMessage,
     FlushMessage,
+    StartedEvent,
     StartMessage,
     TextMessage,
     error_message,
@@ -92,11 +93,8 @@ async def stream_session(websocket: WebSocket) -> None:
         return
     except WebSocketDisconnect:
         return
-    await _send_json(
-        websocket,
-        {"type": "started", "request_id": session.spec.request_id, "sample_rate": svc.sample_rate,
-         "format": start.format, "channels": 1},
-    )  # fmt: skip
+    started = StartedEvent(request_id=session.spec.request_id, sample_rate=svc.sample_rate, format=start.format)
+    await _send_json(websocket, started.model_dump())
     sender = asyncio.create_task(_send_loop(websocket, session, start.format), name=f"send[{session.spec.request_id}]")
     try:
         code = await _receive_loop(websocket, svc, session, sender)

@@ -12,14 +12,17 @@ import json
 import time
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tests.tts_server.harness import serve, server_config
+from tts_server.http.stream_messages import protocol_schema
 
 _ids = itertools.count()
+EVENT_SCHEMA = protocol_schema()["server_event"]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,7 @@ class Transcript:
                     self.order.append("audio")
                 continue
             event = json.loads(message)
+            jsonschema.validate(event, EVENT_SCHEMA)  # every event as docs/stream_protocol.schema.json says
             self.events.append(event)
             self.order.append(event["type"])
             if event["type"] == kind:
@@ -208,7 +212,7 @@ def test_clear_stops_the_audio_and_drops_the_text(srv):
     started = t.of("segment_started")
     assert [e["text"] for e in started] == ["A long first sentence.", "Fresh start."]
     assert started[1]["continued"] is False  # the interrupted speech is not continued from
-    assert not t.of("segment_done")[0]["segment"] == 0  # the cleared segment never reports done
+    assert [e["segment"] for e in t.of("segment_done")] == [1]  # the cleared segment never reports done
     assert t.order.index("cleared") < t.order.index("segment_started", t.order.index("cleared"))
     assert len(t.audio) > after  # the new text was spoken after the clear
 
@@ -226,6 +230,8 @@ def test_a_session_is_listed_and_cancellable_by_id(srv):
             return status, cancel.json(), error, ws.close_code
 
     status, cancel, error, code = srv.run(go())
+    assert status["sessions"] == {"active": 1, "speaking": 0, "waiting_for_text": 1}
+    assert status["connections"]["active"] >= 1  # the session is a connection under the cap
     assert cancel["status"] == "cancelled"
     assert error["code"] == "cancelled" and error["fatal"]
     assert code == 1000
