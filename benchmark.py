@@ -15,6 +15,11 @@ Modes (``--mode``; default ``http`` with ``--server``, else ``engine``):
              a new temporary one): seconds to /ready, then each level's very first requests (no
              warm-up) against the same level warm (--repeats runs), the longest gap of any stream;
              then again on the cache the first start filled. Default levels 1 4 16 64 128.
+  session    voice-agent WebSocket sessions (/v1/tts/stream) against --server: N agents started
+             together stream a reply word by word and barge in on its last sentence; per level the
+             time from the first text fragment to first audio, from a sentence's end to its audio,
+             the playback gap at each join between segments, clear to silence, and the join's
+             shape (jump and silence at the seam). --steps sets the patches per segment.
   http       streaming POST /generate against --server (the seed benchmark's flags work), printed in
              the seed's format, plus 503s counted apart; where the server sends a Server-Timing
              header, each level's p50/p90 ms per server stage (admission ... total) follows, and
@@ -32,6 +37,7 @@ Examples:
   python benchmark.py --preset voxcpm1.5 --concurrency 1 16 64 128 --steps 50 --compare --json out.json
   python benchmark.py --preset voxcpm2 --mode open-loop --rates 4 8 16 24 --duration 30 --compare
   python benchmark.py --preset tiny-v1 --device cpu --concurrency 1 2 --steps 3 --profile
+  python benchmark.py --mode session --server http://localhost:8000 --concurrency 1 16 64 --steps 25
   python benchmark.py --server http://localhost:8000 --num-requests 64 --concurrency 32 --warmup 4
 """
 
@@ -51,7 +57,7 @@ from perf.drivers import Sampling
 from perf.flops import audio_seconds_per_patch, format_breakdown, step_flops
 from perf.local_engine import LocalEngine, engine_config
 from perf.metrics import gap_free_capacity
-from perf.server_modes import run_cold_start, run_http
+from perf.server_modes import run_cold_start, run_http, run_sessions
 from perf.system import device_name, peak_tflops, run_metadata
 
 
@@ -64,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
-        "--mode", choices=["engine", "peer", "open-loop", "http", "cold-start"], help="what to run (see above)"
+        "--mode",
+        choices=["engine", "peer", "open-loop", "http", "session", "cold-start"],
+        help="what to run (see above)",
     )
     src = ap.add_argument_group("model")
     src.add_argument("--model", type=Path, help="checkpoint directory (official layout)")
@@ -163,15 +171,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, help="write all results as JSON here")
     args = ap.parse_args(argv)
     args.mode = args.mode or ("http" if args.server else "engine")
-    if args.mode == "http" and not args.server:
-        ap.error("--mode http needs --server URL")
-    if args.mode != "http" and not (args.model or args.preset):
+    if args.mode in ("http", "session") and not args.server:
+        ap.error(f"--mode {args.mode} needs --server URL")
+    if args.mode not in ("http", "session") and not (args.model or args.preset):
         ap.error(f"--mode {args.mode} needs --model DIR or --preset NAME")
     if args.model and args.preset:
         ap.error("give --model or --preset, not both")
     if args.steps < 1 or args.warmup < 0 or args.warmup_steps < 0 or args.repeats < 1:
         ap.error("--steps and --repeats must be >= 1 and --warmup/--warmup-steps >= 0")
-    default_levels = {"http": [16], "cold-start": [1, 4, 16, 64, 128]}.get(args.mode, [1, 16, 64, 128])
+    default_levels = {"http": [16], "session": [1, 16, 64], "cold-start": [1, 4, 16, 64, 128]}.get(
+        args.mode, [1, 16, 64, 128]
+    )
     args.concurrency = args.concurrency or default_levels
     if min(args.concurrency) < 1:
         ap.error("--concurrency levels must be >= 1")
@@ -332,7 +342,7 @@ def print_engines(args: argparse.Namespace, out: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
-    if args.mode != "http":
+    if args.mode not in ("http", "session"):
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device or "cpu")
     out: dict[str, Any] = {"meta": run_metadata(device, ["benchmark.py", *(sys.argv[1:] if argv is None else argv)])}
@@ -340,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "http":
         out["meta"]["device_name"] = f"server {args.server}"
         run_http(args, out)
+    elif args.mode == "session":
+        out["meta"]["device_name"] = f"server {args.server}"
+        run_sessions(args, out)
     elif args.mode == "cold-start":
         run_cold_start(args, out)
     else:

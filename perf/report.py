@@ -245,6 +245,56 @@ def ipc_lines(ipc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _pq(row: dict[str, Any], key: str) -> str:
+    value = row.get(key) or {}
+    return f"{_f(value.get('p50'))} / {_f(value.get('p99'))}"
+
+
+def session_line(row: dict[str, Any]) -> str:
+    """One run of a session level, as it ends."""
+    return (
+        f"sessions {row['concurrency']} (run {row['run']}): {row['ok']}/{row['sessions']} ok, first audio"
+        f" {_pq(row, 'first_audio_ms')} ms, join gap {_pq(row, 'join_gap_ms')} ms, clear"
+        f" {_pq(row, 'clear_to_cleared_ms')} ms" + (f"; errors {row['errors']}" if row["errors"] else "")
+    )
+
+
+def session_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Every run of every session level (see :mod:`perf.sessions` for what each column measures)."""
+    header = [
+        "sessions",
+        "run",
+        "ok",
+        "first audio",
+        "boundary->audio",
+        "server ttfa",
+        "join gap",
+        "joins >20ms",
+        "clear->cleared",
+        "audio after clear",
+        "click max",
+        "seam silence ms",
+    ]
+    body = [
+        [
+            str(r["concurrency"]),
+            str(r["run"]),
+            f"{r['ok']}/{r['sessions']}",
+            _pq(r, "first_audio_ms"),
+            _pq(r, "boundary_to_audio_ms"),
+            _pq(r, "server_segment_ttfa_ms"),
+            _pq(r, "join_gap_ms"),
+            _f(r["joins_with_gap"], ".3f"),
+            _pq(r, "clear_to_cleared_ms"),
+            _pq(r, "audio_after_clear_ms"),
+            _f(r["join_click_max"], ".2f"),
+            _f(r["join_silence_ms_max"]),
+        ]
+        for r in rows
+    ]
+    return _table(header, body)
+
+
 def cold_start_table(starts: Sequence[dict[str, Any]]) -> str:
     """Per start and level: time to /ready, the first run's TTFB against the warm median, the longest gap."""
     header = [

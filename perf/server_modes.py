@@ -13,7 +13,7 @@ from typing import Any
 from perf import drivers, report
 from perf.metrics import combine_repeats, summarize_closed, summarize_stages
 
-__all__ = ["run_cold_start", "run_http"]
+__all__ = ["run_cold_start", "run_http", "run_sessions"]
 
 
 def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -64,6 +64,27 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
     if len(out["http"]) > 1 and (table := report.stage_levels_table(out["http"])):
         print("\n## Server stages, p50 ms per concurrency level (first run of each)\n")
         print(table)
+
+
+def run_sessions(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Session mode: ``--repeats`` runs of each level of voice-agent sessions (:mod:`perf.sessions`)."""
+    import asyncio
+
+    from perf.sessions import SessionLoad, run_session_level, summarize_sessions
+
+    url = args.server.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/tts/stream"
+    load = SessionLoad(args.steps, temperature=args.temperature, cfg_value=args.cfg_value, timesteps=args.timesteps)
+    if args.warmup:
+        asyncio.run(run_session_level(url, args.warmup, load, "warm-"))
+    out["session"] = []
+    for level in args.concurrency:
+        for r in range(args.repeats):
+            traces, wall = asyncio.run(run_session_level(url, level, load, f"s{level}r{r}-"))
+            row = {"concurrency": level, "run": r + 1, **summarize_sessions(traces, wall)}
+            out["session"].append(row)
+            print(report.session_line(row), flush=True)
+    print(f"\n## Voice-agent sessions ({args.steps}-patch segments), ms p50 / p99\n")
+    print(report.session_table(out["session"]))
 
 
 def run_cold_start(args: argparse.Namespace, out: dict[str, Any]) -> None:

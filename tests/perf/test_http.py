@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +25,7 @@ from starlette.routing import Route
 from perf.http_client import HttpLoad, RemoteProtocolError, http_level, parse_server_timing, run_http
 from perf.http_wire import _Chunked
 from perf.metrics import SERVER_STAGES, summarize_closed, summarize_stages
+from tests.perf.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE = 16000
@@ -122,63 +120,6 @@ def test_server_timing_malformed_entries_are_skipped_and_unknown_names_kept():
     assert parse_server_timing(header) == {"gpu-sync": 0.7, "total": 5.0, "parse": 1.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_v1, tmp_path_factory):
-    """``python -m tts_server`` on the tiny checkpoint (CPU), if this checkout has the server."""
-    if not (ROOT / "tts_server" / "__main__.py").is_file():
-        pytest.skip("tts_server/__main__.py is not in this checkout")
-    port = _free_port()
-    work = tmp_path_factory.mktemp("server")
-    args = ["--model", str(tiny_v1), "--device", "cpu", "--port", str(port), "--host", "127.0.0.1"]
-    args += [
-        "--engine-threads",
-        "1",
-        "--voices-dir",
-        str(work / "voices"),
-        "--max-num-seqs",
-        "2",
-        "--max-concurrent-connections",
-        "2",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tts_server", *args],
-        cwd=work,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tts_server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("tts_server did not become healthy in 90 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def test_http_mode_against_the_real_server(server):
     steps = 3
     load = HttpLoad(max_generate_length=steps, min_generate_length=steps)
@@ -266,7 +207,7 @@ def tiny_app_server():
     """The tiny app on hypercorn (its asyncio ``serve``, in a thread); yields (base URL, request log)."""
     seen: list[tuple[str, int, str]] = []
     config = Config()
-    port = _free_port()
+    port = free_port()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     loop = asyncio.new_event_loop()
@@ -361,7 +302,7 @@ def test_raw_client_counts_503_apart_from_error_statuses(app):
 
 
 def test_raw_client_records_network_errors():
-    traces, _ = _run(f"http://127.0.0.1:{_free_port()}", num_requests=2, concurrency=2, workers=1)
+    traces, _ = _run(f"http://127.0.0.1:{free_port()}", num_requests=2, concurrency=2, workers=1)
     assert [t.error.split(":")[0] for t in traces] == ["ConnectionRefusedError"] * 2
     with pytest.raises(ValueError, match="workers"):
         _run("http://127.0.0.1:1", num_requests=1, concurrency=1, workers=0)

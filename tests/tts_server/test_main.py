@@ -45,8 +45,14 @@ async def until_ready(client, process, timeout_s=90.0):
     raise AssertionError("server not ready")
 
 
-async def open_stream(client, steps, rid):
-    body = {"target_text": "Draining.", "response_format": "pcm", "max_generate_length": steps, "request_id": rid}
+async def open_stream(client, steps, rid, timesteps=10):
+    body = {
+        "target_text": "Draining.",
+        "response_format": "pcm",
+        "max_generate_length": steps,
+        "request_id": rid,
+        "inference_timesteps": timesteps,
+    }
     response = await client.send(client.build_request("POST", "/generate", json=body), stream=True)
     assert response.status_code == 200
     chunks = response.aiter_bytes()
@@ -74,7 +80,8 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(tiny_v2):
             await until_ready(client, process)
             spp = (await client.get("/info")).json()["samples_per_patch"]
             short, short_chunks, short_first = await open_stream(client, 6, "short")
-            long, long_chunks, long_first = await open_stream(client, LONG, "long")
+            # 100 sampler steps a patch: the long stream cannot finish within the grace, however fast the box
+            long, long_chunks, long_first = await open_stream(client, LONG, "long", timesteps=100)
             t0 = time.monotonic()
             process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)

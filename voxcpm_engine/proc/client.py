@@ -27,11 +27,7 @@ import numpy as np
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.prompt_audio import AudioLimits, check_samples, load_audio
 from voxcpm_engine.proc.engine_client import EngineClient
-from voxcpm_engine.proc.errors import (
-    EngineDeadError,
-    EngineError,
-    EngineStartError,
-)
+from voxcpm_engine.proc.errors import EngineDeadError, EngineError, EngineStartError
 from voxcpm_engine.proc.messages import (
     AbortRequest,
     AddRequest,

@@ -81,7 +81,7 @@ def test_cancel_all_and_final_states():
         records = [registry.register(f"r{i}") for i in range(3)]
         assert await registry.cancel_all(CancelReason.SHUTDOWN) == 3
         assert all(r.cancel_reason is CancelReason.SHUTDOWN for r in records)
-        assert [s.is_final for s in RequestState] == [False, False, False, True, True, True]
+        assert [s.is_final for s in RequestState] == [False, False, False, False, True, True, True]
 
     asyncio.run(go())
 
