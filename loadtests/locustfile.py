@@ -13,10 +13,12 @@ second (``cap`` = the server's connection cap from ``/status``) is a failure ``R
 unexpected-503``. Any other error status is a failure of ``POST generate [<format>]`` and is
 also counted as ``ERROR http-<status>``.
 
-Users: :class:`StreamingUser` (closed loop: one stream at a time, then a think time) and
+Users: :class:`StreamingUser` (closed loop: one stream at a time, then a think time),
 :class:`OpenLoopUser` (fires streams on a Poisson schedule without waiting for the previous one,
-so queueing shows up in the latencies instead of slowing the arrivals). Pick one by naming it
-on the locust command line. Voices (read from ``/voices`` at the start, plus the default voice),
+so queueing shows up in the latencies instead of slowing the arrivals) and
+:class:`~session_user.SessionUser` (voice agents on ``/v1/tts/stream``: time to first audio and
+barge-in latency; see ``session_user.py``). Pick one by naming it on the locust command line.
+Voices (read from ``/voices`` at the start, plus the default voice),
 formats and cancellations are mixed at random.
 
 Environment: ``LOAD_FORMATS`` (comma list, default ``wav,pcm,mp3``), ``LOAD_CANCEL_FRACTION``
@@ -45,6 +47,9 @@ from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from session_user import SessionUser  # beside this file; locust finds the users by name here
+
+__all__ = ["OpenLoopUser", "SessionUser", "StreamingUser"]
 
 WAV_HEADER_BYTES = 44
 TEXTS = (

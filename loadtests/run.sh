@@ -17,6 +17,11 @@
 #   - every admitted stream completes or is cancelled (admitted = complete + cancelled);
 #   - p95 time to first audio byte <= TTFB_P95_MS (env, default 2000);
 #   - at least MIN_STREAMS (env, default 1) streams completed.
+# With --user SessionUser (voice-agent sessions on /v1/tts/stream) instead:
+#   - no failed session (fatal error event, abnormal close, no audio) and no refused upgrade but 503;
+#   - p95 time from the first text fragment to first audio <= SESSION_TTFA_P95_MS (default 2000);
+#   - p95 barge-in (clear sent -> cleared received) <= BARGE_IN_P95_MS (default 500);
+#   - at least MIN_SESSIONS (env, default 1) sessions completed.
 # Load mix knobs: the LOAD_* and shape variables documented in locustfile.py and shapes.py.
 # LOCUST (default "locust") and PYTHON (default python3) name the commands to run.
 set -euo pipefail
@@ -61,7 +66,8 @@ if [[ $rc -ne 0 && $rc -ne 1 ]]; then
   exit 2
 fi
 
-TTFB_P95_MS="${TTFB_P95_MS:-2000}" MIN_STREAMS="${MIN_STREAMS:-1}" "${PYTHON:-python3}" - "$out" <<'PY'
+TTFB_P95_MS="${TTFB_P95_MS:-2000}" MIN_STREAMS="${MIN_STREAMS:-1}" SESSION_TTFA_P95_MS="${SESSION_TTFA_P95_MS:-2000}" \
+BARGE_IN_P95_MS="${BARGE_IN_P95_MS:-500}" MIN_SESSIONS="${MIN_SESSIONS:-1}" "${PYTHON:-python3}" - "$out" <<'PY'
 """Check the thresholds on locust's final stats (run.json) and write thresholds.txt."""
 
 import json
@@ -100,7 +106,7 @@ def p95(entry_rows: list[dict]) -> float | None:
 limit = float(os.environ["TTFB_P95_MS"])
 min_streams = int(os.environ["MIN_STREAMS"])
 headers_ok = count("POST", "generate") - count("POST", "generate", "num_failures")
-rejected = count("REJECT")
+rejected = count("REJECT") - count("REJECT", "session-")
 admitted = headers_ok - rejected
 complete = count("STREAM", "complete") - count("STREAM", "complete", "num_failures")
 cancelled = count("STREAM", "cancelled")
@@ -109,7 +115,7 @@ errors_other = count("ERROR") - errors_5xx
 broken = count("STREAM", "complete", "num_failures") + count("STREAM", "cancelled", "num_failures")
 unexpected_503 = count("REJECT", "unexpected-503")
 ttfb_p95 = p95(rows("STREAM", "ttfb"))
-checks = [
+stream_checks = [
     ("no 5xx", errors_5xx == 0, f"{errors_5xx} responses 5xx other than 503"),
     ("no other error status", errors_other == 0, f"{errors_other} error statuses (4xx or transport)"),
     ("no broken stream", broken == 0, f"{broken} broken streams"),
@@ -123,8 +129,30 @@ checks = [
     ("streams ran", complete >= min_streams, f"{complete} complete streams (minimum {min_streams})"),
     ("cancels answered", count("POST", "cancel", "num_failures") == 0, f"{count('POST', 'cancel')} cancels"),
 ]
+sessions_ok = count("SESSION", "complete") - count("SESSION", "complete", "num_failures")
+session_ttfa = p95(rows("SESSION", "ttfa"))
+barge_in = p95(rows("SESSION", "barge-in"))
+session_limit, barge_limit = float(os.environ["SESSION_TTFA_P95_MS"]), float(os.environ["BARGE_IN_P95_MS"])
+session_checks = [
+    ("no failed session", count("SESSION", "", "num_failures") == 0, f"{count('SESSION', 'complete', 'num_failures')} failed"),
+    ("upgrades refused only with 503", count("ERROR", "ws-") == 0, f"{count('ERROR', 'ws-')} other refusals"),
+    (
+        "p95 session first audio",
+        session_ttfa is not None and session_ttfa <= session_limit,
+        f"p95 {session_ttfa} ms (limit {session_limit:g} ms)",
+    ),
+    (
+        "p95 barge-in",
+        barge_in is None or barge_in <= barge_limit,
+        f"p95 clear -> cleared {barge_in} ms (limit {barge_limit:g} ms; {count('SESSION', 'barge-in')} barge-ins)",
+    ),
+    ("sessions ran", sessions_ok >= int(os.environ["MIN_SESSIONS"]), f"{sessions_ok} sessions completed"),
+]
+checks = (stream_checks if rows("POST", "generate") or not rows("SESSION") else []) + (
+    session_checks if rows("SESSION") else []
+)
 lines = [f"{'PASS' if ok else 'FAIL'}  {name}: {detail}" for name, ok, detail in checks]
-lines.append(f"rejections (503 past the cap): {rejected - unexpected_503}")
+lines.append(f"rejections (503 past the cap): {rejected - unexpected_503} streams, {count('REJECT', 'session-')} sessions")
 report = "\n".join(lines) + "\n"
 (out / "thresholds.txt").write_text(report)
 print(report, end="")

@@ -79,3 +79,27 @@ def test_short_locust_run_meets_its_thresholds(server: str, tmp_path: Path) -> N
             break
         time.sleep(0.1)
     assert status["connections"]["active"] == 0 and status["inference"]["active"] == 0
+
+
+def test_session_users_report_first_audio_and_barge_in(server: str, tmp_path: Path) -> None:
+    out = tmp_path / "sessions"
+    env = {
+        **os.environ,
+        "LOCUST": f"{sys.executable} -m locust",
+        "PYTHON": sys.executable,
+        "SESSION_TTFA_P95_MS": "15000",  # a shared 2-core box: the plumbing, not the speed
+        "BARGE_IN_P95_MS": "5000",
+        "LOAD_BARGE_IN_FRACTION": "1",
+        "LOAD_WORD_DELAY_S": "0.005",
+        "LOAD_MAX_GENERATE_LENGTH": "3",
+    }
+    command = ["bash", str(RUN_SH), "--host", server, "--out", str(out), "--users", "2", "--run-time", "6s"]
+    command += ["--user", "SessionUser"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    report = (out / "thresholds.txt").read_text() if (out / "thresholds.txt").exists() else ""
+    assert result.returncode == 0, f"{report}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert "p95 barge-in" in report and "p95 TTFB" not in report  # the session checks, not the stream ones
+    entries = {(e["method"], e["name"]): e for e in json.loads((out / "run.json").read_text())}
+    for name in ("ttfa", "segment", "barge-in", "complete"):
+        assert entries[("SESSION", name)]["num_requests"] >= 1, name
+    assert entries[("SESSION", "complete")]["num_failures"] == 0
