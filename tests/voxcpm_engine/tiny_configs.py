@@ -6,6 +6,11 @@ Kinds:
 - ``v2``: VoxCPM2-like, patch 4, GQA, ``kv_channels`` != hidden/heads in every stack, residual LM
   without RoPE, two DiT mu tokens, ``fusion_concat_proj``.
 LongRoPE factor lists have ``head_dim / 2`` entries and a LongRoPE-like shape (1 -> ~50).
+
+These stay with the tests rather than in ``voxcpm_engine.config.presets``: each is bent to reach a
+corner the parity tests need (GQA, odd ``kv_channels``, a short residual LM) and changes with them,
+while a preset is a checkpoint users make (a release's shapes, or ``tiny-v1``/``tiny-v2``: a
+release shrunk as a whole).
 """
 
 from __future__ import annotations

@@ -53,52 +53,20 @@ from tts_server.jobs.session_events import (
     SessionWarning,
 )
 from tts_server.jobs.session_outbox import SessionOutbox
+from tts_server.jobs.session_spec import SessionSpec
 from tts_server.metrics import Outcome
-from tts_server.text.incremental import BufferPolicy, TextBuffer
+from tts_server.text.incremental import TextBuffer
 from voxcpm_engine.proc.errors import EngineDeadError, EngineError, InvalidRequest, RequestCancelled
-from voxcpm_engine.types import GenerationParams, Voice
+from voxcpm_engine.types import Voice
 
 if TYPE_CHECKING:  # the bundle of shared objects is built above the jobs layer
     from tts_server.services import Services
 
-__all__ = ["ENDPOINT", "Session", "SessionSpec"]
+__all__ = ["ENDPOINT", "Session"]
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "stream"  # the metrics label of sessions
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    """A session's settings, validated by the route.
-
-    Attributes:
-        request_id: Client-facing id (``/cancel``, ``/queue``).
-        client_id: Fair-queue key.
-        voice: The session's voice (None: zero-shot).
-        lora: LoRA voice name in the engine.
-        params: Sampling settings (segment ``k`` uses ``seed + k`` when a seed is given).
-        policy: When buffered text is released.
-        text_wait_s: Buffered text is spoken after this long without a new fragment.
-        max_session_chars: Most characters of text one session may send.
-        max_pending_chars: Most characters buffered and not yet spoken.
-        context_patches: Longest previous segment (in patches) a segment continues from (0: never).
-        context_chars: Longest previous segment text a segment continues from.
-        buffer_seconds: Most seconds of audio made and not yet taken by the transport.
-    """
-
-    request_id: str
-    client_id: str
-    voice: Voice | None
-    lora: str | None
-    params: GenerationParams
-    policy: BufferPolicy
-    text_wait_s: float
-    max_session_chars: int
-    max_pending_chars: int
-    context_patches: int
-    context_chars: int
-    buffer_seconds: float
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ from tts_server.http.stream_messages import (
     parse_client_message,
 )
 from tts_server.jobs.registry import CancelReason
-from tts_server.jobs.session import Session, SessionSpec
+from tts_server.jobs.session import Session
 from tts_server.jobs.session_events import SegmentAudio, SessionFailed, SessionInputError, SessionProblem
+from tts_server.jobs.session_spec import SessionSpec
 from tts_server.routes.speech import InlineVoice, prepare_segments, resolve_voice
 from tts_server.services import Services
 from tts_server.text.incremental import BufferPolicy

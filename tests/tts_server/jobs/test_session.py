@@ -16,8 +16,9 @@ import pytest
 from tests.tts_server.harness import serve, server_config
 from tts_server.jobs.continuation import continuation_voice
 from tts_server.jobs.registry import CancelReason, RequestState
-from tts_server.jobs.session import Session, SessionSpec
+from tts_server.jobs.session import Session
 from tts_server.jobs.session_events import SegmentAudio, SegmentStarted, SessionEnded, SessionFailed
+from tts_server.jobs.session_spec import SessionSpec
 from tts_server.text.incremental import BufferPolicy
 from voxcpm_engine.types import GenerationParams, Voice
 
