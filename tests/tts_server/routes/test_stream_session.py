@@ -27,7 +27,14 @@ EVENT_SCHEMA = protocol_schema()["server_event"]
 
 @pytest.fixture(scope="module")
 def srv(loop_runner, shared_engine, tiny_v2):
-    config = server_config(tiny_v2, session_text_wait=0.2, session_idle_timeout=3.0, max_concurrent_connections=6)
+    config = server_config(
+        tiny_v2,
+        session_text_wait=0.2,
+        session_idle_timeout=3.0,
+        max_concurrent_connections=6,
+        max_body_bytes=100_000,
+        session_max_chars=2_000,
+    )
     with serve(loop_runner, shared_engine, config) as served:
         yield served
 
@@ -285,3 +292,83 @@ def test_a_dropped_socket_frees_the_slot(srv):
         return svc.queue.active, len(svc.registry)
 
     assert srv.run(go()) == (0, 0)
+
+
+def test_an_oversize_frame_closes_with_1009_and_the_server_goes_on(srv):
+    async def go():
+        t = Transcript()
+        async with connect(ws_url(srv), max_size=None) as ws:
+            await ws.send(start())
+            await t.read_until(ws, "started")
+            await ws.send(json.dumps({"type": "text", "text": "x" * 120_000}))  # over --max-body-bytes
+            await ws.wait_closed()
+            code = ws.close_code
+        async with connect(ws_url(srv)) as ws:  # the next session is served as usual
+            await ws.send(start())
+            await t.read_until(ws, "started")
+            await ws.send(json.dumps({"type": "text", "text": "Still fine."}))
+            await ws.send(json.dumps({"type": "close"}))
+            done = await t.read_until(ws, "done")
+        return code, done
+
+    code, done = srv.run(go())
+    assert code == 1009 and done["segments"] == 1
+
+
+def test_text_over_the_session_limit_is_refused_and_the_session_goes_on(srv):
+    async def go():
+        t = Transcript()
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start())
+            await t.read_until(ws, "started")
+            await ws.send(json.dumps({"type": "text", "text": "Short one. "}))
+            await ws.send(json.dumps({"type": "text", "text": "y " * 1_500}))  # 3,000 > --session-max-chars 2,000
+            error = await t.read_until(ws, "error")
+            await ws.send(json.dumps({"type": "close"}))
+            done = await t.read_until(ws, "done")
+            return error, done
+
+    error, done = srv.run(go())
+    assert error["code"] == "text_limit" and error["field"] == "text" and error["fatal"] is False
+    assert done["segments"] == 1  # what was accepted is spoken
+
+
+def test_a_flood_of_tiny_fragments_leaves_other_sessions_speaking(srv):
+    async def flood():
+        t = Transcript()
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start())
+            await t.read_until(ws, "started")
+            for _ in range(1_500):
+                await ws.send(json.dumps({"type": "text", "text": "a"}))
+            await ws.send(json.dumps({"type": "close"}))
+            return await t.read_until(ws, "done")
+
+    async def speaker():
+        t = Transcript()
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start())
+            await t.read_until(ws, "started")
+            await ws.send(json.dumps({"type": "text", "text": "I am heard meanwhile."}))
+            await ws.send(json.dumps({"type": "close"}))
+            return await t.read_until(ws, "done")
+
+    async def go():
+        return await asyncio.gather(flood(), speaker())
+
+    flooded, spoken = srv.run(go())
+    assert flooded["segments"] >= 1 and spoken["segments"] == 1
+
+
+def test_the_api_key_applies_to_the_upgrade(loop_runner, shared_engine, tiny_v2):
+    async def go(url):
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url)
+        async with connect(url, additional_headers={"Authorization": "Bearer k-1"}) as ws:
+            await ws.send(start())
+            started = json.loads(await ws.recv())
+        return refused.value.response, started
+
+    with serve(loop_runner, shared_engine, server_config(tiny_v2, api_key="k-1")) as keyed:
+        response, started = keyed.run(go(ws_url(keyed)))
+    assert response.status_code == 401 and started["type"] == "started"
