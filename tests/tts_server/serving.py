@@ -85,7 +85,9 @@ class AppServer:
         transport_guard = getattr(self.app.state, "transport_guard", None)
         if transport_guard is not None:  # the server's own apps: served as tts_server.process serves them
             guard(config, transport_guard)
-            config.websocket_max_message_size = self.app.state.config.max_body_bytes
+        server_config = getattr(self.app.state, "config", None)
+        if server_config is not None:  # WebSocket frames capped as tts_server.process caps them
+            config.websocket_max_message_size = server_config.max_body_bytes
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(serve(self.app, config, shutdown_trigger=self._stop.wait))
         await asyncio.sleep(0)
