@@ -47,6 +47,8 @@ class StepOutput:
         status: The request's state after this step.
         times: On the request's first audio only: where its time to first audio went.
         error: Why a FAILED request failed.
+        latents: On a finished request's last output, when it asked (``return_latents``): every
+            latent patch it generated, ``[A, P, D]`` float32.
     """
 
     request_id: str
@@ -54,6 +56,7 @@ class StepOutput:
     status: RequestStatus
     times: FirstAudioTimes | None = None
     error: str | None = None
+    latents: np.ndarray | None = None
 
     @property
     def finished(self) -> bool:
@@ -189,6 +192,7 @@ class Engine:
             min_steps=params.min_steps,
             max_steps=max_steps,
             temperature=params.temperature,
+            return_latents=params.return_latents,
         )
         request = Request(request_id, prefill, sampling, gen, arrival=next(self._arrivals), lora_name=lora, times=times)
         state = None  # a fresh stream starts from a zero slot: nothing to allocate or copy per request
@@ -263,6 +267,7 @@ class Engine:
         stops = sampled.stop_list()
         patched = time.monotonic()  # the stop flags came back: this step's patches are done
         statuses = []
+        latents: dict[int, Tensor] = {}  # row → host copy of a finished request's patches (asked for)
         for row_index, request in enumerate(sampled.requests):
             request.patches.append(sampled.patches[row_index])
             i = len(request.patches) - 1
@@ -272,8 +277,13 @@ class Engine:
             elif len(request.patches) >= request.params.max_steps:
                 status = RequestStatus.FINISHED_LENGTH
             if status.is_finished:
+                if request.params.return_latents:
+                    latents[row_index] = self._latents_to_host(request.patches)
                 self._end(request, status)  # its slots are reused only by work queued after this step's
             statuses.append(status)
+        if latents and audio_ready is not None:  # the latents' copies were queued after the audio's
+            audio_ready = torch.cuda.Event()
+            audio_ready.record()
         if self.async_scheduling and not self.scheduler.waiting:
             self._inflight = self._launch(outputs)
         with record_function("engine.audio_to_host"):
@@ -287,8 +297,20 @@ class Engine:
                 times.first_patch, times.first_audio = patched, decoded
             else:
                 times = None
-            outputs.append(StepOutput(request.request_id, audio[row_index], status, times))
+            host = latents.get(row_index)
+            patches = host.numpy() if host is not None else None
+            outputs.append(StepOutput(request.request_id, audio[row_index], status, times, latents=patches))
         return outputs
+
+    @staticmethod
+    def _latents_to_host(patches: list[Tensor]) -> Tensor:
+        """Queue the copy of a request's patches ``[A, P, D]`` to the host as float32 (read after the step's sync)."""
+        stacked = torch.stack(patches).to(torch.float32)
+        if not stacked.is_cuda:
+            return stacked
+        host = torch.empty(stacked.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(stacked, non_blocking=True)
+        return host
 
     @staticmethod
     def _audio_to_host(audio: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:

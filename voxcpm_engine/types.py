@@ -64,6 +64,9 @@ class GenerationParams:
             ``min(6 * target tokens + 10, 2000)``.
         temperature: Scale of the sampler's initial noise (1.0 = reference behaviour).
         seed: Seeds the request's own RNG; ``None`` draws a fresh seed.
+        return_latents: Send the generated latent patches ``[A, P, D]`` (fp32) with the final
+            output, to continue from them (a streaming session's next segment) without encoding
+            the audio again.
 
     Raises:
         RequestRejected: (``PARAMS``) a setting out of its range.
@@ -75,6 +78,7 @@ class GenerationParams:
     max_steps: int | None = None
     temperature: float = 1.0
     seed: int | None = None
+    return_latents: bool = False
 
     def __post_init__(self) -> None:
         checks = [

@@ -225,3 +225,38 @@ def test_the_first_audio_carries_when_each_stage_was_reached(ckpt_v1):
         stamps = first.as_tuple()
         assert list(stamps) == sorted(stamps) and stamps[0] > 0, stamps
     assert timed["b"][0].scheduled >= timed["a"][0].first_audio  # one slot: "b" waited for "a"
+
+
+def _latents(engine):
+    """Step until done; the final outputs' latents per request (every earlier output has none)."""
+    finals = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id] = out.latents
+            else:
+                assert out.latents is None
+    return finals
+
+
+def test_a_request_can_take_its_latents_back_and_be_continued_from(ckpt_v1):
+    import torch
+
+    from voxcpm_engine.types import Voice
+
+    engine = _engine(ckpt_v1)
+    engine.add_request("kept", "A sentence to go on from.", params=_params(5, 1, return_latents=True))
+    engine.add_request("plain", "Only audio.", params=_params(3, 2))
+    engine.add_request("alone", "Neighbour.", params=_params(7, 3))
+    finals = _latents(engine)
+    latents = finals["kept"]
+    cfg = ckpt_v1.config
+    assert finals["plain"] is None and latents.dtype == np.float32 and np.isfinite(latents).all()
+    assert latents.shape == (5, cfg.patch_size, cfg.feat_dim)
+    again = _engine(ckpt_v1)  # the same seeded request in another batch: the same patches
+    again.add_request("kept", "A sentence to go on from.", params=_params(5, 1, return_latents=True))
+    np.testing.assert_allclose(_latents(again)["kept"], latents, atol=BATCH_ATOL, rtol=0)
+    voice = Voice("A sentence to go on from.", torch.from_numpy(latents))
+    engine.add_request("next", "And the next one.", voice, _params(4, 4))
+    out, status = _run(engine)
+    assert status["next"] == RequestStatus.FINISHED_LENGTH and len(out["next"]) == 4 * cfg.samples_per_patch

@@ -55,3 +55,21 @@ def test_bf16_engine_runs_a_crowd(tiny_v2):
     out, status = _run(engine)
     assert all(len(out[f"r{i}"]) == (4 + i % 5) * ckpt.config.samples_per_patch for i in range(24))
     assert all(np.isfinite(a).all() for a in out.values())
+
+
+def test_latents_come_back_whole_with_async_scheduling(tiny_v1):
+    """The patches' host copy is queued behind the step and read after its sync: alone equals in a crowd."""
+    from tests.voxcpm_engine.test_engine import _latents
+
+    ckpt = load_checkpoint(tiny_v1, device="cuda", dtype="float32")
+    params = GenerationParams(min_steps=6, max_steps=6, seed=5, return_latents=True)
+    alone = _engine(ckpt)
+    alone.add_request("x", "The request under test.", params=params)
+    solo = _latents(alone)["x"]
+    crowd = _engine(ckpt, max_num_batched_tokens=256)
+    for i in range(12):
+        crowd.add_request(f"r{i}", f"Neighbour {i}, " * (1 + i % 3), params=_params(3 + i % 6, i))
+    crowd.add_request("x", "The request under test.", params=params)
+    mixed = _latents(crowd)["x"]
+    assert solo.shape == (6, ckpt.config.patch_size, ckpt.config.feat_dim) and np.isfinite(solo).all()
+    np.testing.assert_allclose(mixed, solo, atol=GPU_ATOL, rtol=0)

@@ -30,8 +30,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from tts_server.errors import ApiError
 from tts_server.jobs import failures
 from tts_server.jobs.audio_checks import checked_audio
@@ -109,7 +107,7 @@ class Session:
         self.outbox = SessionOutbox(round(spec.buffer_seconds * svc.sample_rate))
         self._holds_slot = False
         self._engine_id: str | None = None
-        self._context: asyncio.Task[Voice | None] | None = None
+        self._context: Voice | None = None  # the previous segment, to continue from
         self._over = False
         self._speaker: asyncio.Task[None] | None = None
 
@@ -266,12 +264,14 @@ class Session:
         params = self.spec.params
         if k and params.seed is not None:  # same seed, different noise per segment, still reproducible
             params = dataclasses.replace(params, seed=(params.seed + k) % 2**63)
-        context = await self._context if self._context is not None else None
+        context = self._context
         voice = context or self.spec.voice
+        if self.spec.context_patches:  # the segment's own latents come back with its end: the next one's prompt
+            params = dataclasses.replace(params, return_latents=True)
         engine_id = self._engine_id = self.record.engine_request_id = f"{self.spec.request_id}#{k}"
         stream = self.svc.engine.generate(engine_id, text, voice=voice, params=params, lora=self.spec.lora)
         self.outbox.put(SegmentStarted(k, text, continued=context is not None), epoch)
-        chunks: list[np.ndarray] = []
+        made = 0  # samples of this segment
         first_at = None
         try:
             async for chunk in stream:
@@ -280,7 +280,7 @@ class Session:
                     first_at = time.monotonic()
                     timing = SegmentTiming(k, round((first_at - ready_at) * 1e3, 1), round(queued_s * 1e3, 1))
                     self.outbox.put(timing, epoch)
-                chunks.append(chunk)
+                made += chunk.size
                 self.samples += chunk.size
                 await self.outbox.put_audio(SegmentAudio(k, chunk), epoch, lambda: self.record.cancelled)
                 if epoch != self.outbox.epoch:
@@ -306,12 +306,12 @@ class Session:
             self._engine_id = None
         if epoch != self.outbox.epoch:
             return
-        seconds = sum(c.size for c in chunks) / self.svc.sample_rate
+        seconds = made / self.svc.sample_rate
         self.outbox.put(SegmentDone(k, round(seconds, 3)))
-        patches = sum(c.size for c in chunks) / self.svc.model.samples_per_patch
-        if chunks and 0 < patches <= self.spec.context_patches and len(text) <= self.spec.context_chars:
-            audio = np.concatenate(chunks)
-            self._context = asyncio.create_task(continuation_voice(self.svc, text, audio, self.spec.voice))
+        latents = stream.latents
+        fits = latents is not None and 0 < len(latents) <= self.spec.context_patches
+        if fits and len(text) <= self.spec.context_chars:
+            self._context = continuation_voice(text, latents, self.spec.voice)
         else:
             self._context = None
 
@@ -347,8 +347,7 @@ class Session:
             return
         self._over = True
         self._release_slot()
-        if self._context is not None:
-            self._context.cancel()
+        self._context = None
         if self.record.cancelled and outcome is Outcome.OK:
             outcome = Outcome.CANCELLED
         final = {Outcome.OK: RequestState.FINISHED, Outcome.FAILED: RequestState.FAILED}

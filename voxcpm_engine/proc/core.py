@@ -251,7 +251,7 @@ class EngineCore:
 
 def _output(out: StepOutput) -> Output:
     times = out.times.as_tuple() if out.times is not None else None
-    return Output(out.request_id, out.audio, int(out.status), out.error, times=times)
+    return Output(out.request_id, out.audio, int(out.status), out.error, times=times, latents=out.latents)
 
 
 def model_info(engine: Engine, device: str, checkpoint_dir: str) -> ModelInfo:

@@ -229,6 +229,8 @@ class Output:
         field: For a :class:`~voxcpm_engine.types.RequestRejected`, the part of the request at fault.
         times: On a request's first audio only: ``FirstAudioTimes.as_tuple()`` (added, queued,
             scheduled, first patch, first audio; ``time.monotonic()`` of the engine process).
+        latents: On a finished request's last output, when it asked: its generated patches
+            ``[A, P, D]`` float32.
     """
 
     request_id: str
@@ -238,6 +240,7 @@ class Output:
     invalid: bool = False
     field: RequestField | None = None
     times: tuple[float, ...] | None = None
+    latents: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,12 +97,15 @@ class RequestStream:
         engine_times: Once the first chunk has been taken: when the request reached each engine
             stage (``voxcpm_engine.sched.request.FirstAudioTimes.as_tuple()``: added, queued, scheduled, first
             patch, first audio; ``time.monotonic()``), if the engine sent them.
+        latents: Once the stream has ended normally, the generated latent patches ``[A, P, D]``
+            (float32), if the request asked for them (``GenerationParams.return_latents``).
     """
 
     def __init__(self, request_id: str, state: StreamState, owner: _Owner) -> None:
         self.request_id = request_id
         self.status: RequestStatus | None = None
         self.engine_times: tuple[float, ...] | None = None
+        self.latents: np.ndarray | None = None
         self._state = state
         self._finished = False
         self._owner = owner
@@ -136,6 +139,7 @@ class RequestStream:
             return item.audio
         self._finished = True
         self.status = status
+        self.latents = item.latents
         if status == RequestStatus.CANCELLED:
             raise RequestCancelled(f"request {self.request_id!r} was cancelled")
         if status == RequestStatus.FAILED:

@@ -37,6 +37,7 @@ class SamplingParams:
     min_steps: int = 2
     max_steps: int = 2000
     temperature: float = 1.0
+    return_latents: bool = False  # the final output carries the generated patches
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Tests of tts_server.jobs.session (and jobs.continuation) on a served app's services and the tiny engine.
+"""Tests of tts_server.jobs.session on a served app's services and the tiny engine.
 
 The transport here is the test itself: it reads ``Session.events()`` directly, or does not read at
 all (a client that stalls). Random-weight models never stop on their own, so a segment's length is
@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-import numpy as np
 import pytest
 
 from tests.tts_server.harness import serve, server_config
-from tts_server.jobs.continuation import continuation_voice
 from tts_server.jobs.registry import CancelReason, RequestState
 from tts_server.jobs.session import Session
-from tts_server.jobs.session_events import SegmentAudio, SegmentStarted, SessionEnded, SessionFailed
+from tts_server.jobs.session_events import SegmentStarted, SessionEnded, SessionFailed
 from tts_server.jobs.session_spec import SessionSpec
 from tts_server.text.incremental import BufferPolicy
 from voxcpm_engine.types import GenerationParams, Voice
@@ -99,19 +97,27 @@ def test_cancel_while_waiting_for_text_ends_the_session(srv):
     assert isinstance(events[-1], SessionFailed) and events[-1].error.status == 409
 
 
-def test_continuation_voice_encodes_the_segment_with_its_text(srv):
+def test_each_segment_is_prompted_with_the_latents_and_text_of_the_one_before(srv):
     svc = srv.services
-    ref = Voice(ref_latents=np.zeros((2, svc.model.patch_size, svc.model.latent_dim), np.float32))
+    seen: list[tuple[Voice | None, GenerationParams]] = []
+    generate = svc.engine.generate
+
+    def recording(request_id, text, *, voice=None, params=None, lora=None):  # what the engine was asked for
+        seen.append((voice, params))
+        return generate(request_id, text, voice=voice, params=params, lora=lora)
 
     async def go():
         session = opened(srv, spec(steps=4))
-        session.add_text("Hello.")
+        session.add_text("Hello. Again.")
         session.close()
-        audio = np.concatenate([e.samples async for e in session.events() if isinstance(e, SegmentAudio)])
-        return audio, await continuation_voice(svc, "Hello.", audio, ref)
+        return [e async for e in session.events()]
 
-    audio, voice = srv.run(go())
-    assert voice is not None and voice.prompt_text == "Hello." and voice.ref_latents is ref.ref_latents
-    assert voice.prompt_latents.shape[1:] == (svc.model.patch_size, svc.model.latent_dim)
-    patches = audio.size / svc.model.samples_per_patch
-    assert abs(voice.prompt_latents.shape[0] - patches) <= 1
+    svc.engine.generate = recording
+    try:
+        srv.run(go())
+    finally:
+        del svc.engine.generate
+    (first_voice, first), (voice, second) = seen
+    assert first_voice is None and first.return_latents and second.return_latents
+    assert voice.prompt_text == "Hello." and voice.ref_latents is None
+    assert tuple(voice.prompt_latents.shape) == (4, svc.model.patch_size, svc.model.latent_dim)

@@ -266,3 +266,22 @@ def test_encode_prompt_decodes_here_and_equals_in_process(runner, engine, local)
     assert engine.encode_sample_rate == rate
     assert torch.equal(from_file, local.frontend.encode_prompt(audio))
     assert torch.equal(from_samples, local.frontend.encode_prompt(audio, reference=True))
+
+
+def test_latents_asked_for_come_back_with_the_stream_end(runner, engine, local):
+    import dataclasses
+
+    asked = dataclasses.replace(params(4, 3), return_latents=True)
+
+    async def go():
+        stream = engine.generate("lat", TEXT, params=asked)
+        chunks = await collect(stream)
+        plain = engine.generate("plain", TEXT, params=params(2, 3))
+        await collect(plain)
+        return chunks, stream.latents, plain.latents
+
+    chunks, latents, none = runner.run(go())
+    local.add_request("lat", TEXT, params=asked)
+    finals = [o.latents for _ in range(8) for o in local.step() if o.finished]
+    assert len(chunks) == 4 and none is None
+    np.testing.assert_array_equal(latents, finals[0])  # as the engine made them, through the pipe
