@@ -6,34 +6,15 @@ import shutil
 
 import pytest
 
-from tests.tts_server.serving import LoopRunner
 from tts_server.errors import ApiError
 from tts_server.voices import files as vf
 from tts_server.voices.adapters import EngineAdapters
 from tts_server.voices.entry import VoiceEntry, VoiceState
-from voxcpm_engine.config.engine_config import EngineConfig
-from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.errors import InvalidRequest
 from voxcpm_engine.tools.synthetic_lora import write_lora
 from voxcpm_engine.types import GenerationParams, Voice
 
 _IDS = itertools.count()
-CONFIG = EngineConfig(max_num_seqs=2, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
-
-
-@pytest.fixture(scope="module")
-def runner():
-    r = LoopRunner()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def engine(runner, tiny_v2):
-    eng = AsyncEngine(tiny_v2, CONFIG, num_threads=1)
-    runner.run(eng.start())
-    yield eng
-    runner.run(eng.stop())
 
 
 def _speaks_with(runner, engine, name: str) -> bool:

@@ -13,18 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tts_server.serving import LoopRunner, sine_wav
+from tests.tts_server.serving import sine_wav
+from tests.tts_server.voices.conftest import CONFIG
 from tts_server.errors import ApiError
 from tts_server.voices.entry import VoiceState
 from tts_server.voices.store import VoiceStore
-from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.io.checkpoint import read_config
 from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.proc.errors import InvalidRequest
 from voxcpm_engine.tools.synthetic_lora import write_lora
 from voxcpm_engine.types import GenerationParams
 
-CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
 TEXT = "A voice under test."
 
 
@@ -34,21 +33,6 @@ def _params(n, seed=1):
 
 async def _collect(stream):
     return [chunk async for chunk in stream]
-
-
-@pytest.fixture(scope="module")
-def runner():
-    r = LoopRunner()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def engine(runner, tiny_v2):
-    eng = AsyncEngine(tiny_v2, CONFIG, num_threads=1)
-    runner.run(eng.start())
-    yield eng
-    runner.run(eng.stop())
 
 
 @pytest.fixture(scope="module")
