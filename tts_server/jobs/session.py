@@ -226,7 +226,7 @@ class Session:
                 await self._speak_piece(work)
             if self.record.cancelled:
                 outcome = Outcome.CANCELLED
-                failure = (SessionProblem.CANCELLED, failures.cancelled(self.svc, self.record))
+                failure = (self._cancel_problem(), failures.cancelled(self.svc, self.record))
         except _Stop as stop:
             outcome, failure = stop.outcome, (stop.problem, stop.error)
         except Exception as exc:  # a defect: the client hears of it, the log has the traceback
@@ -287,7 +287,7 @@ class Session:
                     break
         except RequestCancelled:
             if epoch == self.outbox.epoch and not self.record.cancelled:
-                raise _Stop(Outcome.CANCELLED, SessionProblem.OVERLOADED, failures.unavailable(
+                raise _Stop(Outcome.CANCELLED, SessionProblem.SHUTDOWN, failures.unavailable(
                     self.svc, "shutdown", "the engine stopped the request (shutdown)"
                 )) from None  # fmt: skip
             return  # cleared, or cancelled: the caller sees which
@@ -329,11 +329,13 @@ class Session:
             error = failures.unavailable(svc, "engine_dead", f"the engine is not running: {exc.reason}")
             raise _Stop(Outcome.REJECTED, SessionProblem.ENGINE_ERROR, error) from None
         except QueueCancelled:
-            raise _Stop(
-                Outcome.CANCELLED, SessionProblem.CANCELLED, failures.cancelled(svc, self.record)
-            ) from None  # fmt: skip
+            raise _Stop(Outcome.CANCELLED, self._cancel_problem(), failures.cancelled(svc, self.record)) from None
         self._holds_slot = True
         self.record.state = RequestState.RUNNING if not self.record.cancelled else RequestState.CANCELLING
+
+    def _cancel_problem(self) -> SessionProblem:
+        shutdown = self.record.cancel_reason is CancelReason.SHUTDOWN
+        return SessionProblem.SHUTDOWN if shutdown else SessionProblem.CANCELLED
 
     def _release_slot(self) -> None:
         if self._holds_slot:

@@ -38,7 +38,8 @@ class SessionProblem(enum.Enum):
     CLOSED = "closed"  # text after close
     SEGMENT_FAILED = "segment_failed"  # one piece of text could not be spoken; the session goes on
     IDLE_TIMEOUT = "idle_timeout"
-    OVERLOADED = "overloaded"  # no inference slot in time, or the server is shutting down
+    OVERLOADED = "overloaded"  # no inference slot in time
+    SHUTDOWN = "shutdown"  # the server is stopping: its drain ended the session
     CANCELLED = "cancelled"  # POST /cancel
     ENGINE_ERROR = "engine_error"
 

@@ -75,6 +75,7 @@ class CloseCode:
 
 _CLOSE_FOR = {
     SessionProblem.OVERLOADED: CloseCode.TRY_AGAIN,
+    SessionProblem.SHUTDOWN: CloseCode.GOING_AWAY,
     SessionProblem.CANCELLED: CloseCode.NORMAL,
     SessionProblem.ENGINE_ERROR: CloseCode.INTERNAL,
     SessionProblem.IDLE_TIMEOUT: CloseCode.IDLE,

@@ -372,3 +372,25 @@ def test_the_api_key_applies_to_the_upgrade(loop_runner, shared_engine, tiny_v2)
     with serve(loop_runner, shared_engine, server_config(tiny_v2, api_key="k-1")) as keyed:
         response, started = keyed.run(go(ws_url(keyed)))
     assert response.status_code == 401 and started["type"] == "started"
+
+
+def test_the_drain_ends_a_session_with_going_away(srv):
+    from tts_server.jobs.registry import CancelReason
+
+    svc = srv.app.state.services
+
+    async def go():
+        t = Transcript()
+        async with connect(ws_url(srv)) as ws:
+            await ws.send(start(max_generate_length=60))
+            await t.read_until(ws, "started")
+            await ws.send(json.dumps({"type": "text", "text": "Speaking when the server stops."}))
+            await ws.send(json.dumps({"type": "flush"}))
+            await t.read_until(ws, "timing")
+            await svc.registry.cancel_all(CancelReason.SHUTDOWN)  # what the drain does once its grace is over
+            error = await t.read_until(ws, "error")
+            await ws.wait_closed()
+            return error, ws.close_code
+
+    error, code = srv.run(go())
+    assert error["code"] == "shutdown" and error["fatal"] and code == 1001
