@@ -44,6 +44,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -154,6 +155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--peak-tflops", type=float, help="device bf16 peak for MFU (default: from the device name)")
     ap.add_argument("--profile", action="store_true", help="profile one level (and run --ipc)")
     ap.add_argument("--ipc", action="store_true", help="run one level through AsyncEngine and report IPC per step")
+    ap.add_argument(
+        "--audio-ring-slots", type=int, default=4, help="--ipc: shared-memory audio slots (0: audio in the pipe)"
+    )
     ap.add_argument("--profile-concurrency", type=int, help="level to profile (default: the largest)")
     http = ap.add_argument_group("http")
     http.add_argument("--server", help="base URL of a running server, e.g. http://localhost:8000")
@@ -290,7 +294,7 @@ def run_engines(args: argparse.Namespace, model_dir: Path, out: dict[str, Any]) 
 
         level = args.profile_concurrency or max(args.concurrency)
         print(f"\n== {level} requests through AsyncEngine (engine process)", flush=True)
-        config = engine_config(**_limits(args))
+        config = dataclasses.replace(engine_config(**_limits(args)), audio_ring_slots=args.audio_ring_slots)
         out["ipc"] = ipc_level(
             model_dir, config, args.device, concurrency=level, sampling=sampling, warmup_steps=args.warmup_steps
         )

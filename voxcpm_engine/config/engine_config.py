@@ -46,6 +46,9 @@ class EngineConfig:
         kernel_cache_dir: Where the engine process keeps compiled Triton kernels (it sets
             ``TRITON_CACHE_DIR`` for itself before anything compiles). ``None``: Triton's own
             choice (``TRITON_CACHE_DIR`` as inherited, else ``~/.triton/cache``).
+        audio_ring_slots: Steps of audio the engine process may have handed over in shared memory
+            and the client not yet taken (:mod:`voxcpm_engine.proc.audio_ring`); ``0`` sends the
+            audio pickled through the pipe instead.
     """
 
     max_num_seqs: int = 16
@@ -65,6 +68,7 @@ class EngineConfig:
     packed_lm_graphs: bool = True
     warm_up: bool | None = None
     kernel_cache_dir: str | None = None
+    audio_ring_slots: int = 4
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,6 +80,7 @@ class EngineConfig:
             ("gpu_memory_utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "must be in (0, 1]"),
             ("max_loras", self.max_loras >= 0, "must be >= 0"),
             ("max_lora_rank", self.max_lora_rank >= 1, "must be >= 1"),
+            ("audio_ring_slots", self.audio_ring_slots >= 0, "must be >= 0"),
             ("cuda_graph_timesteps", all(1 <= t <= 100 for t in self.cuda_graph_timesteps), "must be in [1, 100]"),
         ]
         for name, ok, msg in checks:

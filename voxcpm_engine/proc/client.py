@@ -133,17 +133,17 @@ class AsyncEngine(EngineClient):
                 raise EngineStartError(f"{where} failed to load: {first.message}")
             raise EngineStartError(f"{where} failed to start: {first}")
         self.ready = first
+        try:
+            self._threads = start_pipe_threads(self._conn, self._process, self._loop, self._outbox,
+                dispatch=self._dispatch, on_exit=self._on_exit, receive=self._ipc.receive, label=self.device,
+                ring=first.audio_ring,
+            )  # fmt: skip
+        except OSError as exc:  # the engine's audio ring cannot be mapped here
+            self._exited.set()
+            self._conn.close()  # EOF: the engine process exits
+            await asyncio.to_thread(reap, self._process, 5.0)
+            raise EngineStartError(f"engine on {self.device}: its audio ring: {exc}") from exc
         self._alive = True
-        self._threads = start_pipe_threads(
-            self._conn,
-            self._process,
-            self._loop,
-            self._outbox,
-            dispatch=self._dispatch,
-            on_exit=self._on_exit,
-            receive=self._ipc.receive,
-            label=self.device,
-        )
 
     def _started_some(self, progress: StartupProgress) -> None:
         # Called on start()'s worker thread; a plain attribute swap, read by the event loop.

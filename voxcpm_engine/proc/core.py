@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.proc.audio_ring import AudioRing
 from voxcpm_engine.proc.messages import (
     AbortRequest,
     AddRequest,
@@ -69,12 +70,14 @@ class EngineCore:
     Args:
         engine: A loaded engine.
         conn: The process's end of the duplex pipe to the client.
+        ring: Where step audio goes instead of the pipe (None: in the step messages).
     """
 
-    def __init__(self, engine: Engine, conn: Connection) -> None:
+    def __init__(self, engine: Engine, conn: Connection, ring: AudioRing | None = None) -> None:
         self.engine = engine
         self.conn = conn
-        self.sender = MessageSender(conn, name="engine-core-sender")  # the only writer to conn
+        pack = ring.pack if ring is not None else None
+        self.sender = MessageSender(conn, name="engine-core-sender", pack=pack)  # the only writer to conn
         self._pending: list[Output] = []  # admission failures, sent with the next message
         self._seq = 0
         self._stop = False
@@ -330,17 +333,34 @@ def run_engine_core(
             warm_up(engine, progress.phase(StartupPhase.WARM_UP))
         freeze_heap()  # start-up's objects out of every later collection: no full GC on a request's path
         info = model_info(engine, device, checkpoint_dir)
-        ready = Ready(os.getpid(), info)
+        ring = _audio_ring(engine)
+        ready = Ready(os.getpid(), info, ring.spec if ring is not None else None)
     except BaseException as exc:  # whatever went wrong, the client must hear why, not just see an exit code
         try:
             send_message(conn, StartFailed(_describe(exc)))
         finally:
             conn.close()
         sys.exit(1)
-    send_message(conn, ready)
-    code = serve(EngineCore(engine, conn))
+    try:
+        send_message(conn, ready)
+        code = serve(EngineCore(engine, conn, ring))
+    finally:
+        if ring is not None:
+            ring.remove()
     conn.close()
     sys.exit(code)
+
+
+def _audio_ring(engine: Engine) -> AudioRing | None:
+    """The shared-memory ring for this engine's step audio, or None (configured off, or no ``/dev/shm``)."""
+    slots = engine.config.audio_ring_slots
+    if not slots:
+        return None
+    try:
+        return AudioRing.create(slots, engine.config.max_num_seqs * engine.model_config.samples_per_patch)
+    except OSError as exc:  # e.g. a container with a tiny /dev/shm: the pipe carries the audio
+        print(f"engine core: no shared-memory audio ring ({exc}); audio goes through the pipe", file=sys.stderr)
+        return None
 
 
 def serve(core: EngineCore) -> int:

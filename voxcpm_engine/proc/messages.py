@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -67,12 +68,20 @@ class MessageSender:
         conn: The connection to write to (only this sender may write to it).
         max_pending: Messages queued and not yet written before :meth:`send` blocks.
         name: The thread's name.
+        pack: Applied to each message on the thread before it is written (the audio ring's).
     """
 
-    def __init__(self, conn: Connection, max_pending: int = 2, name: str = "message-sender") -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        max_pending: int = 2,
+        name: str = "message-sender",
+        pack: Callable[[object], object] | None = None,
+    ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.conn = conn
+        self._pack = pack
         self.send_time = RollingStats()  # seconds to serialize and write one message (sender thread)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
@@ -112,7 +121,7 @@ class MessageSender:
                 continue  # the pipe is broken: drain, so a blocked send() returns and sees the error
             t0 = time.perf_counter()
             try:
-                send_message(self.conn, message)
+                send_message(self.conn, message if self._pack is None else self._pack(message))
             except BaseException as exc:  # handed to the loop's thread by the next send()/close()
                 self._error = exc
                 continue
@@ -190,16 +199,42 @@ class Shutdown:
 
 
 @dataclass(frozen=True, slots=True)
+class RingSpec:
+    """A shared-memory audio ring (:mod:`voxcpm_engine.proc.audio_ring`) as the client finds it.
+
+    Attributes:
+        path: The file under ``/dev/shm`` (the client maps it, then removes the name).
+        slots: Steps of audio it holds.
+        slot_samples: Float32 samples per slot (the batch cap times a patch's samples).
+    """
+
+    path: str
+    slots: int
+    slot_samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class RingSpan:
+    """Where one step message's audio is in the ring: its ring sequence number (slot ``seq % slots``)
+    and each output's sample count, in order (0: that output has no audio)."""
+
+    seq: int
+    lengths: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """The engine is loaded and serving.
 
     Attributes:
         pid: The engine process.
         info: What it serves.
+        audio_ring: Where the step audio will be (None: in the step messages themselves).
     """
 
     pid: int
     info: ModelInfo
+    audio_ring: RingSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,11 +286,14 @@ class StepOutputs:
         seq: Message counter of the core.
         sent_at: ``time.monotonic()`` in the core just before this message was serialized.
         outputs: One entry per request that produced something.
+        ring: Where the outputs' audio is, when it travels in shared memory (their ``audio`` is
+            None here until the client's reader puts it back).
     """
 
     seq: int
     sent_at: float
     outputs: list[Output] = field(default_factory=list)
+    ring: RingSpan | None = None
 
 
 @dataclass(frozen=True, slots=True)

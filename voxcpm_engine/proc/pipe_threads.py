@@ -20,7 +20,8 @@ from functools import partial
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
-from voxcpm_engine.proc.messages import RollingStats, recv_message
+from voxcpm_engine.proc.audio_ring import AudioRing
+from voxcpm_engine.proc.messages import RingSpec, RollingStats, recv_message
 
 __all__ = ["read_loop", "start_pipe_threads", "write_loop"]
 
@@ -37,6 +38,7 @@ def start_pipe_threads(
     on_exit: Callable[[], None],
     receive: RollingStats,
     label: str,
+    ring: RingSpec | None = None,
 ) -> list[threading.Thread]:
     """Start the reader and the writer (daemon threads) of one engine connection.
 
@@ -50,11 +52,17 @@ def start_pipe_threads(
             and the process has been reaped.
         receive: Where the reader records each message's read-and-unpickle time, in seconds.
         label: Names the threads (``engine-client-reader[label]``, ``engine-client-writer[label]``).
+        ring: The engine's shared-memory audio ring, if it has one: mapped here and read by the
+            reader (:mod:`voxcpm_engine.proc.audio_ring`).
 
     Returns:
         The two threads (to join at shutdown).
+
+    Raises:
+        OSError: The ring could not be mapped.
     """
-    reader = partial(read_loop, conn, process, loop, dispatch=dispatch, on_exit=on_exit, receive=receive)
+    unpack = AudioRing.attach(ring).unpack if ring is not None else None
+    reader = partial(read_loop, conn, process, loop, dispatch=dispatch, on_exit=on_exit, receive=receive, unpack=unpack)
     threads = []
     for target, name in ((reader, "reader"), (partial(write_loop, conn, outbox), "writer")):
         thread = threading.Thread(target=target, name=f"engine-client-{name}[{label}]", daemon=True)
@@ -80,6 +88,7 @@ def read_loop(
     dispatch: Callable[[object, float], None],
     on_exit: Callable[[], None],
     receive: RollingStats,
+    unpack: Callable[[object], object] | None = None,
 ) -> None:
     """Hand every message to the loop until EOF, then reap the process and call ``on_exit`` on the loop.
 
@@ -91,6 +100,8 @@ def read_loop(
         while conn in wait([conn, process.sentinel]):
             t0 = time.monotonic()
             message = recv_message(conn)
+            if unpack is not None:
+                message = unpack(message)  # the step's audio out of shared memory, its slot released
             received = time.monotonic()
             receive.add(received - t0)
             loop.call_soon_threadsafe(dispatch, message, received)

@@ -285,3 +285,24 @@ def test_latents_asked_for_come_back_with_the_stream_end(runner, engine, local):
     finals = [o.latents for _ in range(8) for o in local.step() if o.finished]
     assert len(chunks) == 4 and none is None
     np.testing.assert_array_equal(latents, finals[0])  # as the engine made them, through the pipe
+
+
+def test_audio_in_the_pipe_equals_audio_through_the_ring(runner, engine, tiny_v2):
+    import dataclasses
+    import glob
+
+    piped = AsyncEngine(tiny_v2, dataclasses.replace(CONFIG, audio_ring_slots=0), num_threads=1)
+
+    async def go():
+        await piped.start()
+        try:
+            plain = await collect(piped.generate("p", TEXT, params=params(4, 11)))
+        finally:
+            await piped.stop()
+        ringed = await collect(engine.generate("p", TEXT, params=params(4, 11)))
+        return plain, ringed
+
+    plain, ringed = runner.run(go())
+    assert engine.ready.audio_ring is not None and piped.ready.audio_ring is None
+    np.testing.assert_array_equal(np.concatenate(plain), np.concatenate(ringed))
+    assert not glob.glob("/dev/shm/voxcpm-audio-*")  # every ring's name is gone once mapped
