@@ -77,16 +77,29 @@ def start(**fields: Any) -> str:
     return json.dumps({"type": "start", "request_id": f"s-{next(_ids)}", "seed": 1, **fields})
 
 
+async def begin(ws: ClientConnection, t: Transcript, **fields: Any) -> dict[str, Any]:
+    """Send ``start`` and wait for ``started``."""
+    await ws.send(start(**fields))
+    return await t.read_until(ws, "started")
+
+
+async def say(ws: ClientConnection, text: str) -> None:
+    await ws.send(json.dumps({"type": "text", "text": text}))
+
+
+async def send(ws: ClientConnection, kind: str) -> None:
+    await ws.send(json.dumps({"type": kind}))
+
+
 def test_a_session_speaks_sentences_as_they_complete_then_closes(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start())
-            started = await t.read_until(ws, "started")
+            started = await begin(ws, t)
             for token in ["Hello", " there", ".", " How", " are", " you", "?", " Fine"]:
-                await ws.send(json.dumps({"type": "text", "text": token}))
+                await say(ws, token)
             first = await t.read_until(ws, "segment_done")
-            await ws.send(json.dumps({"type": "close"}))
+            await send(ws, "close")
             done = await t.read_until(ws, "done")
             await ws.wait_closed()
             return t, started, first, done, ws.close_code
@@ -110,15 +123,14 @@ def test_text_waits_for_a_pause_then_flush_speaks_the_rest(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start(text_wait_ms=10_000))
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "no boundary yet"}))
+            await begin(ws, t, text_wait_ms=10_000)
+            await say(ws, "no boundary yet")
             with pytest.raises(TimeoutError):
                 await t.read_until(ws, "segment_started", timeout=0.5)
-            await ws.send(json.dumps({"type": "flush"}))
+            await send(ws, "flush")
             flushed = await t.read_until(ws, "flushed")
-            await ws.send(json.dumps({"type": "text", "text": "then a pause"}))
-            await ws.send(json.dumps({"type": "close"}))
+            await say(ws, "then a pause")
+            await send(ws, "close")
             await t.read_until(ws, "done")
             return t, flushed
 
@@ -131,11 +143,10 @@ def test_the_wait_without_text_speaks_the_buffer(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start())  # the server's wait: 0.2 s
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "an unfinished thought"}))
+            await begin(ws, t)  # the server's wait: 0.2 s
+            await say(ws, "an unfinished thought")
             event = await t.read_until(ws, "segment_started", timeout=10)
-            await ws.send(json.dumps({"type": "close"}))
+            await send(ws, "close")
             await t.read_until(ws, "done")
             return event
 
@@ -156,14 +167,13 @@ def test_a_bad_message_is_an_error_event_and_the_session_goes_on(srv, message, f
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start())
-            await t.read_until(ws, "started")
+            await begin(ws, t)
             await ws.send(message if isinstance(message, str) else json.dumps(message))
             error = await t.read_until(ws, "error")
             await ws.send(b"\x00\x01")
             binary = await t.read_until(ws, "error")
-            await ws.send(json.dumps({"type": "text", "text": "Still here."}))
-            await ws.send(json.dumps({"type": "close"}))
+            await say(ws, "Still here.")
+            await send(ws, "close")
             done = await t.read_until(ws, "done")
             return error, binary, done
 
@@ -176,7 +186,7 @@ def test_a_bad_message_is_an_error_event_and_the_session_goes_on(srv, message, f
 def test_text_before_start_is_refused_with_a_policy_close(srv):
     async def go():
         async with connect(ws_url(srv)) as ws:
-            await ws.send(json.dumps({"type": "text", "text": "hi"}))
+            await say(ws, "hi")
             event = json.loads(await ws.recv())
             await ws.wait_closed()
             return event, ws.close_code
@@ -202,15 +212,14 @@ def test_clear_stops_the_audio_and_drops_the_text(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start(max_generate_length=60))  # long enough to be in flight when cleared
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "A long first sentence. And a second, never spoken"}))
+            await begin(ws, t, max_generate_length=60)  # long enough to be in flight when cleared
+            await say(ws, "A long first sentence. And a second, never spoken")
             await t.read_until(ws, "timing")
-            await ws.send(json.dumps({"type": "clear"}))
+            await send(ws, "clear")
             cleared = await t.read_until(ws, "cleared")
             after = len(t.audio)
-            await ws.send(json.dumps({"type": "text", "text": "Fresh start."}))
-            await ws.send(json.dumps({"type": "close"}))
+            await say(ws, "Fresh start.")
+            await send(ws, "close")
             await t.read_until(ws, "done")
             return t, cleared, after
 
@@ -228,8 +237,7 @@ def test_a_session_is_listed_and_cancellable_by_id(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws, srv.client() as http:
-            await ws.send(start(request_id="agent-1"))
-            await t.read_until(ws, "started")
+            await begin(ws, t, request_id="agent-1")
             status = (await http.get("/status")).json()
             cancel = await http.post("/cancel", json={"request_id": "agent-1"})
             error = await t.read_until(ws, "error")
@@ -264,8 +272,7 @@ def test_an_idle_session_is_closed(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start())
-            await t.read_until(ws, "started")
+            await begin(ws, t)
             error = await t.read_until(ws, "error", timeout=10)
             await ws.wait_closed()
             return error, ws.close_code
@@ -282,8 +289,8 @@ def test_a_dropped_socket_frees_the_slot(srv):
         await ws.send(start(max_generate_length=60))
         t = Transcript()
         await t.read_until(ws, "started")
-        await ws.send(json.dumps({"type": "text", "text": "Speak for a long while."}))
-        await ws.send(json.dumps({"type": "flush"}))
+        await say(ws, "Speak for a long while.")
+        await send(ws, "flush")
         await t.read_until(ws, "timing")
         ws.transport.abort()
         end = time.monotonic() + 5
@@ -298,16 +305,14 @@ def test_an_oversize_frame_closes_with_1009_and_the_server_goes_on(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv), max_size=None) as ws:
-            await ws.send(start())
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "x" * 120_000}))  # over --max-body-bytes
+            await begin(ws, t)
+            await say(ws, "x" * 120_000)  # over --max-body-bytes
             await ws.wait_closed()
             code = ws.close_code
         async with connect(ws_url(srv)) as ws:  # the next session is served as usual
-            await ws.send(start())
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "Still fine."}))
-            await ws.send(json.dumps({"type": "close"}))
+            await begin(ws, t)
+            await say(ws, "Still fine.")
+            await send(ws, "close")
             done = await t.read_until(ws, "done")
         return code, done
 
@@ -319,12 +324,11 @@ def test_text_over_the_session_limit_is_refused_and_the_session_goes_on(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start())
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "Short one. "}))
-            await ws.send(json.dumps({"type": "text", "text": "y " * 1_500}))  # 3,000 > --session-max-chars 2,000
+            await begin(ws, t)
+            await say(ws, "Short one. ")
+            await say(ws, "y " * 1_500)  # 3,000 > --session-max-chars 2,000
             error = await t.read_until(ws, "error")
-            await ws.send(json.dumps({"type": "close"}))
+            await send(ws, "close")
             done = await t.read_until(ws, "done")
             return error, done
 
@@ -337,20 +341,18 @@ def test_a_flood_of_tiny_fragments_leaves_other_sessions_speaking(srv):
     async def flood():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start())
-            await t.read_until(ws, "started")
+            await begin(ws, t)
             for _ in range(1_500):
-                await ws.send(json.dumps({"type": "text", "text": "a"}))
-            await ws.send(json.dumps({"type": "close"}))
+                await say(ws, "a")
+            await send(ws, "close")
             return await t.read_until(ws, "done")
 
     async def speaker():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start())
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "I am heard meanwhile."}))
-            await ws.send(json.dumps({"type": "close"}))
+            await begin(ws, t)
+            await say(ws, "I am heard meanwhile.")
+            await send(ws, "close")
             return await t.read_until(ws, "done")
 
     async def go():
@@ -382,10 +384,9 @@ def test_the_drain_ends_a_session_with_going_away(srv):
     async def go():
         t = Transcript()
         async with connect(ws_url(srv)) as ws:
-            await ws.send(start(max_generate_length=60))
-            await t.read_until(ws, "started")
-            await ws.send(json.dumps({"type": "text", "text": "Speaking when the server stops."}))
-            await ws.send(json.dumps({"type": "flush"}))
+            await begin(ws, t, max_generate_length=60)
+            await say(ws, "Speaking when the server stops.")
+            await send(ws, "flush")
             await t.read_until(ws, "timing")
             await svc.registry.cancel_all(CancelReason.SHUTDOWN)  # what the drain does once its grace is over
             error = await t.read_until(ws, "error")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from starlette.applications import Starlette
 
-from tests.tts_server.serving import AppServer, LoopRunner, sine_wav
+from tests.tts_server.serving import AppServer, sine_wav
 from tts_server.errors import ApiError, api_error_handler
 from tts_server.routes.voices import voice_routes
 from tts_server.voices.latents import latents_from_json
@@ -30,10 +30,9 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def runner():
-    r = LoopRunner()
-    yield r
-    r.close()
+def runner(loop_runner):
+    """The suite's one event loop (the module's engine belongs to it)."""
+    return loop_runner
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tts_server.serving import LoopRunner
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.proc.client import AsyncEngine
 
@@ -12,10 +11,9 @@ CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=2
 
 
 @pytest.fixture(scope="module")
-def runner():
-    r = LoopRunner()
-    yield r
-    r.close()
+def runner(loop_runner):
+    """The suite's one event loop (the engine below belongs to it)."""
+    return loop_runner
 
 
 @pytest.fixture(scope="module")
