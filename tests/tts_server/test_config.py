@@ -78,3 +78,10 @@ def test_config_is_frozen():
     config = load_config(["--model", "m"], {})
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_the_audio_ring_setting_reaches_the_engine():
+    assert load_config(["--model", "m"], {}).engine_config().audio_ring_slots == 4
+    assert load_config(["--model", "m"], {"TTS_AUDIO_RING_SLOTS": "0"}).engine_config().audio_ring_slots == 0
+    with pytest.raises(ConfigError, match="--audio-ring-slots"):
+        load_config(["--model", "m", "--audio-ring-slots", "-1"], {})
