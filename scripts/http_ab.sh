@@ -8,7 +8,9 @@
 #   bash scripts/http_ab.sh BASELINE_DIR [OUT_DIR]
 #   BASELINE_DIR: a tree with voxcpm_engine/ and tts_server/ (git archive <commit> engine tts_server | tar -x -C DIR)
 # Environment: PRESET (voxcpm1.5), LEVELS ("1 16 64 128"), STEPS (50), REPEATS (2), SEQS (128),
-# FIRST (current: which side starts each round; the very first server pays the cold Triton compile).
+# FIRST (current: which side starts each round; the very first server pays the cold Triton compile),
+# ARGS_CURRENT / ARGS_BASELINE (more tts_server flags for that side). One tree against a setting:
+#   ARGS_BASELINE="--audio-ring-slots 0" bash scripts/http_ab.sh .   (step audio in the pipe vs shared memory)
 set -euo pipefail
 baseline=${1:?usage: bash scripts/http_ab.sh BASELINE_DIR [OUT_DIR]}
 out=${2:-${OUT:-/tmp/http_ab}}
@@ -23,10 +25,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}
 ckpt=/tmp/ckpt/$preset
 [ -f "$ckpt/config.json" ] || PYTHONPATH=$PWD:$PYTHONPATH python3 -m voxcpm_engine.tools.synthetic --preset "$preset" "$ckpt" --seed 0
 
-serve_and_measure() {  # label tree round
-    local label=$1 tree=$2 round=$3 port=8700 pid
+serve_and_measure() {  # label tree round extra-flags
+    local label=$1 tree=$2 round=$3 extra=$4 port=8700 pid
+    # shellcheck disable=SC2086
     PYTHONPATH=$tree:$PYTHONPATH python3 -m tts_server --model "$ckpt" --port $port --host 127.0.0.1 \
-        --max-num-seqs "${SEQS:-128}" --voices-dir "" --log-level warning >"$out/server-$label-$round.log" 2>&1 &
+        --max-num-seqs "${SEQS:-128}" --voices-dir "" --log-level warning $extra >"$out/server-$label-$round.log" 2>&1 &
     pid=$!
     until python3 -c 'import sys, httpx; sys.exit(httpx.get("http://127.0.0.1:8700/ready", timeout=2).status_code != 200)' 2>/dev/null; do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -47,10 +50,10 @@ serve_and_measure() {  # label tree round
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")'
 for round in $(seq 1 "${REPEATS:-2}"); do
     if [ "${FIRST:-current}" = baseline ]; then
-        serve_and_measure baseline "$baseline" "$round"
-        serve_and_measure current "$PWD" "$round"
+        serve_and_measure baseline "$baseline" "$round" "${ARGS_BASELINE:-}"
+        serve_and_measure current "$PWD" "$round" "${ARGS_CURRENT:-}"
     else
-        serve_and_measure current "$PWD" "$round"
-        serve_and_measure baseline "$baseline" "$round"
+        serve_and_measure current "$PWD" "$round" "${ARGS_CURRENT:-}"
+        serve_and_measure baseline "$baseline" "$round" "${ARGS_BASELINE:-}"
     fi
 done
