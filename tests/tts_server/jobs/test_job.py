@@ -228,3 +228,20 @@ def test_input_the_engine_rejects_is_a_400_naming_the_field(srv):
     assert (voice.status, voice.field) == (400, "voice") and voice.message.startswith("voice: ")
     assert (text.status, text.field) == (400, "input") and text.message.startswith("input: ")
     assert (svc.queue.active, len(svc.registry)) == (0, 0)
+
+
+def test_a_response_that_fell_behind_takes_the_buffered_chunks_merged_in_order(srv):
+    svc = srv.services
+    limit = round(0.5 * svc.sample_rate)  # jobs.job._MERGE_S
+
+    async def read(delay: float):
+        job = await Job.start(svc, spec(steps=8, seed=3), Connection().receive)
+        stream = job.stream()
+        chunks = [await anext(stream)]
+        await asyncio.sleep(delay)  # the client is busy: the engine runs ahead into the buffer
+        chunks += [c async for c in stream]
+        return chunks
+
+    prompt, behind = srv.run(read(0.0)), srv.run(read(1.0))
+    assert len(behind) < 8 and all(c.size <= max(limit, spp(srv)) for c in behind)
+    np.testing.assert_array_equal(np.concatenate(behind), np.concatenate(prompt))  # the same audio, in order
