@@ -31,6 +31,7 @@ from voxcpm_engine.sched.scheduler import Scheduler
 from voxcpm_engine.single.synthesizer import Synthesizer
 from voxcpm_engine.startup import ProgressClock, capture_step_graphs
 from voxcpm_engine.types import GenerationParams, RequestField, RequestRejected, StartupPhase, Voice
+from voxcpm_engine.worker.host_copies import copies_done, to_host
 from voxcpm_engine.worker.paged_kv import default_kv_blocks
 from voxcpm_engine.worker.runner import ModelRunner, SampledBatch
 from voxcpm_engine.worker.vae_stream import VaeStreams
@@ -260,9 +261,7 @@ class Engine:
             for request_id in ids:
                 if not self._vae_streams.has(request_id):  # its first chunk: the warmed-up state takes a slot
                     self._vae_streams.admit(request_id, self._warm.pop(request_id))
-            audio, audio_ready = self._audio_to_host(
-                self._vae_streams.decode(ids, self._frames(sampled.patches[:, None]))
-            )
+            audio = to_host(self._vae_streams.decode(ids, self._frames(sampled.patches[:, None])))
         # The VAE decode is queued right behind the sampler: the stop flags come back while it runs.
         stops = sampled.stop_list()
         patched = time.monotonic()  # the stop flags came back: this step's patches are done
@@ -278,17 +277,15 @@ class Engine:
                 status = RequestStatus.FINISHED_LENGTH
             if status.is_finished:
                 if request.params.return_latents:
-                    latents[row_index] = self._latents_to_host(request.patches)
+                    latents[row_index] = to_host(torch.stack(request.patches))
                 self._end(request, status)  # its slots are reused only by work queued after this step's
             statuses.append(status)
-        if latents and audio_ready is not None:  # the latents' copies were queued after the audio's
-            audio_ready = torch.cuda.Event()
-            audio_ready.record()
+        copied = copies_done(sampled.patches.device)  # before the next step is queued behind them
         if self.async_scheduling and not self.scheduler.waiting:
             self._inflight = self._launch(outputs)
         with record_function("engine.audio_to_host"):
-            if audio_ready is not None:
-                audio_ready.synchronize()  # not the next step's work, queued behind the copy
+            if copied is not None:
+                copied.synchronize()  # not the next step's work, queued behind the copies
             audio = audio.numpy()
         decoded = time.monotonic()
         for row_index, (request, status) in enumerate(zip(sampled.requests, statuses, strict=True)):
@@ -301,29 +298,6 @@ class Engine:
             patches = host.numpy() if host is not None else None
             outputs.append(StepOutput(request.request_id, audio[row_index], status, times, latents=patches))
         return outputs
-
-    @staticmethod
-    def _latents_to_host(patches: list[Tensor]) -> Tensor:
-        """Queue the copy of a request's patches ``[A, P, D]`` to the host as float32 (read after the step's sync)."""
-        stacked = torch.stack(patches).to(torch.float32)
-        if not stacked.is_cuda:
-            return stacked
-        host = torch.empty(stacked.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(stacked, non_blocking=True)
-        return host
-
-    @staticmethod
-    def _audio_to_host(audio: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
-        """Queue the copy of a step's audio to the host; returns the host tensor and the copy's end (CUDA)."""
-        if not audio.is_cuda:
-            # copy=True: .to() would alias the VAE's static output buffer, rewritten next step.
-            return audio.to(torch.float32, copy=True), None
-        # A fresh pinned tensor (cached by torch) per step: the arrays handed out keep theirs alive.
-        host = torch.empty(audio.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(audio, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        return host, ready
 
     def _launch(self, outputs: list[StepOutput]) -> SampledBatch | None:
         """Schedule a step and run it up to its new patches (queued on the GPU, not waited for)."""

@@ -108,6 +108,8 @@ class Session:
         self._holds_slot = False
         self._engine_id: str | None = None
         self._context: Voice | None = None  # the previous segment, to continue from
+        # With continuation on, each segment's own latents come back with its end: the next one's prompt.
+        self._params = dataclasses.replace(spec.params, return_latents=True) if spec.context_patches else spec.params
         self._over = False
         self._speaker: asyncio.Task[None] | None = None
 
@@ -261,13 +263,11 @@ class Session:
     async def _speak_segment(self, text: str, ready_at: float, queued_s: float, epoch: int) -> None:
         k = self.segments
         self.segments += 1
-        params = self.spec.params
+        params = self._params
         if k and params.seed is not None:  # same seed, different noise per segment, still reproducible
             params = dataclasses.replace(params, seed=(params.seed + k) % 2**63)
         context = self._context
         voice = context or self.spec.voice
-        if self.spec.context_patches:  # the segment's own latents come back with its end: the next one's prompt
-            params = dataclasses.replace(params, return_latents=True)
         engine_id = self._engine_id = self.record.engine_request_id = f"{self.spec.request_id}#{k}"
         stream = self.svc.engine.generate(engine_id, text, voice=voice, params=params, lora=self.spec.lora)
         self.outbox.put(SegmentStarted(k, text, continued=context is not None), epoch)

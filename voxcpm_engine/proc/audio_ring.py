@@ -97,11 +97,11 @@ class AudioRing:
 
     def pack(self, message: object) -> object:
         """A step message with its audio moved into the next slot (anything else unchanged)."""
-        if not isinstance(message, StepOutputs) or all(o.audio is None for o in message.outputs):
+        if not isinstance(message, StepOutputs):
             return message
         chunks = [o.audio for o in message.outputs if o.audio is not None]
         total = sum(c.size for c in chunks)
-        if total > self.spec.slot_samples or any(c.dtype != np.float32 or c.ndim != 1 for c in chunks):
+        if not chunks or total > self.spec.slot_samples or any(c.dtype != np.float32 or c.ndim != 1 for c in chunks):
             return message  # not what a step makes: the pipe carries it
         seq = self._next
         deadline = time.monotonic() + self.wait_s

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.voxcpm_engine.proc.engine_helpers import started_engine
 from voxcpm_engine.config.engine_config import EngineConfig
-from voxcpm_engine.proc.client import AsyncEngine
 
 CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
 
@@ -18,7 +18,5 @@ def runner(loop_runner):
 
 @pytest.fixture(scope="module")
 def engine(runner, tiny_v2):
-    eng = AsyncEngine(tiny_v2, CONFIG, num_threads=1)
-    runner.run(eng.start())
-    yield eng
-    runner.run(eng.stop())
+    with started_engine(runner, tiny_v2, CONFIG) as eng:
+        yield eng

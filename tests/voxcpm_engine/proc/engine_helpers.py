@@ -3,11 +3,16 @@
 import asyncio
 import io
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 
 from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.proc.client import AsyncEngine
 from voxcpm_engine.types import GenerationParams
 
 CONFIG = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, max_loras=2)
@@ -48,3 +53,14 @@ def flac(samples, sr):
     buf = io.BytesIO()
     sf.write(buf, samples, sr, format="FLAC", subtype="PCM_24")
     return buf.getvalue()
+
+
+@contextmanager
+def started_engine(runner: Any, checkpoint: Path, config: EngineConfig) -> Iterator[AsyncEngine]:
+    """An engine process (one torch thread) started on ``runner``'s loop, stopped after the block."""
+    engine = AsyncEngine(checkpoint, config, num_threads=1)
+    runner.run(engine.start())
+    try:
+        yield engine
+    finally:
+        runner.run(engine.stop())

@@ -18,7 +18,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.voxcpm_engine.proc.engine_helpers import CONFIG, LONG, SMALL, TEXT, collect, flac, params, settled, tone
+from tests.voxcpm_engine.proc.engine_helpers import (
+    CONFIG,
+    LONG,
+    SMALL,
+    TEXT,
+    collect,
+    flac,
+    params,
+    settled,
+    started_engine,
+    tone,
+)
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import CheckpointError, load_checkpoint
 from voxcpm_engine.io.prompt_audio import AudioLimitError, AudioLimits, load_audio
@@ -56,10 +67,8 @@ def runner():
 
 @pytest.fixture(scope="module")
 def engine(runner, tiny_v2):
-    eng = AsyncEngine(tiny_v2, CONFIG, num_threads=1)
-    runner.run(eng.start())
-    yield eng
-    runner.run(eng.stop())
+    with started_engine(runner, tiny_v2, CONFIG) as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
