@@ -4,15 +4,19 @@ Counters and histograms are updated where things happen (admission, queue, jobs)
 current state (queue depth, active streams, connections) are read when scraped, so they cannot
 drift from the objects they describe. Engine counters are the last :class:`EngineLoad` the app
 polled (``observe_engine``), since reading them needs a round trip to the engine process.
+
+The dashboard (``deploy/grafana``) and the alerts (``deploy/prometheus``) use these names; their
+tests (``tests/deploy/test_observability.py``) check every name they use against a real scrape.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from voxcpm_engine.types import EngineLoad
@@ -25,6 +29,11 @@ ENDPOINTS = {"/generate": "generate", "/v1/audio/speech": "openai"}  # path -> t
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0)
 _RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
+
+
+def _unknown() -> float:
+    """A limit not bound yet."""
+    return math.nan
 
 
 class Outcome(enum.Enum):
@@ -48,6 +57,19 @@ class _EngineCollector(Collector):
         steps = CounterMetricFamily("tts_engine_steps", "Engine steps run (all engines)")
         steps.add_metric([], float(load.steps))
         yield steps
+        # A summary without quantiles (count and sum): rate(sum) / rate(count) is the mean step
+        # time over any window, which a percentile of the engine's own window could not give.
+        yield SummaryMetricFamily(
+            "tts_engine_step_seconds",
+            "Time of the engine steps that ran work (all engines)",
+            count_value=load.step_count,
+            sum_value=load.step_seconds,
+        )
+        p99 = GaugeMetricFamily(
+            "tts_engine_step_p99_seconds", "p99 step time over each engine's last 4096 steps (the slowest engine's)"
+        )
+        p99.add_metric([], load.step_p99_s)
+        yield p99
         for key, help_text in (
             ("running", "Requests in the engines' running batches"),
             ("waiting", "Requests waiting inside the engines"),
@@ -116,8 +138,24 @@ class ServerMetrics:
         connections.set_function(active_connections)
         depth = Gauge("tts_queue_depth", "Requests waiting for an inference slot", registry=r)
         depth.set_function(queue_depth)
+        # The limits as gauges, so a dashboard can divide by them (utilization) without knowing
+        # each instance's flags. NaN until bind_capacity (the app binds them once its services exist).
+        self._capacity: tuple[Callable[[], float], Callable[[], float]] = (_unknown, _unknown)
+        slots = Gauge("tts_max_inference_slots", "Inference slots (--max-num-seqs x devices)", registry=r)
+        slots.set_function(lambda: self._capacity[0]())
+        cap = Gauge("tts_max_concurrent_connections", "The connection cap (--max-concurrent-connections)", registry=r)
+        cap.set_function(lambda: self._capacity[1]())
         self._engine = _EngineCollector()
         r.register(self._engine)
+
+    def bind_capacity(self, inference_slots: Callable[[], float], connection_cap: Callable[[], float]) -> None:
+        """Read the limits from these at each scrape (``tts_max_inference_slots``, ``tts_max_concurrent_connections``).
+
+        Args:
+            inference_slots: Reads the inference queue's slot count.
+            connection_cap: Reads the admission's connection cap.
+        """
+        self._capacity = (inference_slots, connection_cap)
 
     def observe_engine(self, load: EngineLoad) -> None:
         """Remember the engine's latest load for the next scrape."""

@@ -62,6 +62,10 @@ class Services:
     model: ModelInfo
     engine_load: EngineLoad = field(default_factory=EngineLoad)
 
+    def __post_init__(self) -> None:
+        # The limits live in the queue and the admission, which the metrics are built before.
+        self.metrics.bind_capacity(lambda: self.queue.slots, lambda: self.admission.cap)
+
     @property
     def sample_rate(self) -> int:
         """Rate of the engine's audio."""

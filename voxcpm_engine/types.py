@@ -166,6 +166,10 @@ class EngineLoad:
         steps: Steps run since start.
         kv_blocks_free: KV cache blocks free.
         kv_blocks_total: KV cache blocks.
+        step_count: Steps the engine core timed since start (those that ran work).
+        step_seconds: Their total time, in seconds (with ``step_count``: a mean over any interval).
+        step_p99_s: p99 of the step time over each engine's last few thousand steps, in seconds
+            (a group: the slowest engine's, since percentiles of different engines do not add up).
     """
 
     alive: bool = False
@@ -174,12 +178,27 @@ class EngineLoad:
     steps: int = 0
     kv_blocks_free: int = 0
     kv_blocks_total: int = 0
+    step_count: int = 0
+    step_seconds: float = 0.0
+    step_p99_s: float = 0.0
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, Any]) -> EngineLoad:
-        """The load in an engine client's ``stats()`` (missing figures, e.g. of a dead engine, are 0)."""
-        counts = {f.name: int(stats.get(f.name, 0)) for f in dataclasses.fields(cls) if f.name != "alive"}
-        return cls(alive=bool(stats.get("alive", False)), **counts)
+        """The load in an engine client's ``stats()`` (missing figures, e.g. of a dead engine, are 0).
+
+        The step time is each engine's ``step_ms`` summary (count, lifetime mean, window p99): at the
+        top of one engine's stats, under ``engines`` in a group's.
+        """
+        counts = {f: int(stats.get(f, 0)) for f in ("running", "waiting", "steps", "kv_blocks_free", "kv_blocks_total")}
+        timings = [s["step_ms"] for s in stats.get("engines", [stats]) if "step_ms" in s]
+        return cls(
+            alive=bool(stats.get("alive", False)),
+            **counts,
+            step_count=sum(int(t.get("count", 0)) for t in timings),
+            # The lifetime mean times the count is the lifetime total (the summary keeps no sum).
+            step_seconds=sum(float(t.get("mean", 0.0)) * int(t.get("count", 0)) for t in timings) / 1e3,
+            step_p99_s=max((float(t.get("p99", 0.0)) for t in timings), default=0.0) / 1e3,
+        )
 
 
 class StartupPhase(enum.Enum):

@@ -1,5 +1,7 @@
 """Tests of tts_server.metrics: each metric moves with its event, gauges are read at scrape, a registry per app."""
 
+import math
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -134,3 +136,49 @@ def test_an_apps_metrics_move_with_its_own_requests(loop_runner, shared_engine, 
         assert mb.registry is not ma.registry
         assert value(mb, "tts_requests_total", endpoint="generate", outcome="ok") == 0  # the other app saw nothing
         assert value(mb, "tts_audio_seconds_total") == 0 and value(mb, "tts_ttfb_seconds_count") == 0
+
+
+def test_the_limits_are_nan_until_bound_then_read_when_scraped(metrics, src):
+    assert math.isnan(value(metrics, "tts_max_inference_slots"))
+    assert math.isnan(value(metrics, "tts_max_concurrent_connections"))
+    limits = {"slots": 4, "cap": 8}
+    metrics.bind_capacity(lambda: limits["slots"], lambda: limits["cap"])
+    assert value(metrics, "tts_max_inference_slots") == 4 and value(metrics, "tts_max_concurrent_connections") == 8
+    limits["slots"] = 2
+    assert value(metrics, "tts_max_inference_slots") == 2
+
+
+def test_the_step_time_is_a_summary_of_the_engines_figures(metrics):
+    assert value(metrics, "tts_engine_step_seconds_count") == 0 and value(metrics, "tts_engine_step_seconds_sum") == 0
+    metrics.observe_engine(EngineLoad(alive=True, step_count=200, step_seconds=1.5, step_p99_s=0.012))
+    assert value(metrics, "tts_engine_step_seconds_count") == 200
+    assert value(metrics, "tts_engine_step_seconds_sum") == pytest.approx(1.5)
+    assert value(metrics, "tts_engine_step_p99_seconds") == pytest.approx(0.012)
+    families = {f.name: f.type for f in text_string_to_metric_families(metrics.render().decode())}
+    assert families["tts_engine_step_seconds"] == "summary" and families["tts_engine_step_p99_seconds"] == "gauge"
+
+
+def test_engine_load_reads_the_step_time_of_one_engine_and_of_a_group():
+    one = {"alive": True, "steps": 10, "step_ms": {"count": 10, "mean": 4.0, "p50": 3.0, "p99": 9.0, "max": 9.5}}
+    load = EngineLoad.from_stats(one)
+    assert (load.step_count, load.steps) == (10, 10)
+    assert load.step_seconds == pytest.approx(0.04) and load.step_p99_s == pytest.approx(0.009)
+    group = {
+        "alive": True,
+        "steps": 30,
+        "engines": [one, {"alive": True, "step_ms": {"count": 20, "mean": 2.0, "p99": 20.0}}, {"alive": False}],
+    }
+    load = EngineLoad.from_stats(group)
+    assert load.step_count == 30 and load.step_seconds == pytest.approx(0.08)
+    assert load.step_p99_s == pytest.approx(0.02)  # the slowest engine's
+    idle = EngineLoad.from_stats({"alive": True, "step_ms": {"count": 0}})  # no step timed yet: no mean
+    assert (idle.step_count, idle.step_seconds, idle.step_p99_s) == (0, 0.0, 0.0)
+
+
+def test_a_served_app_binds_its_limits(loop_runner, shared_engine, tiny_v2):
+    slots = server_config(tiny_v2).inference_slots
+    config = server_config(tiny_v2, max_concurrent_connections=slots + 3)  # not the default 2 x slots
+    with serve(loop_runner, shared_engine, config) as a:
+        ma = a.app.state.metrics
+        assert value(ma, "tts_max_inference_slots") == slots
+        assert value(ma, "tts_max_concurrent_connections") == slots + 3
