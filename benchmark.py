@@ -28,7 +28,9 @@ Modes (``--mode``; default ``http`` with ``--server``, else ``engine``):
 --profile runs one level under torch.profiler and prints where a step's time goes by the engine's
 named ranges (host and device ms per step), then the same level through the engine process
 (AsyncEngine) with its IPC cost per step (--ipc alone: only the latter). --json OUT writes every
-number, the configuration, device, torch version, date and command line.
+number, the configuration, device, torch version, date and command line. --plot FIG.png (.svg; default:
+--json's path as .png) draws the run (perf/plots.py); `python -m perf.plots A.json B.json --out DIR`
+redraws saved runs. On a terminal, progress bars on stderr count the runs of each sweep.
 
 Random-weight checkpoints (--preset) never stop on their own: every request runs exactly --steps
 patches (ours: min_steps = max_steps; the peer: max_generate_length, it has no minimum).
@@ -45,8 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cold.add_argument("--kernel-cache-dir", type=Path, help="an empty directory for the servers' kernel cache")
     cold.add_argument("--server-args", help='more tts_server flags, one string (e.g. "--max-num-batched-tokens 4096")')
     ap.add_argument("--json", type=Path, help="write all results as JSON here")
+    ap.add_argument("--plot", type=Path, help="write the figure here (.png/.svg; default: --json's path as .png)")
+    ap.add_argument("--no-plot", action="store_true", help="no figure, not even beside --json")
     args = ap.parse_args(argv)
+    if args.plot and not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        ap.error("--plot needs matplotlib (pip install -e '.[bench]')")  # before the run, not after it
+    if args.plot and args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        ap.error(f"--plot {args.plot}: the name must end in .png, .svg or .pdf")
+    args.plot = None if args.no_plot else (args.plot or (args.json and args.json.with_suffix(".png")))
     args.mode = args.mode or ("http" if args.server else "engine")
     if args.mode in ("http", "session") and not args.server:
         ap.error(f"--mode {args.mode} needs --server URL")
@@ -190,19 +198,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.concurrency) < 1:
         ap.error("--concurrency levels must be >= 1")
     return args
-
-
-def _jsonable(x: Any) -> Any:
-    """NaN/inf → null, tuples/paths → lists/strings (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,10 +378,22 @@ def main(argv: list[str] | None = None) -> int:
         run_engines(args, model_dir, out)
         print_engines(args, out)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_jsonable(out), indent=1, allow_nan=False) + "\n")
+        report.write_json(args.json, out)
         print(f"\nwrote {args.json}")
+    if args.plot:
+        write_plot(args.plot, out)
     return 0
+
+
+def write_plot(path: Path, out: dict[str, Any]) -> None:
+    """The run's figure (:mod:`perf.plots`); a missing matplotlib only skips it (the default figure of --json)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no figure: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return
+    from perf.plots import write_run_figure
+
+    for written in write_run_figure(report.jsonable(out), path):
+        print(f"wrote {written}")
 
 
 if __name__ == "__main__":

@@ -82,8 +82,10 @@ model_dir() {
     fi
 }
 
-# Download a Hugging Face repo into a directory. Progress goes to stderr as usual; a failure prints
-# one line on stdout (the reason, e.g. no network) and returns 1, instead of a long traceback.
+# Download a Hugging Face repo into a directory. On a terminal huggingface_hub's progress bar shows
+# on stderr (bytes and files so far); elsewhere (a log, CI) the bar is off and one line on stderr says
+# what came down (VOXCPM_PROGRESS=1/0 forces the bar on/off, as for the engine's tools). A failure
+# prints one line on stdout (the reason, e.g. no network) and returns 1, instead of a long traceback.
 download() {
     if ! "$PY" -c 'import huggingface_hub' 2>/dev/null; then
         local log
@@ -95,7 +97,18 @@ download() {
     local rc=0
     timeout 1800 "$PY" -c '
 import sys
+import time
+from pathlib import Path
+
 from huggingface_hub import snapshot_download
+from huggingface_hub.utils import disable_progress_bars
+
+from voxcpm_engine.tools.progress import progress_enabled
+
+forced = progress_enabled()
+if not (sys.stderr.isatty() if forced is None else forced):
+    disable_progress_bars()  # huggingface_hub draws its bars on any stderr, a log file included
+start = time.monotonic()
 try:
     snapshot_download(sys.argv[1], local_dir=sys.argv[2])
 except Exception as exc:  # one line for main.sh: the first line of the message says what failed
@@ -103,6 +116,10 @@ except Exception as exc:  # one line for main.sh: the first line of the message 
     reason = lines[0][:300] if lines else repr(exc)
     print(f"{type(exc).__name__}: {reason}")
     sys.exit(1)
+files = [p for p in Path(sys.argv[2]).rglob("*") if p.is_file() and ".cache" not in p.parts]
+size = sum(p.stat().st_size for p in files)
+amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+print(f"main.sh: downloaded {len(files)} files ({amount}) in {time.monotonic() - start:.0f} s", file=sys.stderr)
 ' "$1" "$2" || rc=$?
     if [ "$rc" = 124 ]; then
         echo "timed out after 30 minutes"

@@ -1,4 +1,4 @@
-"""Benchmark tooling behind ``benchmark.py``: FLOP model, metrics, drivers, HTTP client, reports, profiling.
+"""Benchmark tooling behind ``benchmark.py``: FLOP model, metrics, drivers, HTTP client, reports, figures, profiling.
 
 Modules:
     flops: model FLOPs per generated patch from a :class:`~voxcpm_engine.config.model_config.ModelConfig`, and the same
@@ -14,6 +14,7 @@ Modules:
     server_timing: the ``Server-Timing`` header parser.
     server_modes: the HTTP and cold-start modes of ``benchmark.py`` (a running server; one it starts).
     cold_start: a server started on an empty, then a filled kernel cache, measured per level.
-    report: the printed tables.
+    report: the printed tables, and the run's strict JSON file.
+    plots: the figures of a run, or of saved JSON runs (``python -m perf.plots``); matplotlib, loaded only to draw.
     profiling: where a step's time goes (``--profile``) and the IPC cost of the engine process.
 """

@@ -38,6 +38,7 @@ from perf.metrics import (
 )
 from perf.system import peak_memory, reset_peak_memory
 from voxcpm_engine.config.model_config import ModelConfig
+from voxcpm_engine.tools.progress import echo, progress_bar
 
 BASE_TEXT = "The quick brown fox jumps over the lazy dog, then it runs across the field into the quiet forest."
 _MAX_IDLE_STEPS = 10_000  # steps in a row without any output: something is stuck
@@ -275,9 +276,12 @@ def closed_sweep(
     warmup_steps: int,
     peak_tflops: float | None,
     repeats: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = echo,
 ) -> list[dict[str, Any]]:
     """The closed-batch sweep: per level, ``warmup`` short runs, then ``repeats`` measured runs.
+
+    On a terminal a bar on stderr counts the runs (levels x (warm-up + repeats)); ``log`` gets one
+    line per measured run (default: stdout, printed above the bar).
 
     Returns:
         One dict per level, combined over its runs (:func:`~perf.metrics.combine_repeats`: medians,
@@ -288,46 +292,51 @@ def closed_sweep(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, not {repeats}")
     results = []
-    for level in levels:
-        n = requests_per_level or level
-        for w in range(warmup):
-            run_closed(
-                adapter,
-                concurrency=level,
-                num_requests=level,
-                sampling=_short(sampling, warmup_steps),
-                tag=f"w{w}c{level}-",
-            )
-        rows = []
-        for r in range(repeats):
-            tag = f"c{level}-" if r == 0 else f"c{level}r{r}-"
-            run = run_closed(adapter, concurrency=level, num_requests=n, sampling=sampling, tag=tag)
-            row: dict[str, Any] = {"engine": adapter.name, "concurrency": level}
-            row.update(summarize_closed(run.traces, run.wall_s))
-            row.update(
-                achieved_figures(
-                    adapter.model_config,
-                    timesteps=sampling.timesteps,
-                    steps=sampling.steps,
-                    patches=run.patches,
-                    wall_s=run.wall_s,
-                    peak_tflops=peak_tflops,
+    with progress_bar(len(levels) * (warmup + repeats), desc=f"{adapter.name} sweep", unit="run") as bar:
+        for level in levels:
+            n = requests_per_level or level
+            for w in range(warmup):
+                bar.set_postfix_str(f"concurrency {level}, warm-up", refresh=False)
+                run_closed(
+                    adapter,
+                    concurrency=level,
+                    num_requests=level,
+                    sampling=_short(sampling, warmup_steps),
+                    tag=f"w{w}c{level}-",
                 )
-            )
-            row.update(steps=run.steps, patches=run.patches, step_ms_mean=run.wall_s / max(run.steps, 1) * 1e3)
-            row["memory"] = run.memory
-            row["per_request"] = run.per_request()
-            row["engine_stages_ms"] = summarize_stages(run.traces, ENGINE_STAGES)
-            stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in row["engine_stages_ms"].items())
-            log(
-                f"[{adapter.name}] concurrency {level}"
-                + (f" (run {r + 1}/{repeats})" if repeats > 1 else "")
-                + f": TTFB p50 {row['ttfb_ms_p50']:.1f} ms, RTF mean {row['rtf_mean']:.3f}, "
-                f"{row['audio_s_per_s']:.1f} audio s/s, {row['achieved_tflops']:.3g} TFLOP/s"
-                + (f"; to first audio, p50 ms: {stages}" if stages else "")
-            )
-            rows.append(row)
-        results.append(combine_repeats(rows))
+                bar.update(1)
+            rows = []
+            for r in range(repeats):
+                bar.set_postfix_str(f"concurrency {level}, run {r + 1}/{repeats}")
+                tag = f"c{level}-" if r == 0 else f"c{level}r{r}-"
+                run = run_closed(adapter, concurrency=level, num_requests=n, sampling=sampling, tag=tag)
+                bar.update(1)
+                row: dict[str, Any] = {"engine": adapter.name, "concurrency": level}
+                row.update(summarize_closed(run.traces, run.wall_s))
+                row.update(
+                    achieved_figures(
+                        adapter.model_config,
+                        timesteps=sampling.timesteps,
+                        steps=sampling.steps,
+                        patches=run.patches,
+                        wall_s=run.wall_s,
+                        peak_tflops=peak_tflops,
+                    )
+                )
+                row.update(steps=run.steps, patches=run.patches, step_ms_mean=run.wall_s / max(run.steps, 1) * 1e3)
+                row["memory"] = run.memory
+                row["per_request"] = run.per_request()
+                row["engine_stages_ms"] = summarize_stages(run.traces, ENGINE_STAGES)
+                stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in row["engine_stages_ms"].items())
+                log(
+                    f"[{adapter.name}] concurrency {level}"
+                    + (f" (run {r + 1}/{repeats})" if repeats > 1 else "")
+                    + f": TTFB p50 {row['ttfb_ms_p50']:.1f} ms, RTF mean {row['rtf_mean']:.3f}, "
+                    f"{row['audio_s_per_s']:.1f} audio s/s, {row['achieved_tflops']:.3g} TFLOP/s"
+                    + (f"; to first audio, p50 ms: {stages}" if stages else "")
+                )
+                rows.append(row)
+            results.append(combine_repeats(rows))
     return results
 
 
@@ -339,23 +348,31 @@ def open_loop_sweep(
     sampling: Sampling,
     warmup_steps: int,
     seed: int = 0,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = echo,
 ) -> list[dict[str, Any]]:
-    """Open-loop runs at each rate (after one short warm-up burst); one summary dict per rate."""
+    """Open-loop runs at each rate (after one short warm-up burst); one summary dict per rate.
+
+    On a terminal a bar on stderr counts the rates run; ``log`` gets one line per rate.
+    """
     if warmup_steps > 0:
         run_closed(adapter, concurrency=8, num_requests=8, sampling=_short(sampling, warmup_steps), tag="wol-")
     results = []
-    for rate in rates:
-        run = run_open_loop(adapter, rate=rate, duration_s=duration_s, sampling=sampling, tag=f"ol{rate}-", seed=seed)
-        row: dict[str, Any] = {"engine": adapter.name}
-        row.update(summarize_open(run.traces, rate, duration_s))
-        row.update(steps=run.steps, patches=run.patches, wall_s=run.wall_s, memory=run.memory)
-        row["per_request"] = run.per_request()
-        log(
-            f"[{adapter.name}] {rate:g}/s: TTFB p50 {row['ttfb_ms_p50']:.1f} ms, max gap p99 "
-            f"{row['max_gap_ms_p99']:.1f} ms, underrun {row['underrun_share']:.1%}"
-        )
-        results.append(row)
+    with progress_bar(len(rates), desc=f"{adapter.name} open loop", unit="rate") as bar:
+        for rate in rates:
+            bar.set_postfix_str(f"{rate:g} arrivals/s for {duration_s:g} s")
+            run = run_open_loop(
+                adapter, rate=rate, duration_s=duration_s, sampling=sampling, tag=f"ol{rate}-", seed=seed
+            )
+            bar.update(1)
+            row: dict[str, Any] = {"engine": adapter.name}
+            row.update(summarize_open(run.traces, rate, duration_s))
+            row.update(steps=run.steps, patches=run.patches, wall_s=run.wall_s, memory=run.memory)
+            row["per_request"] = run.per_request()
+            log(
+                f"[{adapter.name}] {rate:g}/s: TTFB p50 {row['ttfb_ms_p50']:.1f} ms, max gap p99 "
+                f"{row['max_gap_ms_p99']:.1f} ms, underrun {row['underrun_share']:.1%}"
+            )
+            results.append(row)
     return results
 
 

@@ -1,10 +1,12 @@
 """Printed tables: closed-batch sweeps, side-by-side comparisons, open-loop runs, the seed's HTTP block with the
-server's stages, profiles."""
+server's stages, profiles; and the strict JSON file of a run."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from perf.metrics import stage_order
@@ -324,3 +326,22 @@ def cold_start_table(starts: Sequence[dict[str, Any]]) -> str:
                 ]
             )
     return _table(header, rows)
+
+
+def jsonable(x: Any) -> Any:
+    """NaN/inf → null, tuples/paths → lists/strings (strict JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write a run's results as strict JSON (``null`` for a figure that could not be measured)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(result), indent=1, allow_nan=False) + "\n")

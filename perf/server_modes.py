@@ -12,6 +12,7 @@ from typing import Any
 
 from perf import drivers, report
 from perf.metrics import combine_repeats, summarize_closed, summarize_stages
+from voxcpm_engine.tools.progress import echo, progress_bar
 
 __all__ = ["run_cold_start", "run_http", "run_sessions"]
 
@@ -22,42 +23,46 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
     load = HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout)
     out["http"] = []
-    for level in args.concurrency:
-        n = args.requests or level  # one wave started together, as in process and in the cold-start mode
-        runs = []
-        for r in range(args.repeats):
-            traces, wall = http_level(
-                args.server,
-                num_requests=n,
-                concurrency=level,
-                load=load,
-                warmup=args.warmup if r == 0 else 0,  # the level's warm-up once, before its first run
-                tag=f"c{level}-" if r == 0 else f"c{level}r{r}-",
-                workers=args.http_workers,
-            )
-            summary = summarize_closed(traces, wall)
-            if args.repeats > 1:
-                print(f"\n(run {r + 1} of {args.repeats})")
-            print(report.seed_block(summary, level, wall), flush=True)
-            errors = sorted({t.error for t in traces if t.error and t.error != "503"})
-            for e in errors[:5]:
-                print("  error:", e)
-            stages = summarize_stages(traces)
-            timed = sum(1 for t in traces if t.ok and t.server_timing)
-            if stages:
-                print(f"\nServer-Timing, ms ({timed} of {summary['ok']} answered requests carried it):")
-                print(report.stage_table(stages), flush=True)
-            runs.append(
-                {
-                    "engine": "server",
-                    "concurrency": level,
-                    **summary,
-                    "error_kinds": errors,
-                    "server_timing_ms": stages,
-                    "server_timing_responses": timed,
-                }
-            )
-        out["http"].append(combine_repeats(runs))
+    with progress_bar(len(args.concurrency) * args.repeats, desc="http sweep", unit="run") as bar:
+        for level in args.concurrency:
+            n = args.requests or level  # one wave started together, as in process and in the cold-start mode
+            runs = []
+            for r in range(args.repeats):
+                bar.set_postfix_str(f"concurrency {level}, run {r + 1}/{args.repeats}")
+                traces, wall = http_level(
+                    args.server,
+                    num_requests=n,
+                    concurrency=level,
+                    load=load,
+                    warmup=args.warmup if r == 0 else 0,  # the level's warm-up once, before its first run
+                    tag=f"c{level}-" if r == 0 else f"c{level}r{r}-",
+                    workers=args.http_workers,
+                )
+                bar.update(1)
+                summary = summarize_closed(traces, wall)
+                # echo, not print: the blocks go above the progress bar instead of through it.
+                if args.repeats > 1:
+                    echo(f"\n(run {r + 1} of {args.repeats})")
+                echo(report.seed_block(summary, level, wall))
+                errors = sorted({t.error for t in traces if t.error and t.error != "503"})
+                for e in errors[:5]:
+                    echo(f"  error: {e}")
+                stages = summarize_stages(traces)
+                timed = sum(1 for t in traces if t.ok and t.server_timing)
+                if stages:
+                    echo(f"\nServer-Timing, ms ({timed} of {summary['ok']} answered requests carried it):")
+                    echo(report.stage_table(stages))
+                runs.append(
+                    {
+                        "engine": "server",
+                        "concurrency": level,
+                        **summary,
+                        "error_kinds": errors,
+                        "server_timing_ms": stages,
+                        "server_timing_responses": timed,
+                    }
+                )
+            out["http"].append(combine_repeats(runs))
     if args.repeats > 1:
         print(f"\n## Median (min-max) over {args.repeats} runs per level\n")
         print(report.repeats_table(out["http"]))
@@ -77,12 +82,15 @@ def run_sessions(args: argparse.Namespace, out: dict[str, Any]) -> None:
     if args.warmup:
         asyncio.run(run_session_level(url, args.warmup, load, "warm-"))
     out["session"] = []
-    for level in args.concurrency:
-        for r in range(args.repeats):
-            traces, wall = asyncio.run(run_session_level(url, level, load, f"s{level}r{r}-"))
-            row = {"concurrency": level, "run": r + 1, **summarize_sessions(traces, wall)}
-            out["session"].append(row)
-            print(report.session_line(row), flush=True)
+    with progress_bar(len(args.concurrency) * args.repeats, desc="session sweep", unit="run") as bar:
+        for level in args.concurrency:
+            for r in range(args.repeats):
+                bar.set_postfix_str(f"{level} sessions, run {r + 1}/{args.repeats}")
+                traces, wall = asyncio.run(run_session_level(url, level, load, f"s{level}r{r}-"))
+                bar.update(1)
+                row = {"concurrency": level, "run": r + 1, **summarize_sessions(traces, wall)}
+                out["session"].append(row)
+                echo(report.session_line(row))
     print(f"\n## Voice-agent sessions ({args.steps}-patch segments), ms p50 / p99\n")
     print(report.session_table(out["session"]))
 

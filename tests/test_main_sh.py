@@ -1,11 +1,23 @@
 """``bash main.sh`` (run mode) end to end on this machine: synthetic model, server, /ready, example.py, clean stop."""
 
+import fcntl
+import hashlib
+import json
 import os
+import pty
+import re
+import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +87,114 @@ def test_an_offline_download_fails_in_one_line_then_falls_back_to_the_synthetic_
     assert "Error" in before[1]  # the reason, e.g. "LocalEntryNotFoundError: ... Connection refused"
     assert "Traceback" not in proc.stderr and "File " not in proc.stderr
     assert not (ROOT / "out" / "models" / "offline-test--no-such-repo").exists()
+
+
+class _FakeHub(BaseHTTPRequestHandler):
+    """The few Hugging Face endpoints ``snapshot_download`` calls: repo info, its file tree, each file."""
+
+    files = {"config.json": b'{"architecture": "test"}\n', "model.safetensors": bytes(2_000_000)}
+    sha = "0123456789abcdef0123456789abcdef01234567"
+
+    def log_message(self, *args: object) -> None:  # quiet test output
+        pass
+
+    def _answer(self, head: bool) -> None:
+        path = self.path.split("?")[0]
+        headers: dict[str, str] = {}
+        if path.startswith("/api/models/") and "/tree/" in path:
+            body = json.dumps(
+                [{"type": "file", "path": n, "size": len(b), "oid": _sha1(b)} for n, b in self.files.items()]
+            )
+            data = body.encode()
+        elif path.startswith("/api/models/"):
+            repo = path.removeprefix("/api/models/").split("/revision/")[0]
+            data = json.dumps(
+                {"id": repo, "sha": self.sha, "siblings": [{"rfilename": n} for n in self.files]}
+            ).encode()
+        elif "/resolve/" in path and path.rsplit("/", 1)[-1] in self.files:
+            data = self.files[path.rsplit("/", 1)[-1]]
+            headers = {"X-Repo-Commit": self.sha, "ETag": f'"{_sha1(data)}"'}
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A local stand-in for huggingface.co and a repo id on it; the download main.sh makes is removed after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    repo = f"progress-test/tiny-{uuid.uuid4().hex[:8]}"
+    target = ROOT / "out" / "models" / repo.replace("/", "--")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "VOXCPM_PROGRESS"},
+        "VENV": str(_venv(tmp_path)),
+        "MODEL": repo,
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+    try:
+        yield env, target
+    finally:
+        server.shutdown()
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_a_download_in_a_log_is_one_line_without_progress_bars(hub):
+    env, target = hub
+    proc = subprocess.run(["bash", "main.sh", "model"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(target.relative_to(ROOT))
+    assert (target / "model.safetensors").stat().st_size == 2_000_000
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"main.sh: downloading {env['MODEL']} from Hugging Face"
+    assert len(lines) == 2 and re.fullmatch(r"main\.sh: downloaded 2 files \(2\.0 MB\) in \d+ s", lines[1]), lines
+    assert "\r" not in proc.stderr and "%|" not in proc.stderr  # huggingface_hub's bars are off in a log
+
+
+def test_a_download_on_a_terminal_shows_its_progress(hub):
+    env, target = hub
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(["bash", "main.sh", "model"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen: list[bytes] = []
+
+    def drain() -> None:  # read while it runs: a full pty would block the download
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the writers are gone
+                return
+            if not data:
+                return
+            seen.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=300)
+    reader.join(10)
+    os.close(master)
+    err = b"".join(seen).decode(errors="replace")
+    assert proc.returncode == 0, err
+    assert out.decode().strip().splitlines()[-1] == str(target.relative_to(ROOT))
+    assert "100%|" in err and "main.sh: downloaded 2 files" in err  # the bar, then the summary line

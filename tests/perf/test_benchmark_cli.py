@@ -83,6 +83,8 @@ def test_engine_mode_tiny_preset_writes_strict_json(tmp_path):
         assert low <= r["ttfb_ms_p50"] <= high and len(r["runs"]) == 2
         assert r["mfu"] is None  # no peak known for a CPU
     assert "| ours | 2 |" in proc.stdout and "Median (min-max) over 2 runs per level" in proc.stdout
+    assert "sweep" not in proc.stderr and "\r" not in proc.stderr  # stderr is a pipe: no progress bar
+    assert out.with_suffix(".png").is_file()  # the figure beside --json by default
 
 
 def test_engine_mode_with_lora_voices_on_every_row(tmp_path):

@@ -6,10 +6,11 @@ import time
 
 import pytest
 
-from perf.drivers import Chunk, Sampling, closed_sweep, run_closed, run_open_loop
+from perf.drivers import Chunk, Sampling, closed_sweep, open_loop_sweep, run_closed, run_open_loop
 from perf.local_engine import LocalEngine
 from perf.metrics import poisson_arrivals
 from voxcpm_engine.config.engine_config import EngineConfig
+from voxcpm_engine.tools.progress import ENV
 
 STEPS = 4
 
@@ -136,3 +137,19 @@ def test_open_loop_injects_due_requests_between_steps(monkeypatch):
         assert len(t.arrivals) == 3 and t.late_chunks() == _late(t)
     # 20 ms steps deliver 100 ms chunks: nobody underruns.
     assert not any(t.underrun for t in run.traces)
+
+
+def test_sweeps_show_progress_only_when_asked(engine, monkeypatch, capsys):
+    sweep = {"levels": [1, 2], "requests_per_level": None, "sampling": Sampling(steps=2), "warmup": 0}
+    monkeypatch.delenv(ENV, raising=False)  # captured stderr is not a terminal: no bar
+    closed_sweep(engine, **sweep, warmup_steps=0, peak_tflops=None)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.count("[ours] concurrency") == 2  # the log lines go to stdout
+    monkeypatch.setenv(ENV, "1")  # forced: levels x repeats runs counted on stderr, stdout unchanged
+    closed_sweep(engine, **sweep, warmup_steps=0, peak_tflops=None, repeats=2)
+    captured = capsys.readouterr()
+    assert "ours sweep" in captured.err and "4/4" in captured.err and "concurrency 2, run 2/2" in captured.err
+    assert captured.out.count("[ours] concurrency") == 4 and "sweep" not in captured.out
+    open_loop_sweep(engine, rates=[50.0], duration_s=0.05, sampling=Sampling(steps=2), warmup_steps=0)
+    captured = capsys.readouterr()
+    assert "ours open loop" in captured.err and "1/1" in captured.err and "[ours] 50/s" in captured.out

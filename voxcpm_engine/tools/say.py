@@ -7,6 +7,8 @@
 [--device D]``:
 every line (``id``, ``text``, optional ``seed``, ``min_steps``, ``max_steps``, ``lora``, ``prompt_wav``,
 ``prompt_text``, ``ref_wav``) runs through the batched engine at once; each result is written to ``<id>.wav``.
+On a terminal a progress bar on stderr counts the finished requests and the seconds of audio made
+(``VOXCPM_PROGRESS=1``/``0`` forces it on/off, see :mod:`voxcpm_engine.tools.progress`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import CheckpointError
 from voxcpm_engine.single.synthesizer import Synthesizer
+from voxcpm_engine.tools.progress import progress_bar
 from voxcpm_engine.types import GenerationParams
 
 
@@ -129,9 +132,22 @@ def run_batch(args: argparse.Namespace) -> int:
             engine.add_request(job["id"], job["text"], voice, params, lora=job.get("lora"))
         start = time.perf_counter()
         chunks: dict[str, list] = {job["id"]: [] for job in jobs}
-        while engine.has_unfinished():
-            for out in engine.step():
-                chunks[out.request_id].append(out.audio)
+        audio_s, shown = 0.0, start
+        # Requests finish one by one as their lengths run out; the bar counts them and the audio made so far.
+        with progress_bar(len(jobs), desc="synthesizing", unit="req") as bar:
+            while engine.has_unfinished():
+                done = 0
+                for out in engine.step():
+                    chunks[out.request_id].append(out.audio)
+                    if out.audio is not None:
+                        audio_s += len(out.audio) / engine.sample_rate
+                    done += out.finished
+                bar.set_postfix_str(f"{audio_s:.1f} s of audio", refresh=False)
+                if done:
+                    bar.update(done)
+                elif time.perf_counter() - shown > 0.5:  # long requests: the audio count moves before one ends
+                    bar.refresh()
+                    shown = time.perf_counter()
         elapsed = time.perf_counter() - start
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.config.presets import PRESETS, WEIGHTS_FILE, preset_config
 from voxcpm_engine.io.atomic_dir import atomic_directory, check_new_directory
+from voxcpm_engine.tools.progress import progress_bar
 
 
 def _init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
@@ -41,12 +43,14 @@ def _init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Te
     return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
 
 
-def random_state_dict(module: torch.nn.Module, dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:
+def random_state_dict(
+    module: torch.nn.Module, dtype: torch.dtype, seed: int, on_tensor: Callable[[int], object] | None = None
+) -> dict[str, torch.Tensor]:
     """Random tensors for every persistent state-dict entry of ``module`` (built on any device).
 
     Floating entries get ``dtype``; integer buffers keep their dtype and value (they are config,
     e.g. AudioVAE V2's ``sr_bin_boundaries``), so the module must be built on a real device if it
-    has any.
+    has any. ``on_tensor`` is called with each entry's element count once it is made (progress).
     """
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
@@ -56,13 +60,14 @@ def random_state_dict(module: torch.nn.Module, dtype: torch.dtype, seed: int) ->
         ref = entries[name]
         if not ref.is_floating_point():
             out[name] = ref.detach().to("cpu").clone()
-            continue
-        if name.endswith("weight_g"):
+        elif name.endswith("weight_g"):
             # Legacy weight norm: g = ||v|| over all dims but 0, so the effective weight is v.
             v = out[name[: -len("weight_g")] + "weight_v"].float()
             out[name] = v.flatten(1).norm(dim=1).reshape(ref.shape).to(dtype)
-            continue
-        out[name] = _init_tensor(name, ref.shape, gen).to(dtype)
+        else:
+            out[name] = _init_tensor(name, ref.shape, gen).to(dtype)
+        if on_tensor is not None:
+            on_tensor(ref.numel())
     if "stop_head.weight" in out:
         w = out["stop_head.weight"]
         out["stop_head.weight"] = w[:1].expand_as(w).clone()  # tied logits: never stops by itself
@@ -104,7 +109,9 @@ def write_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Write a synthetic checkpoint of ``preset`` into ``out_dir`` (created; must not exist or be empty).
 
     The directory appears complete or not at all: files are written to a temporary sibling that is
-    renamed into place at the end.
+    renamed into place at the end. A full-size preset takes a while (most of it drawing and saving
+    the main weights): on a terminal a bar on stderr counts the parameters written (see
+    :mod:`voxcpm_engine.tools.progress`).
 
     Returns:
         The checkpoint directory.
@@ -120,19 +127,27 @@ def write_checkpoint(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     with atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(raw, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
         model = VoxCPMModel.build(cfg, device="meta", dtype=torch.bfloat16)
-        weights = random_state_dict(model, torch.bfloat16, seed)
-        del model
-        if WEIGHTS_FILE[preset].endswith(".safetensors"):
-            save_file(weights, str(tmp / WEIGHTS_FILE[preset]), metadata={"format": "pt"})
-        else:
-            torch.save(weights, tmp / WEIGHTS_FILE[preset])
-        del weights
+        # Built before the main weights only to know the bar's total; its own random init is overwritten below.
         vae = AudioVAE(cfg.audio_vae)
-        vae.load_state_dict(random_state_dict(vae, torch.float32, seed + 1))
-        normalize_vae_(vae, seed + 2)
-        # Wrapped like the released files (nano-vllm-voxcpm reads ["state_dict"]; our loader takes both).
-        torch.save({"state_dict": vae.state_dict()}, tmp / "audiovae.pth")
-        write_tokenizer_files(tmp, cfg.lm.vocab_size)
+        total = sum(t.numel() for m in (model, vae) for t in m.state_dict().values())
+        with progress_bar(total, desc=f"writing {preset}", unit="param", unit_scale=True) as bar:
+            bar.set_postfix_str("random weights")
+            weights = random_state_dict(model, torch.bfloat16, seed, on_tensor=bar.update)
+            del model
+            bar.set_postfix_str(f"saving {WEIGHTS_FILE[preset]}")
+            if WEIGHTS_FILE[preset].endswith(".safetensors"):
+                save_file(weights, str(tmp / WEIGHTS_FILE[preset]), metadata={"format": "pt"})
+            else:
+                torch.save(weights, tmp / WEIGHTS_FILE[preset])
+            del weights
+            bar.set_postfix_str("audio VAE")
+            vae.load_state_dict(random_state_dict(vae, torch.float32, seed + 1, on_tensor=bar.update))
+            normalize_vae_(vae, seed + 2)
+            # Wrapped like the released files (nano-vllm-voxcpm reads ["state_dict"]; our loader takes both).
+            torch.save({"state_dict": vae.state_dict()}, tmp / "audiovae.pth")
+            bar.set_postfix_str("tokenizer")
+            write_tokenizer_files(tmp, cfg.lm.vocab_size)
+            bar.set_postfix_str("done")
     return out
 
 
