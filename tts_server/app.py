@@ -37,6 +37,7 @@ from tts_server.routes.generate import generate_routes
 from tts_server.routes.openai import openai_routes
 from tts_server.routes.openapi import openapi_routes
 from tts_server.routes.ops import ops_routes
+from tts_server.routes.playground import playground_routes
 from tts_server.routes.stream_session import stream_session_routes
 from tts_server.routes.voices import voice_routes
 from tts_server.services import Services
@@ -257,6 +258,7 @@ def create_app(
             *ops_routes(),
             *voice_routes(),
             *openapi_routes(),
+            *playground_routes(),
         ],
         middleware=[Middleware(AdmissionMiddleware, admission=admission)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},

@@ -1,6 +1,7 @@
 """Who may call what: open probes, API-key work endpoints, admin-key voice management.
 
-- Open (no key ever): ``/health``, ``/status``, ``/ready``, ``/metrics``, ``/info``, ``/openapi.json``, ``/docs``.
+- Open (no key ever): ``/health``, ``/status``, ``/ready``, ``/metrics``, ``/info``, ``/openapi.json``, ``/docs``,
+  and the web playground's static page (``/``, ``/playground``, ``/playground/...``: the key is typed into it).
 - Voice management (``POST``/``PUT``/``DELETE`` on ``/voices...``, ``/add_prompt``, ``/remove_prompt``)
   needs the admin key; without an admin key configured, the API key guards it.
 - Everything else needs the API key when one is configured (the admin key works there too).
@@ -32,7 +33,10 @@ __all__ = [
     "required_access",
 ]
 
-OPEN_PATHS = frozenset({"/health", "/status", "/ready", "/metrics", "/info", "/openapi.json", "/docs"})
+OPEN_PATHS = frozenset(
+    {"/health", "/status", "/ready", "/metrics", "/info", "/openapi.json", "/docs", "/", "/playground"}
+)
+_OPEN_PREFIXES = ("/playground/",)  # the playground's static files (routes/playground.py); it calls the API with a key
 _ADMIN_PREFIXES = ("/voices",)
 _ADMIN_PATHS = frozenset({"/add_prompt", "/remove_prompt"})
 
@@ -47,7 +51,7 @@ class Access(enum.Enum):
 
 def required_access(method: str, path: str) -> Access:
     """The access level of an endpoint."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
         return Access.OPEN
     if path in _ADMIN_PATHS:
         return Access.ADMIN

@@ -41,6 +41,10 @@ def test_access_levels_and_client_keys():
     assert required_access("DELETE", "/voices/x") is Access.ADMIN
     assert required_access("POST", "/add_prompt") is Access.ADMIN
     assert required_access("POST", "/encode_latents") is Access.USER
+    # The playground's page is open (the key is typed into it); a look-alike path is not.
+    for path in ("/", "/playground", "/playground/", "/playground/playground.js"):
+        assert required_access("GET", path) is Access.OPEN, path
+    assert required_access("GET", "/playgroundx") is Access.USER
     check_access(Access.ADMIN, None, api_key=None, admin_key=None)  # nothing configured: open
     with pytest.raises(ApiError) as info:
         check_access(Access.USER, "Basic abc", api_key="k", admin_key=None)
