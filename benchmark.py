@@ -131,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     eng.add_argument(
         "--vae-fp32", dest="vae_tf32", action="store_false", help="ours: the AudioVAE's convolutions in true fp32"
     )
+    eng.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default="float32", help="ours: VAE decode dtype")
     eng.add_argument(
         "--no-async-scheduling",
         dest="async_scheduling",
@@ -218,6 +219,7 @@ def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
         **_limits(args),
         fused_kernels=args.fused_kernels,
         vae_tf32=args.vae_tf32,
+        vae_dtype=args.vae_dtype,
         async_scheduling=args.async_scheduling,
         packed_lm_graphs=args.packed_lm_graphs,
         **lora,

@@ -103,6 +103,7 @@ def engine_config(
     timesteps: int = 10,
     fused_kernels: bool = True,
     vae_tf32: bool = True,
+    vae_dtype: str = "float32",
     async_scheduling: bool = True,
     packed_lm_graphs: bool = True,
     max_loras: int = 0,
@@ -112,6 +113,7 @@ def engine_config(
     return EngineConfig(
         fused_kernels=None if fused_kernels else False,
         vae_tf32=vae_tf32,
+        vae_dtype=vae_dtype,
         async_scheduling=None if async_scheduling else False,
         packed_lm_graphs=packed_lm_graphs,
         max_loras=max_loras,

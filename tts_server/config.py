@@ -121,6 +121,11 @@ class ServerConfig:
         "off: true fp32, bit-stable between streamed and whole decodes.",
         parse=_bool,
     )
+    vae_dtype: str = _setting(
+        "float32",
+        "Dtype of the streaming AudioVAE decode: `float32`, or `bfloat16` (half the memory traffic; fp32 "
+        "accumulation, audio handed out in fp32; prompt encoding stays fp32).",
+    )
     async_scheduling: bool = _setting(
         True,
         "With CUDA graphs, launch each decode step before the previous step's audio is copied out, so the "
@@ -343,6 +348,7 @@ class ServerConfig:
             cuda_graph_timesteps=self.cuda_graph_timesteps,
             fused_kernels=None if self.fused_kernels else False,
             vae_tf32=self.vae_tf32,
+            vae_dtype=self.vae_dtype,
             async_scheduling=None if self.async_scheduling else False,
             packed_lm_graphs=self.packed_lm_graphs,
             warm_up=None if self.warm_up else False,

@@ -94,6 +94,8 @@ class Engine:
             checkpoint.model.use_fused_kernels()
             checkpoint.vae.use_fused_kernels()
         checkpoint.vae.tf32_convs = self.config.vae_tf32
+        # Before VaeStreams sizes its buffers; folds bf16 weights from the fp32 ones (encodes stay fp32).
+        checkpoint.vae.set_decode_dtype(getattr(torch, self.config.vae_dtype))
         self.adapters: AdapterRegistry | None = None
         if self.config.max_loras:
             slots = enable_lora(checkpoint.model, self.config.max_loras + 1, self.config.max_lora_rank)

@@ -85,3 +85,11 @@ def test_the_audio_ring_setting_reaches_the_engine():
     assert load_config(["--model", "m"], {"TTS_AUDIO_RING_SLOTS": "0"}).engine_config().audio_ring_slots == 0
     with pytest.raises(ConfigError, match="--audio-ring-slots"):
         load_config(["--model", "m", "--audio-ring-slots", "-1"], {})
+
+
+def test_the_vae_dtype_setting_reaches_the_engine():
+    assert load_config(["--model", "m"], {}).engine_config().vae_dtype == "float32"
+    assert load_config(["--model", "m", "--vae-dtype", "bfloat16"], {}).engine_config().vae_dtype == "bfloat16"
+    assert load_config(["--model", "m"], {"TTS_VAE_DTYPE": "bfloat16"}).engine_config().vae_dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="--vae-dtype must be one of float32, bfloat16, got 'fp16'"):
+        load_config(["--model", "m", "--vae-dtype", "fp16"], {})

@@ -10,7 +10,9 @@ shows up as an O(0.1) difference.
 
 import numpy as np
 import pytest
+import torch
 
+from tests.voxcpm_engine.vae_bf16 import SYNTHETIC_TINY_SNR_DB, snr_db
 from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
@@ -260,3 +262,28 @@ def test_a_request_can_take_its_latents_back_and_be_continued_from(ckpt_v1):
     engine.add_request("next", "And the next one.", voice, _params(4, 4))
     out, status = _run(engine)
     assert status["next"] == RequestStatus.FINISHED_LENGTH and len(out["next"]) == 4 * cfg.samples_per_patch
+
+
+def test_bf16_vae_engine_streams_fp32_audio_close_to_the_fp32_vae(tiny_v1, tmp_path):
+    """vae_dtype=bfloat16 end to end: a zero-shot and a prompted request (prompt encoded in fp32, its
+    warm-up state handed to a bf16 slot); only the VAE differs, so the audio differs by its rounding."""
+    import soundfile as sf
+
+    t = np.arange(16000) / 16000
+    path = tmp_path / "p.wav"
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 200 * t), 16000)
+    audio = {}
+    for vae_dtype in ("float32", "bfloat16"):
+        ckpt = load_checkpoint(tiny_v1, dtype="float32")  # its own: the engine sets the VAE's decode dtype
+        voice = Synthesizer(ckpt).make_voice(prompt_text="A prompt.", prompt_audio=path)
+        engine = _engine(ckpt, vae_dtype=vae_dtype)
+        assert str(ckpt.vae.decode_dtype) == f"torch.{vae_dtype}" and str(ckpt.vae.dtype) == "torch.float32"
+        engine.add_request("z", "Zero shot.", params=_params(4, 3))
+        engine.add_request("c", "Cloned voice.", voice, _params(5, 9))
+        audio[vae_dtype], status = _run(engine)
+        assert set(status.values()) == {RequestStatus.FINISHED_LENGTH}
+    for name, n in (("z", 4), ("c", 5)):
+        got, ref = audio["bfloat16"][name], audio["float32"][name]
+        assert got.dtype == np.float32 and got.shape == ref.shape == (n * ckpt.config.samples_per_patch,)
+        assert np.isfinite(got).all()
+        assert snr_db(torch.from_numpy(got), torch.from_numpy(ref)) >= SYNTHETIC_TINY_SNR_DB, name

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from voxcpm_engine.config.model_config import ModelConfig
 
+VAE_DTYPES = ("float32", "bfloat16")
+"""Dtypes the streaming AudioVAE decode may run in (``EngineConfig.vae_dtype``), as torch attribute names."""
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -34,6 +37,10 @@ class EngineConfig:
             reference's numerics on a GPU; ~1.3x faster steps at batch 64-128) instead of true fp32.
             ``False`` for exactness: with TF32 a streamed decode drifts from the whole decode (see
             ``voxcpm_engine.model.audio_vae.conv_flags``).
+        vae_dtype: Dtype of the AudioVAE's decodes (``"float32"`` or ``"bfloat16"``): activations,
+            streaming state and folded weights (weight norm still computed in fp32, then rounded).
+            Kernels accumulate in fp32 and the waveform handed out is always fp32. Prompt encoding
+            stays fp32 either way. A name, not a ``torch.dtype``, so the server's settings need no torch.
         async_scheduling: Schedule and launch the next decode step before copying a step's audio
             out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
             later). ``None``: wherever CUDA graphs run.
@@ -64,6 +71,7 @@ class EngineConfig:
     cuda_graph_timesteps: tuple[int, ...] = (10,)
     fused_kernels: bool | None = None
     vae_tf32: bool = True
+    vae_dtype: str = "float32"
     async_scheduling: bool | None = None
     packed_lm_graphs: bool = True
     warm_up: bool | None = None
@@ -81,6 +89,7 @@ class EngineConfig:
             ("max_loras", self.max_loras >= 0, "must be >= 0"),
             ("max_lora_rank", self.max_lora_rank >= 1, "must be >= 1"),
             ("audio_ring_slots", self.audio_ring_slots >= 0, "must be >= 0"),
+            ("vae_dtype", self.vae_dtype in VAE_DTYPES, f"must be one of {', '.join(VAE_DTYPES)}"),
             ("cuda_graph_timesteps", all(1 <= t <= 100 for t in self.cuda_graph_timesteps), "must be in [1, 100]"),
         ]
         for name, ok, msg in checks:

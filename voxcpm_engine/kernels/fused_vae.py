@@ -4,8 +4,10 @@ At large batches the fp32 VAE decode is the biggest part of an engine step, and 
 op by op, each of its ~35 Snake activations makes five full-tensor passes, and each depthwise
 k=7 conv first concatenates its streaming context to the input and then runs torch's generic
 depthwise kernel. These kernels do the Snake in one pass and the depthwise conv over context and
-input in place. Switched on by :meth:`voxcpm_engine.model.audio_vae.AudioVAE.use_fused_kernels`; CUDA, or
-the CPU under ``TRITON_INTERPRET=1`` (tests).
+input in place. Every kernel takes fp32 or bf16 activations (``EngineConfig.vae_dtype``) and
+sums in fp32, rounding once where it stores. Switched on by
+:meth:`voxcpm_engine.model.audio_vae.AudioVAE.use_fused_kernels`; CUDA, or the CPU under
+``TRITON_INTERPRET=1`` (tests).
 """
 
 from __future__ import annotations
@@ -170,7 +172,9 @@ def _mono_conv_kernel(
     tl.store(y_ptr + bat.to(tl.int64) * length + t, out.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
+def mono_causal_conv(
+    context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, dilation: int, out_dtype: torch.dtype | None = None
+) -> Tensor:
     """A conv from C channels to one over ``[context | x]`` without concatenating them (the VAE's output conv).
 
     cuDNN runs this shape as a layout change plus an implicit GEMM with one output column; one
@@ -182,6 +186,7 @@ def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, d
         weight: ``[1, C, k]`` effective weight.
         bias: ``[1]``.
         dilation: Tap spacing.
+        out_dtype: Dtype of the output (default ``x``'s); the sum is fp32 either way.
 
     Returns:
         ``[B, 1, T]``: the output for the new samples only.
@@ -189,7 +194,7 @@ def mono_causal_conv(context: Tensor, x: Tensor, weight: Tensor, bias: Tensor, d
     x = x.contiguous()
     bsz, channels, length = x.shape
     ksize = _check_context("mono_causal_conv", context, weight, dilation)
-    y = x.new_empty(bsz, 1, length)
+    y = x.new_empty(bsz, 1, length, dtype=out_dtype or x.dtype)
     block_t = min(1024, triton.next_power_of_2(length))
     _mono_conv_kernel[(bsz, triton.cdiv(length, block_t))](
         context, x, weight.contiguous(), bias, y, channels, length, context.shape[-1], dilation,
@@ -226,15 +231,16 @@ def _overlap_add_kernel(
     frame = 2 * STRIDE * out_ch
     y_b = y_ptr + bat.to(tl.int64) * (frames + 1) * frame
     # Sample j of output frame t: tap j of input frame t + 1 plus tap STRIDE + j of frame t.
-    cur = tl.load(y_b + (t + 1) * frame + j * out_ch + c, mask=ok, other=0.0)
-    prev = tl.load(y_b + t * frame + (STRIDE + j) * out_ch + c, mask=ok, other=0.0)
-    bias = tl.load(b_ptr + c, mask=c < out_ch, other=0.0)
+    # Sums in fp32 whatever the storage dtype (bf16 decodes), rounded once at the stores.
+    cur = tl.load(y_b + (t + 1) * frame + j * out_ch + c, mask=ok, other=0.0).to(tl.float32)
+    prev = tl.load(y_b + t * frame + (STRIDE + j) * out_ch + c, mask=ok, other=0.0).to(tl.float32)
+    bias = tl.load(b_ptr + c, mask=c < out_ch, other=0.0).to(tl.float32)
     val = (cur + prev) + bias
     offs = bat.to(tl.int64) * out_ch * length + c.to(tl.int64) * length + n
-    tl.store(out_ptr + offs, val, mask=ok)
+    tl.store(out_ptr + offs, val.to(out_ptr.dtype.element_ty), mask=ok)
     if SNAKE:  # the activation the next layer starts with, from the values in registers
         alpha = tl.load(alpha_ptr + c, mask=c < out_ch, other=1.0).to(tl.float32)
-        tl.store(snaked_ptr + offs, _snake(val.to(tl.float32), alpha, LIBDEVICE).to(val.dtype), mask=ok)
+        tl.store(snaked_ptr + offs, _snake(val, alpha, LIBDEVICE).to(snaked_ptr.dtype.element_ty), mask=ok)
 
 
 def overlap_add(
@@ -324,14 +330,15 @@ def _bias_residual_kernel(
     t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = t < length
     offs = row.to(tl.int64) * length + t
-    bias = tl.load(b_ptr + row % channels)
-    y = tl.load(y_ptr + offs, mask=ok, other=0.0)
-    x = tl.load(x_ptr + offs, mask=ok, other=0.0)
+    # Sums in fp32 whatever the storage dtype (bf16 decodes), rounded once at the stores.
+    bias = tl.load(b_ptr + row % channels).to(tl.float32)
+    y = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     out = x + (y + bias)
-    tl.store(out_ptr + offs, out, mask=ok)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)
     if SNAKE:  # the activation the next layer starts with, from the values in registers
         alpha = tl.load(alpha_ptr + row % channels).to(tl.float32)
-        tl.store(snaked_ptr + offs, _snake(out.to(tl.float32), alpha, LIBDEVICE).to(out.dtype), mask=ok)
+        tl.store(snaked_ptr + offs, _snake(out, alpha, LIBDEVICE).to(snaked_ptr.dtype.element_ty), mask=ok)
 
 
 def bias_residual_add(

@@ -5,7 +5,8 @@ differences (V2's encoder left-pad rule and its output-sample-rate conditioning)
 ``state_dict`` match the official ``audiovae.pth`` key for key (legacy weight-norm names, Snake
 ``alpha``, V2's int32 buffer ``decoder.sr_bin_boundaries``, the unused ``encoder.fc_logvar``).
 
-The VAE is meant to run in fp32 (spec §11 item 1); inputs are cast to the parameter dtype.
+The VAE is meant to run in fp32 (spec §11 item 1); inputs are cast to the parameter dtype. Decodes
+may run in bf16 instead (:meth:`AudioVAE.set_decode_dtype`, ``EngineConfig.vae_dtype``); encodes never.
 
 Streaming: both decoders are fully causal, so :meth:`AudioVAE.decode_stream` decodes a batch of
 streams chunk by chunk from a :class:`StreamingDecoderState`; the concatenated chunks of a stream
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +25,9 @@ from torch import Tensor, nn
 from voxcpm_engine.config.model_config import AudioVAEConfig
 from voxcpm_engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d, StreamableModule, StreamBuffers
 from voxcpm_engine.model.vae_layers import DecoderBlock, EncoderBlock, SampleRateCondition, Snake1d, run_layers
+from voxcpm_engine.model.vae_state import Rows, StreamingDecoderState
 
-Rows = int | slice | Sequence[int] | Tensor
-"""Row selector of a :class:`StreamingDecoderState`: index, slice, index list / tensor or bool mask."""
+__all__ = ["AudioVAE", "Decoder", "Encoder", "Rows", "StreamingDecoderState", "conv_flags"]
 
 
 class Encoder(nn.Module):
@@ -72,6 +71,9 @@ class Decoder(nn.Module):
             in_dim, out_dim = ch // 2**i, ch // 2 ** (i + 1)
             layers.append(DecoderBlock(in_dim, out_dim, stride, out_dim if config.depthwise else 1))
         layers += [Snake1d(out_dim), CausalConv1d(out_dim, 1, 7, left_pad=6), nn.Tanh()]
+        # The waveform conv writes fp32 from its fp32 sum on the fused path, so a bf16 decode adds no
+        # bf16 rounding (~-59 dB) to the audio itself; one channel, so it costs nothing.
+        layers[-2].out_dtype = torch.float32
         self.model = nn.ModuleList(layers)
 
         self.sr_cond_model: nn.ModuleDict | None = None
@@ -97,96 +99,6 @@ class Decoder(nn.Module):
                 x = self.sr_cond_model[str(i)](x, sr_bucket)
             x = layer(x, stream) if isinstance(layer, StreamableModule) else layer(x)
         return x
-
-
-@dataclass
-class StreamingDecoderState:
-    """Causal left context of every stateful decoder convolution, for a batch of independent streams.
-
-    ``buffers[k]`` is ``[B, C_k, ctx_k]``: the last ``ctx_k`` inputs seen by stateful conv ``k``
-    (``ctx`` = left pad for causal convs, one frame for transposed convs). Row ``r`` of every buffer
-    belongs to stream ``r``. A zero row is exactly the zero padding of a whole decode, so a stream
-    started from zeros reproduces :meth:`AudioVAE.decode` of its frames.
-
-    Batch management for an engine that adds and removes streams between steps: :meth:`select`
-    (gather / reorder / drop rows, returns a new state), :meth:`concat` (stack states),
-    :meth:`reset_rows` (restart streams in their slots) and :meth:`assign_rows` (overwrite slots from
-    another state). Row updates replace the tensors instead of writing into them, so states created
-    under ``torch.inference_mode`` stay usable outside it and tensors handed out earlier never change.
-
-    Attributes:
-        buffers: One context tensor per stateful convolution, in the model's slot order.
-    """
-
-    buffers: StreamBuffers
-
-    @property
-    def batch_size(self) -> int:
-        """Number of streams (rows)."""
-        return self.buffers[0].shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the buffers."""
-        return self.buffers[0].device
-
-    def _index(self, rows: Rows) -> Tensor:
-        if isinstance(rows, slice):
-            return torch.arange(self.batch_size, device=self.device)[rows]
-        if isinstance(rows, int):
-            rows = [rows]
-        idx = torch.as_tensor(rows, device=self.device)
-        if idx.dtype == torch.bool:
-            return idx.nonzero().flatten()
-        idx = idx.to(torch.long).flatten()
-        return torch.where(idx < 0, idx + self.batch_size, idx)  # negative indices count from the end
-
-    def select(self, rows: Rows) -> StreamingDecoderState:
-        """A new state holding ``rows`` (in the given order; repeats allowed)."""
-        idx = self._index(rows)
-        return StreamingDecoderState([b.index_select(0, idx) for b in self.buffers])
-
-    @classmethod
-    def concat(cls, states: Sequence[StreamingDecoderState]) -> StreamingDecoderState:
-        """Stack the rows of ``states`` (same model, same device) into one state."""
-        if not states:
-            raise ValueError("concat needs at least one state")
-        return cls([torch.cat(parts, dim=0) for parts in zip(*(s.buffers for s in states), strict=True)])
-
-    def reset_rows(self, rows: Rows) -> StreamingDecoderState:
-        """Zero ``rows`` so they start new streams; returns ``self``."""
-        idx = self._index(rows)
-        self.buffers = [b.index_fill(0, idx, 0.0) for b in self.buffers]
-        return self
-
-    def assign_rows(self, rows: Rows, source: StreamingDecoderState) -> StreamingDecoderState:
-        """Overwrite ``rows`` with the rows of ``source`` (one per index, in order); returns ``self``."""
-        idx = self._index(rows)
-        if source.batch_size != idx.numel():
-            raise ValueError(f"assign_rows: {idx.numel()} rows but source has {source.batch_size}")
-        self.buffers = [b.index_copy(0, idx, s.to(b.dtype)) for b, s in zip(self.buffers, source.buffers, strict=True)]
-        return self
-
-    def write_rows_(self, rows: Rows, source: StreamingDecoderState) -> StreamingDecoderState:
-        """In-place :meth:`assign_rows` for an engine's long-lived slot state; returns ``self``.
-
-        Writes into the existing tensors instead of replacing them, so a step costs the rows it
-        touches rather than a copy of every slot. Only for states created outside inference mode.
-        """
-        idx = self._index(rows)
-        if source.batch_size != idx.numel():
-            raise ValueError(f"write_rows_: {idx.numel()} rows but source has {source.batch_size}")
-        for b, s in zip(self.buffers, source.buffers, strict=True):
-            b.index_copy_(0, idx, s.to(b.dtype))
-        return self
-
-    def clone(self) -> StreamingDecoderState:
-        """A deep copy."""
-        return StreamingDecoderState([b.clone() for b in self.buffers])
-
-    def to(self, device: torch.device | str) -> StreamingDecoderState:
-        """A copy on ``device`` (``self`` if already there)."""
-        return StreamingDecoderState([b.to(device) for b in self.buffers])
 
 
 def conv_flags(tf32: bool = False, *, benchmark: bool | None = None) -> contextlib.AbstractContextManager:
@@ -235,6 +147,25 @@ class AudioVAE(nn.Module):
         # Shapes only (channels, context); the modules themselves stay reachable through `decoder`.
         self._stream_shapes = [(conv.in_channels, conv.context) for conv in stateful]
         self.tf32_convs = False  # see conv_flags
+        self._decode_dtype: torch.dtype | None = None  # None: the parameters' dtype
+
+    def set_decode_dtype(self, dtype: torch.dtype) -> None:
+        """Run decodes (whole and streamed) in ``dtype`` (fp32 or bf16); encodes keep the parameters' dtype.
+
+        bf16 halves the bytes of a memory-bound decode. The parameters stay fp32: the decoder's convs
+        fold ``g * v / ||v||`` in fp32 and keep it rounded to ``dtype`` (with their biases), Snake
+        alphas stay fp32 (every Snake computes in fp32), and the fused kernels sum in fp32. Stream
+        states are made in ``dtype``; the waveform is returned in the parameters' dtype.
+        """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"AudioVAE decodes in float32 or bfloat16, not {dtype}")
+        compute = None if dtype == self.dtype else dtype
+        self._decode_dtype = compute
+        for module in self.decoder.modules():
+            if isinstance(module, CausalConv1d | CausalConvTranspose1d):
+                module.compute_dtype = compute
+                if compute is not None or module.folded_weight is not None:
+                    module.fold()  # a bf16 weight is always folded: the fp32 norm is not redone per call
 
     def use_fused_kernels(self) -> None:
         """The CUDA fast paths of :mod:`voxcpm_engine.kernels.fused_vae`, with the conv weights folded.
@@ -287,6 +218,11 @@ class AudioVAE(nn.Module):
         """Floating dtype of the parameters (fp32 unless converted)."""
         return self.encoder.fc_mu.weight_v.dtype
 
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """Dtype decodes run in (:meth:`set_decode_dtype`; default the parameters')."""
+        return self._decode_dtype or self.dtype
+
     def encode(self, wav: Tensor, sample_rate: int | None = None) -> Tensor:
         """Encode a waveform batch to latent means.
 
@@ -329,22 +265,23 @@ class AudioVAE(nn.Module):
         """Decode latents to a waveform.
 
         Args:
-            z: ``[B, latent_dim, F]`` (cast to the parameter dtype, normally fp32).
+            z: ``[B, latent_dim, F]`` (cast to :attr:`decode_dtype`, normally fp32).
             sample_rate: V2 only: output rate to condition on (int or ``[B]``), default
                 ``output_sample_rate``. The output length does not depend on it.
 
         Returns:
-            ``[B, 1, F * decode_hop]``.
+            ``[B, 1, F * decode_hop]`` in the parameters' dtype, whatever :attr:`decode_dtype` is.
         """
         with conv_flags(self.tf32_convs):
-            return self.decoder(z.to(self.dtype), self.sample_rate_bucket(sample_rate, z.device))
+            wav = self.decoder(z.to(self.decode_dtype), self.sample_rate_bucket(sample_rate, z.device))
+        return wav.to(self.dtype)
 
     def new_stream_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> StreamingDecoderState:
-        """Zero streaming state for ``batch_size`` new streams (default: the parameters' device and dtype)."""
+        """Zero streaming state for ``batch_size`` new streams (default: the parameters' device, the decode dtype)."""
         device = self.encoder.fc_mu.weight_v.device if device is None else device
-        dtype = dtype or self.dtype
+        dtype = dtype or self.decode_dtype
         return StreamingDecoderState(
             [torch.zeros(batch_size, c, ctx, device=device, dtype=dtype) for c, ctx in self._stream_shapes]
         )
@@ -372,7 +309,7 @@ class AudioVAE(nn.Module):
             return z_chunk.new_zeros(z_chunk.shape[0], 1, 0, dtype=self.dtype)
         bucket = self.sample_rate_bucket(sample_rate, z_chunk.device)
         with conv_flags(self.tf32_convs):
-            return self.decoder(z_chunk.to(self.dtype), bucket, state.buffers)
+            return self.decoder(z_chunk.to(self.decode_dtype), bucket, state.buffers).to(self.dtype)
 
     def fold_weight_norm(self) -> None:
         """Cache every conv's effective weight instead of recomputing ``g * v / ||v||`` per call.
@@ -380,7 +317,8 @@ class AudioVAE(nn.Module):
         The cached tensor is the output of the same ``torch._weight_norm`` call on the same
         parameters, so outputs stay bit-identical (tolerance 0) on the same device and dtype. Call
         again after changing dtype or editing parameters in place; ``load_state_dict`` refreshes the
-        cache itself. No gradients reach ``weight_g``/``weight_v`` while folded.
+        cache itself. No gradients reach ``weight_g``/``weight_v`` while folded. A bf16 decoder
+        (:meth:`set_decode_dtype`) stays folded through :meth:`unfold_weight_norm`.
         """
         for module in self.modules():
             if isinstance(module, CausalConv1d | CausalConvTranspose1d):
@@ -389,5 +327,5 @@ class AudioVAE(nn.Module):
     def unfold_weight_norm(self) -> None:
         """Return to recomputing the weight-normed weights on every call (the default)."""
         for module in self.modules():
-            if isinstance(module, CausalConv1d | CausalConvTranspose1d):
+            if isinstance(module, CausalConv1d | CausalConvTranspose1d) and module.compute_dtype is None:
                 module.unfold()

@@ -50,6 +50,8 @@ class _WeightNormConv(StreamableModule):
         self.weight_g = nn.Parameter(torch.empty(weight_shape[0], 1, 1))
         self.weight_v = nn.Parameter(torch.empty(weight_shape))
         self.register_buffer("folded_weight", None, persistent=False)
+        self.register_buffer("folded_bias", None, persistent=False)  # only when compute_dtype differs
+        self.compute_dtype: torch.dtype | None = None  # None: the parameters' dtype (see AudioVAE.set_decode_dtype)
         self.context = context
         self.stream_slot: int | None = None
         self.fused = False  # AudioVAE.use_fused_kernels: streaming fast paths (depthwise kernel, GEMM)
@@ -66,19 +68,36 @@ class _WeightNormConv(StreamableModule):
         self.weight_g.copy_(torch.norm_except_dim(self.weight_v, 2, 0))
 
     def weight(self) -> Tensor:
-        """The effective weight ``g * v / ||v||`` (or the cached one after :meth:`fold`)."""
+        """The effective weight ``g * v / ||v||`` (or the cached one after :meth:`fold`).
+
+        Computed in the parameters' dtype (fp32), then rounded to ``compute_dtype`` if that is set:
+        a norm over up to 7 x 2048 taps taken in bf16 would lose more than the rounded weight does.
+        """
         if self.folded_weight is not None:
             return self.folded_weight
-        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+        weight = torch._weight_norm(self.weight_v, self.weight_g, 0)
+        return weight if self.compute_dtype is None else weight.to(self.compute_dtype)
+
+    def conv_bias(self) -> Tensor:
+        """The bias in the dtype of :meth:`weight` (torch's convs want both in the input's dtype).
+
+        The fused kernels take ``bias`` itself: they add it in fp32 whatever the activations' dtype.
+        """
+        if self.folded_bias is not None:
+            return self.folded_bias
+        return self.bias if self.compute_dtype is None else self.bias.to(self.compute_dtype)
 
     @torch.no_grad()
     def fold(self) -> None:
         """Cache the effective weight; it is then reused until :meth:`unfold` (no gradients flow to g/v)."""
-        self.folded_weight = torch._weight_norm(self.weight_v, self.weight_g, 0).detach()
+        self.folded_weight = None  # weight() must recompute from g and v, not return the stale cache
+        self.folded_weight = self.weight().detach()
+        self.folded_bias = None if self.compute_dtype is None else self.bias.detach().to(self.compute_dtype)
 
     def unfold(self) -> None:
         """Drop the cached weight and recompute it on every call again."""
         self.folded_weight = None
+        self.folded_bias = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -125,6 +144,7 @@ class CausalConv1d(_WeightNormConv):
         self.stride = stride
         self.dilation = dilation
         self.groups = groups
+        self.out_dtype: torch.dtype | None = None  # the fused mono path's output dtype (None: the input's)
 
     @property
     def in_channels(self) -> int:
@@ -137,7 +157,7 @@ class CausalConv1d(_WeightNormConv):
         if self._streams_to_mono(stream):
             return self._mono_stream(x, stream)
         x = self._with_context(x, stream)
-        return F.conv1d(x, self.weight(), self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv1d(x, self.weight(), self.conv_bias(), self.stride, 0, self.dilation, self.groups)
 
     @property
     def _depthwise(self) -> bool:
@@ -189,7 +209,7 @@ class CausalConv1d(_WeightNormConv):
         from voxcpm_engine.kernels.fused_vae import mono_causal_conv
 
         context = stream[self.stream_slot]
-        y = mono_causal_conv(context, x, self.weight(), self.bias, self.dilation)
+        y = mono_causal_conv(context, x, self.weight(), self.bias, self.dilation, out_dtype=self.out_dtype)
         self._advance(stream, context, x)
         return y
 
@@ -225,12 +245,12 @@ class CausalConvTranspose1d(_WeightNormConv):
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
         s = self.stride
         if stream is None or self.stream_slot is None:
-            return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., :-s]
+            return F.conv_transpose1d(x, self.weight(), self.conv_bias(), s)[..., :-s]
         if self.fused:
             return self.stream_gemm(x, stream)[0]
         x = self._with_context(x, stream)
         # The first s samples belong to the previous frame and were emitted by the previous call.
-        return F.conv_transpose1d(x, self.weight(), self.bias, s)[..., s:-s]
+        return F.conv_transpose1d(x, self.weight(), self.conv_bias(), s)[..., s:-s]
 
     def stream_gemm(
         self, x: Tensor, stream: StreamBuffers, snake_in: Tensor | None = None, snake_out: Tensor | None = None
@@ -293,10 +313,11 @@ class CausalConvTranspose1d(_WeightNormConv):
 
 @contextlib.contextmanager
 def _matmul_tf32(enabled: bool) -> Iterator[None]:
+    # bf16 GEMMs (a bf16 decode) accumulate in fp32 all the way: no bf16 split-K partial sums.
     matmul = torch.backends.cuda.matmul
-    before = matmul.allow_tf32
-    matmul.allow_tf32 = enabled
+    before = matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = enabled, False
     try:
         yield
     finally:
-        matmul.allow_tf32 = before
+        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = before

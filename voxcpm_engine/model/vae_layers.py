@@ -38,6 +38,8 @@ class Snake1d(StreamableModule):
             from voxcpm_engine.kernels.fused_vae import snake as fused_snake
 
             return fused_snake(x, self.alpha)
+        if x.dtype != self.alpha.dtype:  # a bf16 decode: in fp32 like the kernel, alpha unrounded
+            return snake(x.float(), self.alpha.float()).to(x.dtype)
         return snake(x, self.alpha)
 
 
@@ -141,4 +143,5 @@ class SampleRateCondition(nn.Module):
 
     def forward(self, x: Tensor, bucket: Tensor) -> Tensor:
         """Condition ``x`` ``[B, C, T]`` on ``bucket`` (int64, shape ``[1]`` or ``[B]``)."""
-        return x * self.scale_embed(bucket).unsqueeze(-1) + self.bias_embed(bucket).unsqueeze(-1)
+        y = x * self.scale_embed(bucket).unsqueeze(-1) + self.bias_embed(bucket).unsqueeze(-1)
+        return y.to(x.dtype)  # fp32 embeddings promote a bf16 decode's activations: keep its dtype

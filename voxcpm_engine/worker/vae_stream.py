@@ -6,6 +6,10 @@ writes them back with one ``index_copy_``, whatever the number of convolutions. 
 runs on static buffers (``z``, gathered state, output), padded to a batch bucket; on CUDA each
 bucket is a captured graph, which removes the hundreds of small launches a decoder call costs.
 
+Everything a decode reads and keeps (slots, latents, gathered state) is in the VAE's decode dtype
+(``EngineConfig.vae_dtype``: bf16 halves the bytes of a memory-bound step); the output buffer is
+in the parameters' dtype (fp32), so the audio is converted once, inside the decode (or graph).
+
 Off CUDA the same static forward runs eagerly (tests cover it in CI).
 """
 
@@ -52,7 +56,7 @@ class VaeStreams:
         self._shapes = shapes
         self.width = sum(self._sizes)
         self.device = vae.device
-        dtype = vae.dtype
+        dtype = vae.decode_dtype
         self._slots = torch.zeros(0, self.width, dtype=dtype, device=self.device)
         self._slot_of: dict[str, int] = {}
         self._free: list[int] = []
@@ -60,7 +64,8 @@ class VaeStreams:
         self.buckets = batch_buckets(max_batch)
         self._z = torch.zeros(max_batch, vae.latent_dim, frames_per_step, dtype=dtype, device=self.device)
         self._state = torch.zeros(max_batch, self.width, dtype=dtype, device=self.device)
-        self._out = torch.zeros(max_batch, 1, frames_per_step * vae.decode_hop, dtype=dtype, device=self.device)
+        hop = vae.decode_hop  # the audio itself stays fp32 for the host (see the module docstring)
+        self._out = torch.zeros(max_batch, 1, frames_per_step * hop, dtype=vae.dtype, device=self.device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.capture_s = 0.0
         self._on_capture = on_capture
@@ -131,7 +136,7 @@ class VaeStreams:
             y = self.vae.decoder(self._z[:n], self._bucket, stream)
         for view, tail in zip(views, stream, strict=True):
             view.copy_(tail)
-        self._out[:n].copy_(y)
+        self._out[:n].copy_(y)  # the one conversion to fp32 of a bf16 decode (none for fp32)
 
     @torch.inference_mode()
     def decode(self, request_ids: list[str], frames: Tensor) -> Tensor:

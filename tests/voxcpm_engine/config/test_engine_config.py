@@ -15,6 +15,7 @@ def test_defaults_are_valid_and_frozen():
     cfg = EngineConfig()
     assert (cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.max_model_len, cfg.block_size) == (16, 1024, 2048, 16)
     assert cfg.num_kv_blocks is None and cfg.enable_prefix_caching and cfg.max_loras == 0
+    assert cfg.vae_dtype == "float32" and EngineConfig(vae_dtype="bfloat16").vae_dtype == "bfloat16"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.block_size = 8  # type: ignore[misc]
 
@@ -33,6 +34,8 @@ def test_defaults_are_valid_and_frozen():
         ({"max_lora_rank": 0}, "max_lora_rank must be >= 1, got 0"),
         ({"cuda_graph_timesteps": (10, 0)}, r"cuda_graph_timesteps must be in \[1, 100\], got \(10, 0\)"),
         ({"cuda_graph_timesteps": (101,)}, r"cuda_graph_timesteps must be in \[1, 100\], got \(101,\)"),
+        ({"vae_dtype": "float16"}, "EngineConfig.vae_dtype must be one of float32, bfloat16, got 'float16'"),
+        ({"vae_dtype": "bf16"}, "EngineConfig.vae_dtype must be one of float32, bfloat16, got 'bf16'"),
     ],
 )
 def test_invalid_limits_name_the_field_and_value(kwargs, message):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tests.voxcpm_engine.kernels.interpret import DEVICE, close, randn, skip_if_compiled
 from tests.voxcpm_engine.tiny_configs import TINY, randomize
+from tests.voxcpm_engine.vae_bf16 import INTERPRETER_SNR_DB, TINY_SNR_DB, snr_db
 from voxcpm_engine.kernels import fused_vae
 from voxcpm_engine.model.audio_vae import AudioVAE
 from voxcpm_engine.model.vae_layers import snake as vae_snake
@@ -131,3 +132,104 @@ def test_mono_causal_conv_equals_conv1d_over_the_concatenation(channels, length)
     weight, bias = randn(1, channels, 7, seed=2) / (7 * channels) ** 0.5, randn(1, seed=3)  # unit-scale outputs
     want = _f64(F.conv1d, torch.cat([context, x], dim=-1), weight, bias)
     close(fused_vae.mono_causal_conv(context, x, weight, bias, 1), want, torch.float32)
+
+
+# --- bf16 activations (EngineConfig.vae_dtype): every kernel sums in fp32 and rounds once at its store ---
+
+BF16 = torch.bfloat16
+
+
+def _bf16(*shape, seed=0, scale=1.0):
+    """bf16 inputs, as a bf16 decode hands them over."""
+    return (randn(*shape, seed=seed) * scale).to(BF16)
+
+
+def close_bf16(got, want):
+    """``got`` is one bf16 rounding of ``want`` (the exact result of the same bf16 inputs, in float64).
+
+    Round to nearest is within half an ulp (2^-8 relative) on CUDA; the interpreter truncates (one
+    ulp, 2^-7). A kernel that summed in bf16 would round at every tap or add on top of that."""
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=1e-5)
+
+
+def test_bf16_snake_and_snake_rows():
+    x, context, alpha = _bf16(2, 40, 70, scale=4), _bf16(2, 40, 1, seed=1), _alpha(40)
+    want = vae_snake(x.double(), alpha.double())
+    got = fused_vae.snake(x, alpha)
+    assert got.dtype == BF16
+    close_bf16(got, want)
+    rows = fused_vae.snake_rows(x, alpha, context)
+    assert rows.dtype == BF16
+    close_bf16(rows, torch.cat([context.double(), want], dim=-1).transpose(1, 2))
+
+
+@pytest.mark.parametrize(("dilation", "length"), [(1, 5), (9, 70)])
+def test_bf16_depthwise_causal_conv_with_and_without_snake(dilation, length):
+    channels, ctx = 6, 6 * dilation
+    context, x = _bf16(3, channels, ctx), _bf16(3, channels, length, seed=1)
+    weight, bias, alpha = _bf16(channels, 1, 7, seed=2), randn(channels, seed=3), _alpha(channels)  # bias, alpha fp32
+    conv = F.conv1d(
+        torch.cat([context, x], dim=-1).double(), weight.double(), bias.double(), groups=channels, dilation=dilation
+    )
+    got = fused_vae.depthwise_causal_conv(context, x, weight, bias, dilation)
+    assert got.dtype == BF16
+    close_bf16(got, conv)
+    close_bf16(
+        fused_vae.depthwise_causal_conv(context, x, weight, bias, dilation, alpha), vae_snake(conv, alpha.double())
+    )
+
+
+def test_bf16_mono_causal_conv_sums_every_channel_in_fp32_and_can_write_fp32():
+    channels, length = 100, 130
+    context, x = _bf16(2, channels, 6), _bf16(2, channels, length, seed=1)
+    weight, bias = (randn(1, channels, 7, seed=2) / (7 * channels) ** 0.5).to(BF16), randn(1, seed=3)
+    want = F.conv1d(torch.cat([context, x], dim=-1).double(), weight.double(), bias.double())
+    got = fused_vae.mono_causal_conv(context, x, weight, bias, 1)
+    assert got.dtype == BF16
+    close_bf16(got, want)
+    wav = fused_vae.mono_causal_conv(context, x, weight, bias, 1, out_dtype=torch.float32)
+    assert wav.dtype == torch.float32  # the waveform: the fp32 sum itself, no bf16 rounding
+    torch.testing.assert_close(wav.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_overlap_add_with_and_without_snake():
+    stride, frames, channels = 3, 70, 40
+    y, bias, alpha = _bf16(2, frames + 1, 2, stride, channels), randn(channels, seed=2), _alpha(channels)
+    # Output sample t * stride + j: tap j of frame t + 1 plus tap stride + j of frame t, plus the bias.
+    yd = y.double()
+    want = (yd[:, 1:, 0] + yd[:, :-1, 1]).permute(0, 3, 1, 2).reshape(2, channels, -1) + bias.double()[:, None]
+    got, snaked = fused_vae.overlap_add(y, bias, stride, snake_alpha=alpha)
+    assert got.dtype == snaked.dtype == BF16
+    close_bf16(got, want)
+    close_bf16(snaked, vae_snake(want, alpha.double()))
+
+
+def test_bf16_bias_residual_add_with_and_without_snake():
+    y, x, bias, alpha = _bf16(2, 3, 50), _bf16(2, 3, 50, seed=1, scale=8), randn(3, seed=2), _alpha(3)
+    want = x.double() + (y.double() + bias.double().view(1, -1, 1))
+    got, none = fused_vae.bias_residual_add(y.clone(), bias, x)
+    assert got.dtype == BF16 and none is None
+    close_bf16(got, want)
+    got, snaked = fused_vae.bias_residual_add(y.clone(), bias, x, snake_alpha=alpha)
+    close_bf16(got, want)
+    close_bf16(snaked, vae_snake(want, alpha.double()))
+
+
+@pytest.mark.parametrize("name", ["v1-0.5b", "v2"])
+@torch.no_grad()
+def test_bf16_streamed_decode_on_the_fused_paths_is_close_to_the_op_by_op_ones(name):
+    plain, fast = _vae_pair(name)
+    z = randn(2, TINY[name].latent_dim, 5).to(BF16).float()
+    ref_state = plain.new_stream_state(2, DEVICE)
+    ref = torch.cat([plain.decode_stream(z[..., a:b], ref_state) for a, b in ((0, 1), (1, 5))], dim=-1)
+    for vae in (plain, fast):
+        vae.set_decode_dtype(BF16)
+    states = [vae.new_stream_state(2, DEVICE) for vae in (plain, fast)]
+    outs = [[], []]
+    for start, end in ((0, 1), (1, 5)):
+        for vae, state, out in zip((plain, fast), states, outs, strict=True):
+            out.append(vae.decode_stream(z[..., start:end], state))
+    eager, fused = (torch.cat(out, dim=-1) for out in outs)
+    assert fused.dtype == torch.float32 and all(b.dtype == BF16 for b in states[1].buffers)
+    bound = TINY_SNR_DB if DEVICE == "cuda" else INTERPRETER_SNR_DB  # the interpreter truncates
+    assert snr_db(eager, ref) >= TINY_SNR_DB and snr_db(fused, ref) >= bound and snr_db(fused, eager) >= bound

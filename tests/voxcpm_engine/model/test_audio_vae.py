@@ -1,4 +1,4 @@
-"""AudioVAE: state-dict layout, shapes, streaming == whole decode, causality, weight-norm folding.
+"""AudioVAE: state-dict layout, shapes, streaming == whole decode, causality, weight-norm folding, bf16 decodes.
 
 Tiny widths with the three releases' rate lists keep every test on CPU under a second or two.
 """
@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from tests.voxcpm_engine.tiny_configs import RELEASES, TINY, randomize
+from tests.voxcpm_engine.vae_bf16 import (
+    RELEASE_SNR_DB,
+    STREAM_SNR_DB,
+    TINY_SNR_DB,
+    bf16_latents,
+    release_vae,
+    snr_db,
+)
 from voxcpm_engine.model.audio_vae import AudioVAE, StreamingDecoderState
+from voxcpm_engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d
 
 # Streamed chunks vs a whole decode: same math, different conv/GEMM blocking (measured <= 1.7e-7 here).
 STREAM_ATOL = 1e-6
@@ -238,3 +247,68 @@ def test_fold_weight_norm_is_exact(name: str) -> None:
         assert torch.equal(vae.decode(z), other.decode(z))
         vae.unfold_weight_norm()
         assert torch.equal(vae.decode(z), other.decode(z))
+
+
+# --- bf16 decodes (AudioVAE.set_decode_dtype; bounds in tests/voxcpm_engine/vae_bf16.py) --------------
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_bf16_decode_is_close_to_fp32_and_leaves_encoding_alone(name: str) -> None:
+    vae = tiny(name)
+    z, wav = bf16_latents(vae, 2, 8), torch.randn(2, 1, 2 * vae.encode_hop)
+    with torch.no_grad():
+        ref_dec, ref_enc = vae.decode(z), vae.encode(wav)
+        vae.set_decode_dtype(torch.bfloat16)
+        got = vae.decode(z)
+        assert vae.decode_dtype == torch.bfloat16 and vae.dtype == torch.float32
+        assert got.dtype == torch.float32 and got.shape == ref_dec.shape  # the waveform comes back in fp32
+        assert snr_db(got, ref_dec) >= TINY_SNR_DB
+        assert torch.equal(vae.encode(wav), ref_enc)  # the encoder is untouched: still exact fp32
+        vae.set_decode_dtype(torch.float32)  # back to fp32: the folded fp32 weights, bit for bit
+        assert vae.decode_dtype == torch.float32 and torch.equal(vae.decode(z), ref_dec)
+
+
+def test_bf16_weights_are_folded_from_fp32_math_and_kept_across_reloads() -> None:
+    vae = tiny("v2")
+    vae.set_decode_dtype(torch.bfloat16)
+    convs = [m for m in vae.decoder.modules() if isinstance(m, CausalConv1d | CausalConvTranspose1d)]
+    for conv in convs:
+        want = torch._weight_norm(conv.weight_v, conv.weight_g, 0).detach().bfloat16()
+        assert conv.weight_v.dtype == torch.float32  # parameters stay fp32 (state dict, reloads)
+        assert torch.equal(conv.weight(), want) and conv.conv_bias().dtype == torch.bfloat16
+    assert all(m.compute_dtype is None and m.folded_weight is None for m in vae.encoder.modules() if m in convs)
+    other = tiny("v2", seed=1)
+    vae.load_state_dict(other.state_dict())  # refolds from the new fp32 parameters, still in bf16
+    vae.unfold_weight_norm()  # a bf16 decoder stays folded: no bf16 norm recomputed per call
+    conv = convs[0]
+    assert torch.equal(conv.weight(), torch._weight_norm(conv.weight_v, conv.weight_g, 0).detach().bfloat16())
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        vae.set_decode_dtype(torch.float16)
+
+
+@pytest.mark.parametrize("name", ["v1-1.5", "v2"])
+def test_bf16_streamed_decode_equals_the_bf16_whole_decode(name: str) -> None:
+    vae = tiny(name)
+    vae.set_decode_dtype(torch.bfloat16)
+    z = bf16_latents(vae, 2, 7)
+    state = vae.new_stream_state(2)
+    assert all(b.dtype == torch.bfloat16 for b in state.buffers)
+    with torch.no_grad():
+        whole = vae.decode(z)
+        streamed = torch.cat([vae.decode_stream(z[..., a:b], state) for a, b in ((0, 1), (1, 4), (4, 7))], dim=-1)
+    assert streamed.dtype == torch.float32 and streamed.shape == whole.shape
+    assert snr_db(streamed, whole) >= STREAM_SNR_DB
+
+
+def test_bf16_decode_of_voxcpm15_shapes_is_close_to_fp32() -> None:
+    vae = release_vae("voxcpm1.5")
+    z = bf16_latents(vae, 1, 8)  # two VoxCPM1.5 patches
+    with torch.no_grad():
+        ref = vae.decode(z)
+        vae.set_decode_dtype(torch.bfloat16)
+        state = vae.new_stream_state(1)
+        streamed = torch.cat([vae.decode_stream(z[..., i : i + 4], state) for i in (0, 4)], dim=-1)
+        whole = vae.decode(z)
+    assert torch.isfinite(streamed).all() and streamed.shape == ref.shape == (1, 1, 8 * vae.decode_hop)
+    assert snr_db(whole, ref) >= RELEASE_SNR_DB and snr_db(streamed, ref) >= RELEASE_SNR_DB
+    assert snr_db(streamed, whole) >= STREAM_SNR_DB
