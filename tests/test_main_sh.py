@@ -1,17 +1,13 @@
 """``bash main.sh`` (run mode) end to end on this machine: synthetic model, server, /ready, example.py, clean stop."""
 
-import fcntl
 import hashlib
 import json
 import os
-import pty
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+
+from tests.pty_run import run_on_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,28 +171,7 @@ def test_a_download_in_a_log_is_one_line_without_progress_bars(hub):
 
 def test_a_download_on_a_terminal_shows_its_progress(hub):
     env, target = hub
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(["bash", "main.sh", "model"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
-    seen: list[bytes] = []
-
-    def drain() -> None:  # read while it runs: a full pty would block the download
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: the writers are gone
-                return
-            if not data:
-                return
-            seen.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    out, _ = proc.communicate(timeout=300)
-    reader.join(10)
-    os.close(master)
-    err = b"".join(seen).decode(errors="replace")
-    assert proc.returncode == 0, err
-    assert out.decode().strip().splitlines()[-1] == str(target.relative_to(ROOT))
+    returncode, out, err = run_on_a_terminal(["bash", "main.sh", "model"], ROOT, env, timeout=300)
+    assert returncode == 0, err
+    assert out.strip().splitlines()[-1] == str(target.relative_to(ROOT))
     assert "100%|" in err and "main.sh: downloaded 2 files" in err  # the bar, then the summary line

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.pty_run import run_on_a_terminal
 from voxcpm_engine.tools.progress import ENV, echo, progress_bar
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,30 +29,7 @@ def _piped(args: list[str], **env: str) -> subprocess.CompletedProcess:
 
 def _on_a_terminal(args: list[str]) -> tuple[int, str, str]:
     """Run with stderr on a pseudo-terminal (100 columns) and stdout on a pipe: (exit code, stdout, stderr)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave
-    )
-    os.close(slave)
-    seen: list[bytes] = []
-
-    def drain() -> None:  # a full pty buffer would block the child: read while it runs
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: every writer has closed its end
-                return
-            if not data:
-                return
-            seen.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    out, _ = proc.communicate(timeout=120)
-    reader.join(10)
-    os.close(master)
-    return proc.returncode, out.decode(), b"".join(seen).decode(errors="replace")
+    return run_on_a_terminal([sys.executable, *args], ROOT, _env(), timeout=120)
 
 
 def _no_bar(stderr: str) -> None:
