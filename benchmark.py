@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from perf import drivers, report
+from perf import drivers, plots, report
 from perf.drivers import Sampling
 from perf.flops import audio_seconds_per_patch, format_breakdown, step_flops
 from perf.local_engine import LocalEngine, engine_config
@@ -383,19 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(args.json, out)
         print(f"\nwrote {args.json}")
     if args.plot:
-        write_plot(args.plot, out)
+        plots.draw_run(args.plot, report.jsonable(out))
     return 0
-
-
-def write_plot(path: Path, out: dict[str, Any]) -> None:
-    """The run's figure (:mod:`perf.plots`); a missing matplotlib only skips it (the default figure of --json)."""
-    if importlib.util.find_spec("matplotlib") is None:
-        print("no figure: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
-        return
-    from perf.plots import write_run_figure
-
-    for written in write_run_figure(report.jsonable(out), path):
-        print(f"wrote {written}")
 
 
 if __name__ == "__main__":

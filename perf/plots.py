@@ -21,6 +21,7 @@ matplotlib, and it imports it only when it draws (the ``bench`` extra). Redraw f
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -33,7 +34,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["KINDS", "Series", "figures", "load_result", "main", "series_by_kind", "write_figures", "write_run_figure"]
+__all__ = [
+    "KINDS",
+    "Series",
+    "draw_run",
+    "figures",
+    "load_result",
+    "main",
+    "series_by_kind",
+    "write_figures",
+    "write_run_figure",
+]
 
 KINDS = ("concurrency", "http", "open-loop", "sessions")
 _NAN = float("nan")
@@ -318,6 +329,16 @@ def write_run_figure(result: Mapping[str, Any], path: str | Path) -> list[Path]:
         fig.savefig(target, format=fmt)
         written.append(target)
     return written
+
+
+def draw_run(path: str | Path, result: Mapping[str, Any]) -> None:
+    """``benchmark.py``'s figure of its run, said on stdout; a missing matplotlib only skips it (the
+    default figure beside ``--json``: an asked-for ``--plot`` is refused before the run)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no figure: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return
+    for written in write_run_figure(result, path):
+        print(f"wrote {written}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,7 +169,7 @@ def test_plot_flags(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         benchmark.parse_args(["--preset", "tiny-v1", "--plot", str(tmp_path / "f.png")])
     assert exc.value.code == 2 and "bench" in capsys.readouterr().err
-    benchmark.write_plot(tmp_path / "f.png", {"ours": [{"concurrency": 1}]})
+    plots.draw_run(tmp_path / "f.png", {"ours": [{"concurrency": 1}]})
     assert "matplotlib is not installed" in capsys.readouterr().err and not (tmp_path / "f.png").exists()
 
 
