@@ -68,13 +68,12 @@ class _WeightNormConv(StreamableModule):
         self.weight_g.copy_(torch.norm_except_dim(self.weight_v, 2, 0))
 
     def weight(self) -> Tensor:
-        """The effective weight ``g * v / ||v||`` (or the cached one after :meth:`fold`).
+        """The effective weight ``g * v / ||v||`` (or the cached one after :meth:`fold`)."""
+        return self._normed_weight() if self.folded_weight is None else self.folded_weight
 
-        Computed in the parameters' dtype (fp32), then rounded to ``compute_dtype`` if that is set:
-        a norm over up to 7 x 2048 taps taken in bf16 would lose more than the rounded weight does.
-        """
-        if self.folded_weight is not None:
-            return self.folded_weight
+    def _normed_weight(self) -> Tensor:
+        # In the parameters' dtype (fp32), then rounded to compute_dtype if that is set: a norm over
+        # up to 7 x 2048 taps taken in bf16 would lose more than the rounded weight does.
         weight = torch._weight_norm(self.weight_v, self.weight_g, 0)
         return weight if self.compute_dtype is None else weight.to(self.compute_dtype)
 
@@ -90,8 +89,7 @@ class _WeightNormConv(StreamableModule):
     @torch.no_grad()
     def fold(self) -> None:
         """Cache the effective weight; it is then reused until :meth:`unfold` (no gradients flow to g/v)."""
-        self.folded_weight = None  # weight() must recompute from g and v, not return the stale cache
-        self.folded_weight = self.weight().detach()
+        self.folded_weight = self._normed_weight().detach()
         self.folded_bias = None if self.compute_dtype is None else self.bias.detach().to(self.compute_dtype)
 
     def unfold(self) -> None:
