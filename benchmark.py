@@ -132,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vae-fp32", dest="vae_tf32", action="store_false", help="ours: the AudioVAE's convolutions in true fp32"
     )
     eng.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default="float32", help="ours: VAE decode dtype")
+    eng.add_argument("--vae-overlap", action="store_true", help="ours: VAE decode on its own CUDA stream")
     eng.add_argument(
         "--no-async-scheduling",
         dest="async_scheduling",
@@ -220,6 +221,7 @@ def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
         fused_kernels=args.fused_kernels,
         vae_tf32=args.vae_tf32,
         vae_dtype=args.vae_dtype,
+        vae_overlap=args.vae_overlap,
         async_scheduling=args.async_scheduling,
         packed_lm_graphs=args.packed_lm_graphs,
         **lora,

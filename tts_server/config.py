@@ -126,6 +126,12 @@ class ServerConfig:
         "Dtype of the streaming AudioVAE decode: `float32`, or `bfloat16` (half the memory traffic; fp32 "
         "accumulation, audio handed out in fp32; prompt encoding stays fp32).",
     )
+    vae_overlap: bool = _setting(
+        False,
+        "On CUDA, run each step's AudioVAE decode on a CUDA stream of its own, beside the next step's LMs and "
+        "sampler instead of behind them (same audio).",
+        parse=_bool,
+    )
     async_scheduling: bool = _setting(
         True,
         "With CUDA graphs, launch each decode step before the previous step's audio is copied out, so the "
@@ -349,6 +355,7 @@ class ServerConfig:
             fused_kernels=None if self.fused_kernels else False,
             vae_tf32=self.vae_tf32,
             vae_dtype=self.vae_dtype,
+            vae_overlap=self.vae_overlap,
             async_scheduling=None if self.async_scheduling else False,
             packed_lm_graphs=self.packed_lm_graphs,
             warm_up=None if self.warm_up else False,

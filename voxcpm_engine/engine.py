@@ -122,6 +122,7 @@ class Engine:
             self.model_config.patch_size,
             self.config.max_num_seqs,
             capture=graphs,
+            side_stream=self.config.vae_overlap,
             on_capture=progress.phase(StartupPhase.VAE_GRAPHS) if progress else None,
         )
         self._warm: dict[str, StreamingDecoderState | None] = {}
@@ -258,12 +259,13 @@ class Engine:
             sampled = self._launch(outputs)
         if sampled is None:
             return outputs
-        with record_function("engine.vae"):
+        with record_function("engine.vae"), self._vae_streams.on_stream(sampled.patches):
             ids = [r.request_id for r in sampled.requests]
             for request_id in ids:
                 if not self._vae_streams.has(request_id):  # its first chunk: the warmed-up state takes a slot
                     self._vae_streams.admit(request_id, self._warm.pop(request_id))
             audio = to_host(self._vae_streams.decode(ids, self._frames(sampled.patches[:, None])))
+            audio_copied = copies_done(sampled.patches.device)  # on the decode's stream (EngineConfig.vae_overlap)
         # The VAE decode is queued right behind the sampler: the stop flags come back while it runs.
         stops = sampled.stop_list()
         patched = time.monotonic()  # the stop flags came back: this step's patches are done
@@ -286,8 +288,9 @@ class Engine:
         if self.async_scheduling and not self.scheduler.waiting:
             self._inflight = self._launch(outputs)
         with record_function("engine.audio_to_host"):
-            if copied is not None:
-                copied.synchronize()  # not the next step's work, queued behind the copies
+            for event in (audio_copied, copied):  # not the next step's work, queued behind the copies
+                if event is not None:
+                    event.synchronize()
             audio = audio.numpy()
         decoded = time.monotonic()
         for row_index, (request, status) in enumerate(zip(sampled.requests, statuses, strict=True)):

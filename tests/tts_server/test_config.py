@@ -87,6 +87,12 @@ def test_the_audio_ring_setting_reaches_the_engine():
         load_config(["--model", "m", "--audio-ring-slots", "-1"], {})
 
 
+def test_the_vae_overlap_setting_reaches_the_engine():
+    assert load_config(["--model", "m"], {}).engine_config().vae_overlap is False
+    assert load_config(["--model", "m", "--vae-overlap"], {}).engine_config().vae_overlap is True
+    assert load_config(["--model", "m"], {"TTS_VAE_OVERLAP": "1"}).engine_config().vae_overlap is True
+
+
 def test_the_vae_dtype_setting_reaches_the_engine():
     assert load_config(["--model", "m"], {}).engine_config().vae_dtype == "float32"
     assert load_config(["--model", "m", "--vae-dtype", "bfloat16"], {}).engine_config().vae_dtype == "bfloat16"

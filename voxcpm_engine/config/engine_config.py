@@ -41,6 +41,9 @@ class EngineConfig:
             streaming state and folded weights (weight norm still computed in fp32, then rounded).
             Kernels accumulate in fp32 and the waveform handed out is always fp32. Prompt encoding
             stays fp32 either way. A name, not a ``torch.dtype``, so the server's settings need no torch.
+        vae_overlap: On CUDA, run each step's VAE decode (and its audio's copy to the host) on a stream
+            of its own, so that the next step's LMs and sampler run beside it on the GPU instead of
+            behind it (:class:`voxcpm_engine.worker.vae_stream.VaeStreams`). Same audio either way.
         async_scheduling: Schedule and launch the next decode step before copying a step's audio
             out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
             later). ``None``: wherever CUDA graphs run.
@@ -72,6 +75,7 @@ class EngineConfig:
     fused_kernels: bool | None = None
     vae_tf32: bool = True
     vae_dtype: str = "float32"
+    vae_overlap: bool = False
     async_scheduling: bool | None = None
     packed_lm_graphs: bool = True
     warm_up: bool | None = None

@@ -10,14 +10,20 @@ Everything a decode reads and keeps (slots, latents, gathered state) is in the V
 (``EngineConfig.vae_dtype``: bf16 halves the bytes of a memory-bound step); the output buffer is
 in the parameters' dtype (fp32), so the audio is converted once, inside the decode (or graph).
 
+On CUDA the decodes may run on a stream of their own (``side_stream``): a step's decode then waits
+only for that step's patches, and the next step's LMs and sampler, queued on the caller's stream
+right after, run beside it instead of behind it. Every use of the slots is on that stream, and a
+tensor made on the caller's stream is kept from reuse until the decode that reads it is done.
+
 Off CUDA the same static forward runs eagerly (tests cover it in CI).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -37,6 +43,7 @@ class VaeStreams:
         max_batch: Most streams decoded in one step (the engine's ``max_num_seqs``).
         capture: Capture a CUDA graph per batch bucket (the VAE must be on CUDA).
         on_capture: Called with ``(graphs captured, graphs)`` after each capture (start-up progress).
+        side_stream: On CUDA, decode on a stream of the VAE's own (see the module docstring).
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class VaeStreams:
         *,
         capture: bool,
         on_capture: Callable[[int, int], None] | None = None,
+        side_stream: bool = False,
     ) -> None:
         self.vae = vae
         self.frames = frames_per_step
@@ -56,6 +64,7 @@ class VaeStreams:
         self._shapes = shapes
         self.width = sum(self._sizes)
         self.device = vae.device
+        self.stream = torch.cuda.Stream(device=self.device) if side_stream and self.device.type == "cuda" else None
         dtype = vae.decode_dtype
         self._slots = torch.zeros(0, self.width, dtype=dtype, device=self.device)
         self._slot_of: dict[str, int] = {}
@@ -89,6 +98,9 @@ class VaeStreams:
             self._free.extend(range(start + grow - 1, start - 1, -1))
         slot = self._slot_of[request_id] = self._free.pop()
         if warm is not None:
+            if self.stream is not None:  # made on the caller's stream, read on ours
+                for buffer in warm.buffers:
+                    buffer.record_stream(self.stream)
             self._slots[slot] = self.flatten(warm)[0]
 
     def release(self, request_id: str) -> None:
@@ -100,7 +112,8 @@ class VaeStreams:
         """
         slot = self._slot_of.pop(request_id, None)
         if slot is not None:
-            with torch.inference_mode():  # _slots may have been made under inference mode (a growth in a step)
+            side = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+            with torch.inference_mode(), side:  # _slots may have been made under inference mode (a growth in a step)
                 self._slots[slot].zero_()
             self._free.append(slot)
 
@@ -124,6 +137,20 @@ class VaeStreams:
         return len(self._free)
 
     # --- decode --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def on_stream(self, *inputs: Tensor) -> Iterator[None]:
+        """Run the block on the decode stream: with a side stream, after all work queued so far on the
+        caller's stream, with ``inputs`` (tensors made there) kept from reuse until the block's work is
+        done; without one, as is. Admissions, decodes and the copies of their output go in here."""
+        if self.stream is None:
+            yield
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        for tensor in inputs:
+            tensor.record_stream(self.stream)
+        with torch.cuda.stream(self.stream):
+            yield
 
     def _forward(self, n: int) -> None:
         """Decode the first ``n`` rows of the static buffers; new tails go back into ``_state``."""
