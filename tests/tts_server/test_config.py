@@ -87,6 +87,22 @@ def test_the_audio_ring_setting_reaches_the_engine():
         load_config(["--model", "m", "--audio-ring-slots", "-1"], {})
 
 
+def test_max_num_seqs_defaults_to_the_devices_kind():
+    """Unset (or ``auto``): 128 slots per GPU, 16 on the CPU; a value given is kept on either."""
+    cpu = load_config(["--model", "m", "--device", "cpu"], {})
+    assert cpu.max_num_seqs is None and cpu.slots_per_engine == 16 and cpu.engine_config().max_num_seqs == 16
+    gpus = load_config(["--model", "m", "--device", "cuda:0,cuda:1"], {"TTS_MAX_NUM_SEQS": "auto"})
+    assert gpus.engine_config().max_num_seqs == 128 and gpus.inference_slots == 256 and gpus.connection_cap == 512
+    assert load_config(["--model", "m", "--device", "cuda", "--max-num-seqs", "4"], {}).inference_slots == 4
+    assert (
+        load_config(["--model", "m", "--device", "cpu"], {"TTS_MAX_NUM_SEQS": "64"}).engine_config().max_num_seqs == 64
+    )
+    with pytest.raises(ConfigError, match="--max-concurrent-connections"):
+        load_config(["--model", "m", "--device", "cuda", "--max-concurrent-connections", "100"], {})
+    with pytest.raises(ConfigError, match="--max-num-seqs must be >= 1, got 0"):
+        load_config(["--model", "m", "--max-num-seqs", "0"], {})
+
+
 def test_the_vae_overlap_setting_reaches_the_engine():
     assert load_config(["--model", "m"], {}).engine_config().vae_overlap is False
     assert load_config(["--model", "m", "--vae-overlap"], {}).engine_config().vae_overlap is True
