@@ -43,6 +43,13 @@ differs with the chunk shape and thread count (measured: equal with 2 CPU thread
 at VoxCPM1.5 shapes, where one-ulp differences are amplified as above). A state bug is ~0 dB."""
 
 
+CUDA_STREAM_SNR_DB = 24.0
+""":data:`STREAM_SNR_DB` on CUDA, through the captured graphs and compiled kernels at VoxCPM1.5 shapes:
+cuBLAS and cuDNN choose their algorithms (and so the fp32 summation order) per shape, so a 4-frame
+chunk in a padded batch of 4 and the whole sequence of one stream round to different bf16 values in
+places, each flip amplified as above (measured 27.1 dB on an H100). A state bug is still ~0 dB."""
+
+
 INTERPRETER_SNR_DB = 18.0
 """bf16 vs fp32 decode of the tiny VAEs on the fused paths in Triton's interpreter (CPU tests only).
 The interpreter truncates at bf16 stores instead of rounding to nearest (its 1 + 0.75 * 2^-7 stores
