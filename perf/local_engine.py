@@ -104,7 +104,7 @@ def engine_config(
     fused_kernels: bool = True,
     vae_tf32: bool = True,
     vae_dtype: str = "float32",
-    vae_overlap: bool = False,
+    vae_overlap: bool = True,
     async_scheduling: bool = True,
     packed_lm_graphs: bool = True,
     max_loras: int = 0,

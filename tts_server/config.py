@@ -106,9 +106,9 @@ class ServerConfig:
         "accumulation, audio handed out in fp32; prompt encoding stays fp32).",
     )
     vae_overlap: bool = _setting(
-        False,
+        True,
         "On CUDA, run each step's AudioVAE decode on a CUDA stream of its own, beside the next step's LMs and "
-        "sampler instead of behind them (same audio).",
+        "sampler instead of behind them (same audio; 0.5-1% more audio per second at 256-512 streams on an H100).",
         parse=bool_value,
     )
     async_scheduling: bool = _setting(

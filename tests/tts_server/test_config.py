@@ -104,9 +104,9 @@ def test_max_num_seqs_defaults_to_the_devices_kind():
 
 
 def test_the_vae_overlap_setting_reaches_the_engine():
-    assert load_config(["--model", "m"], {}).engine_config().vae_overlap is False
-    assert load_config(["--model", "m", "--vae-overlap"], {}).engine_config().vae_overlap is True
-    assert load_config(["--model", "m"], {"TTS_VAE_OVERLAP": "1"}).engine_config().vae_overlap is True
+    assert load_config(["--model", "m"], {}).engine_config().vae_overlap is True
+    assert load_config(["--model", "m", "--no-vae-overlap"], {}).engine_config().vae_overlap is False
+    assert load_config(["--model", "m"], {"TTS_VAE_OVERLAP": "0"}).engine_config().vae_overlap is False
 
 
 def test_the_vae_dtype_setting_reaches_the_engine():

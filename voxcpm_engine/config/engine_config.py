@@ -43,7 +43,8 @@ class EngineConfig:
             stays fp32 either way. A name, not a ``torch.dtype``, so the server's settings need no torch.
         vae_overlap: On CUDA, run each step's VAE decode (and its audio's copy to the host) on a stream
             of its own, so that the next step's LMs and sampler run beside it on the GPU instead of
-            behind it (:class:`voxcpm_engine.worker.vae_stream.VaeStreams`). Same audio either way.
+            behind it (:class:`voxcpm_engine.worker.vae_stream.VaeStreams`). Same audio either way; 0.5-1%
+            more audio per second at 256-512 streams on an H100. No effect off CUDA.
         async_scheduling: Schedule and launch the next decode step before copying a step's audio
             out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
             later). ``None``: wherever CUDA graphs run.
@@ -75,7 +76,7 @@ class EngineConfig:
     fused_kernels: bool | None = None
     vae_tf32: bool = True
     vae_dtype: str = "float32"
-    vae_overlap: bool = False
+    vae_overlap: bool = True
     async_scheduling: bool | None = None
     packed_lm_graphs: bool = True
     warm_up: bool | None = None
