@@ -8,7 +8,8 @@ simulation (at 1x from its first sample) to see where a listener would hear a ga
 - **first audio**: from the first text fragment sent to the first audio sample received;
 - **boundary → audio**: for each sentence, from the moment its end became certain (the first word
   of the next sentence sent, or the flush) to its segment's first audio sample, and the server's own
-  ``timing`` event (text ready → first audio, of which queued);
+  ``timing`` event (text ready → first audio; of that, *behind*: the wait for the session's previous
+  segment to end, and *queued*: the wait for an inference slot);
 - **join gap**: the playback underrun at the start of each later segment (0: its audio was there
   before the previous segment finished playing), and the share of joins with one over 20 ms;
 - **clear → silence**: from ``clear`` sent to ``cleared`` received (after which no audio of the
@@ -82,6 +83,7 @@ class SegmentTrace:
     samples: int = 0
     server_ttfa_ms: float | None = None
     server_queued_ms: float | None = None
+    server_behind_ms: float | None = None
     chunks: list[np.ndarray] = field(default_factory=list)
 
 
@@ -160,6 +162,7 @@ async def _receive(ws: Any, trace: SessionTrace, barge: asyncio.Event, cleared: 
         elif kind == "timing":
             seg = trace.segments[event["segment"]]
             seg.server_ttfa_ms, seg.server_queued_ms = event["ttfa_ms"], event["queued_ms"]
+            seg.server_behind_ms = event.get("behind_ms")  # servers before it was sent: absent
         elif kind == "cleared":
             trace.cleared_at = now
             cleared.set()
@@ -242,7 +245,10 @@ def summarize_sessions(traces: Sequence[SessionTrace], wall_s: float) -> dict[st
     boundary = [b for t in ok for b in t.boundary_to_audio()[1:]]
     gaps = [g for t in ok for g in t.join_gaps()]
     clears = [t.cleared_at - t.clear_sent_at for t in ok if t.cleared_at and t.clear_sent_at]
-    server = [s.server_ttfa_ms / 1e3 for t in ok for s in t.segments[1:] if s.server_ttfa_ms is not None]
+    later = [s for t in ok for s in t.segments[1:]]
+    server = [s.server_ttfa_ms / 1e3 for s in later if s.server_ttfa_ms is not None]
+    queued = [s.server_queued_ms / 1e3 for s in later if s.server_queued_ms is not None]
+    behind = [s.server_behind_ms / 1e3 for s in later if s.server_behind_ms is not None]
     joins = []
     for t in ok[:8]:  # the audio shape of a few sessions is enough
         spoken = [np.concatenate(s.chunks) for s in t.segments[: len(REPLY)] if s.chunks]
@@ -255,6 +261,8 @@ def summarize_sessions(traces: Sequence[SessionTrace], wall_s: float) -> dict[st
         "first_audio_ms": ms(first),
         "boundary_to_audio_ms": ms(boundary),
         "server_segment_ttfa_ms": ms(server),
+        "server_segment_behind_ms": ms(behind),  # of that: the previous segment's end
+        "server_segment_queued_ms": ms(queued),  # of that: the wait for a slot
         "join_gap_ms": ms(gaps),
         "joins_with_gap": round(sum(g > _GAP_S for g in gaps) / len(gaps), 3) if gaps else None,
         "clear_to_cleared_ms": ms(clears),

@@ -166,6 +166,9 @@ class TimingEvent(_Event):
     segment: int
     ttfa_ms: float = Field(description="From its text being ready (boundary, flush, close or wait) to first audio.")
     queued_ms: float = Field(description="Of that, the wait for an inference slot.")
+    behind_ms: float = Field(
+        description="Of that, the wait for its turn in the session (the previous segment's end, text preparation)."
+    )
 
 
 class SegmentDoneEvent(_Event):
@@ -230,8 +233,8 @@ def event_message(event: SessionEvent) -> dict[str, Any] | None:
     match event:
         case SegmentStarted(index=k, text=text, continued=continued):
             out: _Event = SegmentStartedEvent(segment=k, text=text, continued=continued)
-        case SegmentTiming(index=k, ttfa_ms=ttfa, queued_ms=queued):
-            out = TimingEvent(segment=k, ttfa_ms=ttfa, queued_ms=queued)
+        case SegmentTiming(index=k, ttfa_ms=ttfa, queued_ms=queued, behind_ms=behind):
+            out = TimingEvent(segment=k, ttfa_ms=ttfa, queued_ms=queued, behind_ms=behind)
         case SegmentDone(index=k, seconds=seconds):
             out = SegmentDoneEvent(segment=k, duration_s=seconds)
         case Flushed():

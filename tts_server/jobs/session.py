@@ -258,9 +258,10 @@ class Session:
             await self._take_slot()
             if epoch != self.outbox.epoch or self.record.cancelled:
                 return
-            await self._speak_segment(text, piece.ready_at, time.monotonic() - queued_at, epoch)
+            waits = (queued_at - piece.ready_at, time.monotonic() - queued_at)  # behind the session, for a slot
+            await self._speak_segment(text, piece.ready_at, waits, epoch)
 
-    async def _speak_segment(self, text: str, ready_at: float, queued_s: float, epoch: int) -> None:
+    async def _speak_segment(self, text: str, ready_at: float, waits: tuple[float, float], epoch: int) -> None:
         k = self.segments
         self.segments += 1
         params = self._params
@@ -278,7 +279,9 @@ class Session:
                 chunk = checked_audio(chunk, first=first_at is None)
                 if first_at is None:
                     first_at = time.monotonic()
-                    timing = SegmentTiming(k, round((first_at - ready_at) * 1e3, 1), round(queued_s * 1e3, 1))
+                    behind_s, queued_s = waits
+                    ms = [round(s * 1e3, 1) for s in (first_at - ready_at, queued_s, max(0.0, behind_s))]
+                    timing = SegmentTiming(k, *ms)
                     self.outbox.put(timing, epoch)
                 made += chunk.size
                 self.samples += chunk.size

@@ -91,11 +91,14 @@ class SegmentTiming:
         index: Segment number.
         ttfa_ms: From its text being ready (a boundary, flush, close or wait) to its first audio.
         queued_ms: Of that, the wait for an inference slot.
+        behind_ms: Of that, the wait for its turn in the session: the previous segment's end (a
+            segment goes on from its latents) and the text's preparation.
     """
 
     index: int
     ttfa_ms: float
     queued_ms: float
+    behind_ms: float
 
 
 @dataclass(frozen=True)

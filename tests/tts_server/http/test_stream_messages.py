@@ -67,7 +67,7 @@ def test_bad_messages_name_the_field(raw, field, says):
 
 EVENTS = [
     SegmentStarted(0, "Hello.", continued=False),
-    SegmentTiming(0, 12.5, 0.1),
+    SegmentTiming(0, 12.5, 0.1, 3.0),
     SegmentDone(0, 1.25),
     Flushed(),
     Cleared(14),
