@@ -111,6 +111,12 @@ class ServerConfig:
         "sampler instead of behind them (same audio; 0.5-1% more audio per second at 256-512 streams on an H100).",
         parse=bool_value,
     )
+    vae_fused_units: bool = _setting(
+        False,
+        "With the fused kernels on CUDA, run each streamed AudioVAE residual unit of 16-256 channels as one "
+        "kernel (half the passes over the activations); experimental, off until measured.",
+        parse=bool_value,
+    )
     async_scheduling: bool = _setting(
         True,
         "With CUDA graphs, launch each decode step before the previous step's audio is copied out, so the "
@@ -343,6 +349,7 @@ class ServerConfig:
             vae_tf32=self.vae_tf32,
             vae_dtype=self.vae_dtype,
             vae_overlap=self.vae_overlap,
+            vae_fused_units=self.vae_fused_units,
             async_scheduling=None if self.async_scheduling else False,
             packed_lm_graphs=self.packed_lm_graphs,
             warm_up=None if self.warm_up else False,

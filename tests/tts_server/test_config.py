@@ -103,6 +103,12 @@ def test_max_num_seqs_defaults_to_the_devices_kind():
         load_config(["--model", "m", "--max-num-seqs", "0"], {})
 
 
+def test_the_vae_fused_units_setting_reaches_the_engine():
+    assert load_config(["--model", "m"], {}).engine_config().vae_fused_units is False
+    assert load_config(["--model", "m", "--vae-fused-units"], {}).engine_config().vae_fused_units is True
+    assert load_config(["--model", "m"], {"TTS_VAE_FUSED_UNITS": "on"}).engine_config().vae_fused_units is True
+
+
 def test_the_vae_overlap_setting_reaches_the_engine():
     assert load_config(["--model", "m"], {}).engine_config().vae_overlap is True
     assert load_config(["--model", "m", "--no-vae-overlap"], {}).engine_config().vae_overlap is False

@@ -45,6 +45,10 @@ class EngineConfig:
             of its own, so that the next step's LMs and sampler run beside it on the GPU instead of
             behind it (:class:`voxcpm_engine.worker.vae_stream.VaeStreams`). Same audio either way; 0.5-1%
             more audio per second at 256-512 streams on an H100. No effect off CUDA.
+        vae_fused_units: With the fused kernels, run each streamed residual unit of 16-256 channels
+            (the decoder's last stages, most of its bytes) as one kernel
+            (:mod:`voxcpm_engine.kernels.fused_vae_unit`): four passes over the activations instead
+            of eight. Off until measured on a GPU.
         async_scheduling: Schedule and launch the next decode step before copying a step's audio
             out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
             later). ``None``: wherever CUDA graphs run.
@@ -77,6 +81,7 @@ class EngineConfig:
     vae_tf32: bool = True
     vae_dtype: str = "float32"
     vae_overlap: bool = True
+    vae_fused_units: bool = False
     async_scheduling: bool | None = None
     packed_lm_graphs: bool = True
     warm_up: bool | None = None

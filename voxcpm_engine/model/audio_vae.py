@@ -24,7 +24,14 @@ from torch import Tensor, nn
 
 from voxcpm_engine.config.model_config import AudioVAEConfig
 from voxcpm_engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d, StreamableModule, StreamBuffers
-from voxcpm_engine.model.vae_layers import DecoderBlock, EncoderBlock, SampleRateCondition, Snake1d, run_layers
+from voxcpm_engine.model.vae_layers import (
+    DecoderBlock,
+    EncoderBlock,
+    ResidualUnit,
+    SampleRateCondition,
+    Snake1d,
+    run_layers,
+)
 from voxcpm_engine.model.vae_state import Rows, StreamingDecoderState
 
 __all__ = ["AudioVAE", "Decoder", "Encoder", "Rows", "StreamingDecoderState", "conv_flags"]
@@ -167,15 +174,19 @@ class AudioVAE(nn.Module):
                 if compute is not None or module.folded_weight is not None:
                     module.fold()  # a bf16 weight is always folded: the fp32 norm is not redone per call
 
-    def use_fused_kernels(self) -> None:
+    def use_fused_kernels(self, units: bool = False) -> None:
         """The CUDA fast paths of :mod:`voxcpm_engine.kernels.fused_vae`, with the conv weights folded.
 
         Snake in one pass; residual units' 1x1 convs as GEMMs with bias and residual fused; in
         streaming decodes the depthwise convs as one kernel over context and input (the next Snake
-        fused in) and the transposed convs as one GEMM plus an overlap-add kernel."""
+        fused in) and the transposed convs as one GEMM plus an overlap-add kernel. With ``units``,
+        streamed residual units narrow enough run as one kernel each
+        (:mod:`voxcpm_engine.kernels.fused_vae_unit`, ``EngineConfig.vae_fused_units``)."""
         for module in self.modules():
             if isinstance(module, Snake1d | CausalConv1d | CausalConvTranspose1d):
                 module.fused = True
+            elif isinstance(module, ResidualUnit):
+                module.one_kernel = units
         self.fold_weight_norm()  # inference only: no weight norm recomputed per call
 
     @property

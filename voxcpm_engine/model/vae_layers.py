@@ -54,6 +54,7 @@ class ResidualUnit(StreamableModule):
             Snake1d(dim),
             CausalConv1d(dim, dim, 1),
         )
+        self.one_kernel = False  # AudioVAE.use_fused_kernels(units=True): see fused_forward
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
         if not self.block[3].fused:
@@ -70,8 +71,20 @@ class ResidualUnit(StreamableModule):
     ) -> tuple[Tensor, Tensor | None]:
         """The fused path, from ``x`` and its first Snake: the second Snake runs inside the depthwise
         kernel, the 1x1 conv is a GEMM whose bias and residual add are one pass (which also
-        applies the next layer's Snake, alpha ``next_alpha``, and returns it)."""
+        applies the next layer's Snake, alpha ``next_alpha``, and returns it). With ``one_kernel``
+        a streamed unit of at most 256 channels is one kernel instead (no ``h`` or GEMM output in memory)."""
         _, conv, snake_out, pointwise = self.block
+        if self.one_kernel and conv.streams_depthwise(stream):
+            from voxcpm_engine.kernels.fused_vae_unit import fits, residual_unit
+
+            if fits(x.shape[1]):
+                context = stream[conv.stream_slot]
+                out = residual_unit(
+                    context, x_snaked, x, conv.weight(), conv.bias, snake_out.alpha, pointwise.weight()[:, :, 0],
+                    pointwise.bias, conv.dilation, next_alpha, tf32=torch.backends.cudnn.allow_tf32,
+                )  # fmt: skip
+                conv._advance(stream, context, x_snaked)
+                return out
         if conv.streams_depthwise(stream):
             h = conv._depthwise_stream(x_snaked, stream, snake_out.alpha)
         else:

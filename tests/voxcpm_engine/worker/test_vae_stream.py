@@ -171,3 +171,19 @@ def test_bf16_decode_of_the_released_weights_is_within_30_db_of_fp32():
         snrs.append(torch.cat([streams.decode(["x"], z[..., i : i + patch]).clone() for i in range(0, frames, patch)]))
     print(f"released VAE, bf16 vs fp32 streamed decode: {snr_db(snrs[1], snrs[0]):.1f} dB")
     assert snr_db(snrs[1], snrs[0]) >= 30.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_kernel_units_in_captured_graphs_on_voxcpm15_shapes():
+    """EngineConfig.vae_fused_units through the captured graphs at the release's shapes (its units of
+    256, 128 and 64 channels as one kernel each): the same plan as the three-pass units, true fp32 both."""
+    vae = release_vae("voxcpm1.5").cuda()
+    vae.use_fused_kernels()
+    torch.manual_seed(0)
+    z = {n: torch.randn(1, vae.latent_dim, 4 * 4, device="cuda") for n in "abcd"}
+    ref, _ = _run_plan(VaeStreams(vae, 4, max_batch=4, capture=True), z, 4)
+    vae.use_fused_kernels(units=True)
+    got, _ = _run_plan(VaeStreams(vae, 4, max_batch=4, capture=True), z, 4)
+    for name in z:  # fp32 sums in another order only (ieee dot against cuBLAS), amplified by the network
+        assert snr_db(got[name], ref[name]) >= 80.0, name
