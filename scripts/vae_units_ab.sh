@@ -8,13 +8,7 @@ set -uo pipefail
 out=${1:-${OUT:-/tmp/vae_units_ab}}
 preset=${PRESET:-voxcpm1.5}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-ckpt=/tmp/ckpt/$preset
-[ -f "$ckpt/config.json" ] || python3 -m voxcpm_engine.tools.synthetic --preset "$preset" "$ckpt" --seed 0 >/dev/null || exit 1
+source scripts/device_env.sh
 timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -rfs tests/voxcpm_engine/kernels/test_fused_vae_unit.py \
     tests/voxcpm_engine/worker/test_vae_stream.py 2>&1 | tee "$out/pytest_units_gpu.log" | tail -8
 for round in $(seq 1 "${ROUNDS:-2}"); do

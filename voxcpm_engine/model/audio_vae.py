@@ -24,14 +24,7 @@ from torch import Tensor, nn
 
 from voxcpm_engine.config.model_config import AudioVAEConfig
 from voxcpm_engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d, StreamableModule, StreamBuffers
-from voxcpm_engine.model.vae_layers import (
-    DecoderBlock,
-    EncoderBlock,
-    ResidualUnit,
-    SampleRateCondition,
-    Snake1d,
-    run_layers,
-)
+from voxcpm_engine.model.vae_layers import DecoderBlock, EncoderBlock, SampleRateCondition, Snake1d, run_layers
 from voxcpm_engine.model.vae_state import Rows, StreamingDecoderState
 
 __all__ = ["AudioVAE", "Decoder", "Encoder", "Rows", "StreamingDecoderState", "conv_flags"]
@@ -185,8 +178,8 @@ class AudioVAE(nn.Module):
         for module in self.modules():
             if isinstance(module, Snake1d | CausalConv1d | CausalConvTranspose1d):
                 module.fused = True
-            elif isinstance(module, ResidualUnit):
-                module.one_kernel = units
+            elif isinstance(module, DecoderBlock):
+                module.use_one_kernel_units(units)
         self.fold_weight_norm()  # inference only: no weight norm recomputed per call
 
     @property

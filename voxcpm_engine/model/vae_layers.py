@@ -54,7 +54,7 @@ class ResidualUnit(StreamableModule):
             Snake1d(dim),
             CausalConv1d(dim, dim, 1),
         )
-        self.one_kernel = False  # AudioVAE.use_fused_kernels(units=True): see fused_forward
+        self.one_kernel = False  # DecoderBlock.use_one_kernel_units: see fused_forward
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
         if not self.block[3].fused:
@@ -130,6 +130,11 @@ class DecoderBlock(StreamableModule):
             CausalConvTranspose1d(in_dim, out_dim, stride),
             *_residual_stack(out_dim, groups),
         )
+
+    def use_one_kernel_units(self, on: bool) -> None:
+        """Whether the streamed fused path runs each of its residual units as one kernel where it fits."""
+        for unit in self.block[2:]:
+            unit.one_kernel = on
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
         snake, conv, *units = self.block
