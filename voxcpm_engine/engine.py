@@ -265,7 +265,8 @@ class Engine:
                 if not self._vae_streams.has(request_id):  # its first chunk: the warmed-up state takes a slot
                     self._vae_streams.admit(request_id, self._warm.pop(request_id))
             audio = to_host(self._vae_streams.decode(ids, self._frames(sampled.patches[:, None])))
-            audio_copied = copies_done(sampled.patches.device)  # on the decode's stream (EngineConfig.vae_overlap)
+            side = self._vae_streams.stream is not None  # then `copied` below does not cover the audio's copy
+            audio_copied = copies_done(sampled.patches.device) if side else None
         # The VAE decode is queued right behind the sampler: the stop flags come back while it runs.
         stops = sampled.stop_list()
         patched = time.monotonic()  # the stop flags came back: this step's patches are done

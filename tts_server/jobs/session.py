@@ -280,7 +280,7 @@ class Session:
                 if first_at is None:
                     first_at = time.monotonic()
                     behind_s, queued_s = waits
-                    ms = [round(s * 1e3, 1) for s in (first_at - ready_at, queued_s, max(0.0, behind_s))]
+                    ms = [round(s * 1e3, 1) for s in (first_at - ready_at, queued_s, behind_s)]
                     timing = SegmentTiming(k, *ms)
                     self.outbox.put(timing, epoch)
                 made += chunk.size
