@@ -22,17 +22,33 @@ from triton.language.extra import libdevice
 
 
 @triton.jit
+def _sin_reduced(a):
+    """``sin(a)`` as the GPU's ``sin.approx`` after a two-constant reduction to [-pi, pi] (compiled only)."""
+    n = libdevice.rint(a * 0.15915494309189535)
+    r = (a - n * 6.28125) - n * 0.0019353071795864769  # 2 * pi in two parts: n * 6.28125 is exact
+    return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _snake(x, alpha, LIBDEVICE: tl.constexpr):
-    """Snake of fp32 ``x`` with fp32 ``alpha`` (broadcastable), in the reference's op order."""
-    if LIBDEVICE:
+    """Snake of fp32 ``x`` with fp32 ``alpha`` (broadcastable), in the reference's op order.
+
+    ``LIBDEVICE``: 0 in the interpreter (numpy's sin), 1 libdevice's accurate sin, 2 :func:`_sin_reduced`."""
+    if LIBDEVICE == 2:
+        s = _sin_reduced(alpha * x)
+    elif LIBDEVICE == 1:
         s = libdevice.sin(alpha * x)  # accurate at any argument; tl.sin may be the approximate PTX one
     else:
         s = tl.sin(alpha * x)  # the interpreter (numpy) has no libdevice
     return x + (1.0 / (alpha + 1e-9)) * (s * s)
 
 
-def _libdevice() -> bool:
-    return os.environ.get("TRITON_INTERPRET") != "1"
+SIN_MODE = 1
+"""The compiled kernels' sin (see ``_snake``): 1 libdevice, 2 reduced ``sin.approx``."""
+
+
+def _libdevice() -> int:
+    return 0 if os.environ.get("TRITON_INTERPRET") == "1" else SIN_MODE
 
 
 @triton.jit(do_not_specialize=["length"])

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from voxcpm_engine.kernels.fused_vae import _check_context, _libdevice, _snake
 
-__all__ = ["MAX_CHANNELS", "fits", "residual_unit"]
+__all__ = ["MAX_CHANNELS", "fits", "launch_config", "residual_unit"]
 
 MAX_CHANNELS = 256
 """Widest unit the kernel takes (its fp32 accumulator is ``channels x BLOCK_T``)."""
@@ -62,23 +62,30 @@ def _residual_unit_kernel(
     PRECISION: tl.constexpr,
     LIBDEVICE: tl.constexpr,  # compiled (not the interpreter)
 ):
+    # Registers decide this kernel's speed: offsets inside a batch row are int32 (the wrapper checks
+    # C * length < 2**31) and only the per-row base is int64, and the taps read [x] and [context] with
+    # two masked loads instead of a per-element pointer select (the context only in a row's first tiles).
     b = tl.program_id(0)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t0 = tl.program_id(1) * BLOCK_T
+    t = t0 + tl.arange(0, BLOCK_T)
     ok = t < length
     o = tl.arange(0, C)
-    xs_b = xs_ptr + b.to(tl.int64) * C * length
+    row0 = b.to(tl.int64) * C * length
+    xs_b = xs_ptr + row0
     ctx_b = ctx_ptr + b.to(tl.int64) * stride_ctx_b
     acc = tl.zeros([C, BLOCK_T], dtype=tl.float32)
-    for c0 in tl.static_range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, num_stages=1):
         c = c0 + tl.arange(0, BLOCK_C)
         h = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32) + tl.load(dw_b_ptr + c).to(tl.float32)[:, None]
+        x_rows = xs_b + (c * length)[:, None]
         for k in tl.static_range(KSIZE):
             # Tap k of frame t reads sample t + k * dilation of [context | x] (as the depthwise kernel).
-            src = t + k * dilation - ctx_len
-            in_x = (src >= 0)[None, :]
-            x_at = xs_b + c[:, None].to(tl.int64) * length + src[None, :]
-            ctx_at = ctx_b + c[:, None].to(tl.int64) * stride_ctx_c + (ctx_len + src)[None, :]
-            tap = tl.load(tl.where(in_x, x_at, ctx_at), mask=ok[None, :], other=0.0).to(tl.float32)
+            src = t + (k * dilation - ctx_len)
+            tap = tl.load(x_rows + src[None, :], mask=(ok & (src >= 0))[None, :], other=0.0).to(tl.float32)
+            if t0 + k * dilation < ctx_len:
+                ctx_rows = ctx_b + (c * stride_ctx_c)[:, None] + ctx_len
+                in_ctx = (ok & (src < 0))[None, :]
+                tap += tl.load(ctx_rows + src[None, :], mask=in_ctx, other=0.0).to(tl.float32)
             h += tl.load(dw_w_ptr + c * KSIZE + k).to(tl.float32)[:, None] * tap
         h = _snake(h, tl.load(alpha_ptr + c).to(tl.float32)[:, None], LIBDEVICE)
         w = tl.load(pw_w_ptr + o[:, None] * C + c[None, :])  # [C_out, BLOCK_C] of the 1x1 conv
@@ -87,14 +94,21 @@ def _residual_unit_kernel(
             acc = tl.dot(w, h, acc, input_precision=PRECISION)
         else:  # the interpreter's bf16 tl.dot is wrong (CPU tests): the same operands, multiplied in fp32
             acc = tl.dot(w.to(tl.float32), h.to(tl.float32), acc, input_precision="ieee")
-    offs = b.to(tl.int64) * C * length + o[:, None].to(tl.int64) * length + t[None, :]
+    offs = (o * length)[:, None] + t[None, :]
     keep = ok[None, :]
-    residual = tl.load(x_ptr + offs, mask=keep, other=0.0).to(tl.float32)
+    residual = tl.load(x_ptr + row0 + offs, mask=keep, other=0.0).to(tl.float32)
     out = residual + (acc + tl.load(pw_b_ptr + o).to(tl.float32)[:, None])
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=keep)
+    tl.store(out_ptr + row0 + offs, out.to(out_ptr.dtype.element_ty), mask=keep)
     if SNAKE_NEXT:  # the activation the next layer starts with, from the values in registers
         alpha = tl.load(next_alpha_ptr + o).to(tl.float32)[:, None]
-        tl.store(snaked_ptr + offs, _snake(out, alpha, LIBDEVICE).to(snaked_ptr.dtype.element_ty), mask=keep)
+        tl.store(snaked_ptr + row0 + offs, _snake(out, alpha, LIBDEVICE).to(snaked_ptr.dtype.element_ty), mask=keep)
+
+
+def launch_config(channels: int) -> tuple[int, int, int]:
+    """``(BLOCK_T, BLOCK_C, num_warps)`` for a unit of ``channels``: the accumulator at 32 fp32 values
+    per thread and ``h`` built 16 channels at a time, which ptxas compiles for sm_90 without spills."""
+    block_t = {16: 128, 32: 128, 64: 128, 128: 64, 256: 32}[channels]
+    return block_t, 16, 8
 
 
 def residual_unit(
@@ -110,6 +124,7 @@ def residual_unit(
     next_alpha: Tensor | None = None,
     *,
     tf32: bool = True,
+    config: tuple[int, int, int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``x + pw(snake(dw([context | x_snaked])))`` for new frames, and the Snake of it with ``next_alpha``.
 
@@ -123,6 +138,7 @@ def residual_unit(
         dilation: The depthwise conv's tap spacing.
         next_alpha: ``[1, C, 1]``: also return the Snake of the result with this alpha.
         tf32: fp32 products in TF32 (the precision ``conv_flags`` chose for the VAE's convs).
+        config: ``(BLOCK_T, BLOCK_C, num_warps)`` instead of :func:`launch_config`'s (benchmarks).
 
     Returns:
         The unit's output ``[B, C, T]`` (the activations' dtype) and its Snake (None without ``next_alpha``).
@@ -133,16 +149,19 @@ def residual_unit(
         raise ValueError(
             f"residual_unit: {channels} channels; the kernel takes powers of two from 16 to {MAX_CHANNELS}"
         )
+    if channels * length >= 2**31:
+        raise ValueError(f"residual_unit: {channels} x {length} samples per row overflow the kernel's int32 offsets")
     ksize = _check_context("residual_unit", context, dw_weight, dilation)
     out = torch.empty_like(x)
     snaked = torch.empty_like(x) if next_alpha is not None else None
-    block_t = min(128 if channels <= 128 else 64, max(16, triton.next_power_of_2(length)))
+    block_t, block_c, num_warps = config or launch_config(channels)
+    block_t = min(block_t, max(16, triton.next_power_of_2(length)))
     precision = "tf32" if tf32 and pw_weight.dtype == torch.float32 else "ieee"
     _residual_unit_kernel[(bsz, triton.cdiv(length, block_t))](
         context, x_snaked, x, dw_weight.contiguous(), dw_bias, alpha, pw_weight.contiguous(), pw_bias,
         alpha if next_alpha is None else next_alpha, out, out if snaked is None else snaked,
         length, context.shape[-1], dilation, context.stride(0), context.stride(1),
-        C=channels, KSIZE=ksize, BLOCK_C=min(32, channels), BLOCK_T=block_t, SNAKE_NEXT=next_alpha is not None,
-        PRECISION=precision, LIBDEVICE=_libdevice(), num_warps=8 if channels * block_t >= 16384 else 4,
+        C=channels, KSIZE=ksize, BLOCK_C=min(block_c, channels), BLOCK_T=block_t, SNAKE_NEXT=next_alpha is not None,
+        PRECISION=precision, LIBDEVICE=_libdevice(), num_warps=num_warps,
     )  # fmt: skip
     return out, snaked

@@ -59,6 +59,23 @@ def test_residual_unit_equals_the_units_math(channels, length, dilation):
     torch.testing.assert_close(snaked.double(), vae_snake(want, next_alpha.double()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("config", [(16, 16, 4), (32, 16, 2), (64, 32, 8)])
+def test_every_tiling_gives_the_units_math(config):
+    """Tiles narrower than the context (54 samples at dilation 9) read it in several tiles; wider
+    channel blocks take more than one pass of the channel loop."""
+    args, next_alpha, want = _unit(64, 150, 9)
+    got, snaked = fused_vae_unit.residual_unit(*args, next_alpha, tf32=False, config=config)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(snaked.double(), vae_snake(want, next_alpha.double()), rtol=1e-5, atol=1e-5)
+
+
+def test_launch_config_covers_every_width_it_takes():
+    for channels in (16, 32, 64, 128, 256):
+        block_t, block_c, num_warps = fused_vae_unit.launch_config(channels)
+        assert channels * block_t <= 32 * 32 * num_warps  # 32 fp32 accumulator values per thread at most
+        assert block_c <= channels
+
+
 def test_residual_unit_in_bf16_sums_in_fp32():
     """bf16 activations and weights: within the rounding of h and of the stores (as the unfused path)."""
     args, next_alpha, want = _unit(64, 70, 3, dtype=BF16)
