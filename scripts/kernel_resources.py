@@ -1,0 +1,113 @@
+"""Registers and spills of the streamed VAE's Triton kernels, compiled for a GPU on a machine without one.
+
+Usage (any machine with Triton, not under TRITON_INTERPRET): python3 scripts/kernel_resources.py [--arch 90] [--json]
+
+Each kernel is compiled at the launch configs its wrapper uses (``fused_vae_unit.launch_config`` for
+the one-kernel unit), for bf16 and fp32 activations and both Snake sins, and ``cuobjdump -res-usage``
+of the cubin gives its registers per thread, stack (spills) and local memory. A kernel that spills
+is slow on the GPU: the first build of the one-kernel unit spilled 0.3-5 KB per thread and ran
+2.6x slower than the three passes it replaces. Triton's version decides the numbers; the device's may
+differ by some registers, not by whether a 255-register kernel spills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    sys.exit("kernel_resources.py compiles kernels: run it without TRITON_INTERPRET=1")
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from voxcpm_engine.kernels import fused_vae, fused_vae_unit
+
+_USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def resources(kernel, pointers: list[str], scalars: list[str], dtype: str, constexprs: dict, num_warps: int, arch: int):
+    """``{"reg", "stack", "shared", "local"}`` of ``kernel`` compiled for ``sm_{arch}``."""
+    signature = {name: f"*{dtype}" for name in pointers} | dict.fromkeys(scalars, "i32")
+    signature |= dict.fromkeys(constexprs, "constexpr")
+    compiled = triton.compile(
+        ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": num_warps},
+    )
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        text = subprocess.run([str(tool), "-res-usage", cubin.name], capture_output=True, text=True, check=True).stdout
+    match = _USAGE.search(text)
+    if match is None:
+        raise RuntimeError(f"no resource line in cuobjdump's output:\n{text}")
+    return dict(zip(("reg", "stack", "shared", "local"), map(int, match.groups()), strict=True))
+
+
+def rows(arch: int) -> list[dict]:
+    """Every kernel at its wrapper's configs; one dict per compile."""
+    out = []
+    unit_pointers = [
+        "ctx_ptr", "xs_ptr", "x_ptr", "dw_w_ptr", "dw_b_ptr", "alpha_ptr", "pw_w_ptr", "pw_b_ptr", "next_alpha_ptr",
+        "out_ptr", "snaked_ptr",
+    ]  # fmt: skip
+    unit_scalars = ["length", "ctx_len", "dilation", "stride_ctx_b", "stride_ctx_c"]
+    for dtype in ("bf16", "fp32"):
+        for sin in (1, 2):
+            for channels in (16, 32, 64, 128, 256):
+                block_t, block_c, num_warps = fused_vae_unit.launch_config(channels)
+                const = {
+                    "C": channels, "KSIZE": 7, "BLOCK_C": min(block_c, channels), "BLOCK_T": block_t,
+                    "SNAKE_NEXT": True, "PRECISION": "ieee" if dtype == "bf16" else "tf32", "LIBDEVICE": sin,
+                }  # fmt: skip
+                got = resources(
+                    fused_vae_unit._residual_unit_kernel, unit_pointers, unit_scalars, dtype, const, num_warps, arch
+                )
+                out.append({"kernel": "residual_unit", "channels": channels, "dtype": dtype, "sin": sin, **got})
+            simple = [
+                ("snake", fused_vae._snake_kernel, ["x_ptr", "alpha_ptr", "y_ptr"], ["channels", "length"],
+                 {"BLOCK": 1024}, 4),
+                ("depthwise", fused_vae._depthwise_conv_kernel,
+                 ["ctx_ptr", "x_ptr", "w_ptr", "b_ptr", "alpha_ptr", "y_ptr"],
+                 ["channels", "length", "ctx_len", "dilation", "stride_ctx_b", "stride_ctx_c"],
+                 {"KSIZE": 7, "BLOCK": 512, "SNAKE": True}, 4),
+                ("bias_residual", fused_vae._bias_residual_kernel,
+                 ["y_ptr", "b_ptr", "x_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["channels", "length"],
+                 {"BLOCK": 1024, "SNAKE": True}, 4),
+            ]  # fmt: skip
+            for name, kernel, pointers, scalars, const, num_warps in simple:
+                got = resources(kernel, pointers, scalars, dtype, const | {"LIBDEVICE": sin}, num_warps, arch)
+                out.append({"kernel": name, "channels": None, "dtype": dtype, "sin": sin, **got})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
+    parser.add_argument("--json", action="store_true", help="one JSON list on stdout instead of the table")
+    args = parser.parse_args()
+    table = rows(args.arch)
+    if args.json:
+        print(json.dumps(table))
+        return
+    print(f"sm_{args.arch}, Triton {triton.__version__}")
+    print("| kernel | channels | dtype | sin | registers | stack (spills) | local | static shared |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in table:
+        print(
+            f"| {r['kernel']} | {r['channels'] or ''} | {r['dtype']} | {r['sin']} | {r['reg']} | {r['stack']}"
+            f" | {r['local']} | {r['shared']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
