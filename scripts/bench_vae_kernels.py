@@ -11,6 +11,7 @@ Three tables, each a median of CUDA-event timings after a warm-up:
    largest error against torch's float64 sin over the range the decoder's activations reach.
 3. A whole streamed decode step (``AudioVAE.decode_stream`` of one 4-frame patch per stream):
    units off/on x sin 1/2 x bf16/fp32, with the engine's TF32 convs.
+4. The kernels of a bf16 decode step at the largest batch, by GPU time (``torch.profiler``).
 """
 
 from __future__ import annotations
@@ -162,13 +163,44 @@ def decode_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
     return rows
 
 
+def profile_table(vae: AudioVAE, batch: int) -> list[dict]:
+    """Table 4: the kernels of five bf16 decode steps (units off, libdevice sin) under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    vae.tf32_convs = True
+    vae.set_decode_dtype(torch.bfloat16)
+    z = torch.randn(batch, vae.latent_dim, 4, device=DEVICE)
+    state = vae.new_stream_state(batch, DEVICE)
+    with conv_flags(True, benchmark=True):
+        median_ms(lambda: vae.decode_stream(z, state), iters=3)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(5):
+                vae.decode_stream(z, state)
+            _sync()
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+        if device_us > 0 and str(getattr(event, "device_type", "")).endswith("CUDA"):
+            rows.append({"kernel": event.key[:90], "calls": event.count // 5, "ms_per_step": device_us / 5e3})
+    if not rows and DEVICE == "cuda":  # this torch's averages name devices otherwise: its own table
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30))
+    rows.sort(key=lambda r: -r["ms_per_step"])
+    total = sum(r["ms_per_step"] for r in rows)
+    print(f"kernels of one bf16 decode step, B={batch}: {total:.2f} ms of GPU time")
+    for r in rows[:25]:
+        print(f"  {r['ms_per_step']:7.3f} ms  {r['calls']:3d} calls  {r['kernel']}")
+    vae.set_decode_dtype(torch.float32)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="voxcpm1.5")
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["units", "sin", "decode"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["units", "sin", "decode", "profile"])
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -182,6 +214,8 @@ def main() -> None:
         result["units"] = unit_table(vae, args.batches)
     if "decode" not in args.skip:
         result["decode"] = decode_table(vae, args.batches)
+    if "profile" not in args.skip:
+        result["profile"] = profile_table(vae, args.batches[-1])
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
