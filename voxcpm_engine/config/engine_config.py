@@ -48,7 +48,9 @@ class EngineConfig:
         vae_fused_units: With the fused kernels, run each streamed residual unit of 16-256 channels
             (the decoder's last stages, most of its bytes) as one kernel
             (:mod:`voxcpm_engine.kernels.fused_vae_unit`): four passes over the activations instead
-            of eight. Off until measured on a GPU.
+            of eight. Off: on an H100 the kernel is slower than the passes it replaces (it is bound by
+            its arithmetic and registers, not by memory) and costs 16% of the audio per second at 256
+            streams (docs/PERFORMANCE.md).
         async_scheduling: Schedule and launch the next decode step before copying a step's audio
             out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
             later). ``None``: wherever CUDA graphs run.
