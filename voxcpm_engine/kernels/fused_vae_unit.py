@@ -16,11 +16,11 @@ unfused path stores it; ``y`` is not rounded before the bias and residual are ad
 fewer than the unfused path).
 
 Measured on an H100 (docs/PERFORMANCE.md): slower than the three passes at every width and dtype,
-1.3-2.4x per unit at 256 streams with these configs (1.2-1.9x with the best of four), because it is bound by its arithmetic (seven taps, two Snakes and the
-product per element) and by the registers that one whole-channel tile needs (one 8-warp block per
-SM), not by memory. Hence ``EngineConfig.vae_fused_units`` is off. Its launch configs are the ones
-that compile for sm_90 without spills (``scripts/kernel_resources.py``; a first build that spilled
-ran 2.6x slower).
+1.3-2.4x per unit at 256 streams with these configs (1.2-1.9x with the best of four). It is bound
+by its arithmetic (seven taps, two Snakes and the product per element) and by the registers that
+a tile of every output channel needs (one 8-warp block per SM), not by memory. Hence
+``EngineConfig.vae_fused_units`` is off. Its launch configs are the ones that compile for sm_90
+without spills (``scripts/kernel_resources.py``; a first build that spilled ran 2.6x slower).
 """
 
 from __future__ import annotations
