@@ -44,10 +44,13 @@ def _snake(x, alpha, LIBDEVICE: tl.constexpr):
 
 
 SIN_MODE = 1
-"""The compiled kernels' sin (see ``_snake``): 1 libdevice, 2 reduced ``sin.approx``."""
+"""The compiled kernels' sin (see ``_snake``): 1 libdevice, 2 reduced ``sin.approx``. A switch for
+measurements (``scripts/bench_vae_kernels.py``), not a setting: 2 is not the default until the
+fused kernels' GPU tests pass with it and the engine's gain is measured (docs/PERFORMANCE.md)."""
 
 
 def _libdevice() -> int:
+    """The ``LIBDEVICE`` constexpr every kernel here takes: 0 under the interpreter, else :data:`SIN_MODE`."""
     return 0 if os.environ.get("TRITON_INTERPRET") == "1" else SIN_MODE
 
 

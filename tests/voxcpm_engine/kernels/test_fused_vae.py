@@ -28,6 +28,21 @@ def test_snake_matches_the_op_by_op_activation(shape):
     close(fused_vae.snake(x.transpose(1, 2).contiguous().transpose(1, 2), alpha), vae_snake(x, alpha), torch.float32)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="SIN_MODE 2 is the GPU's sin.approx: compiled kernels only")
+def test_reduced_sin_approx_snake_stays_within_sin_approxs_bound(monkeypatch):
+    """``fused_vae.SIN_MODE = 2`` against the float64 Snake, beside libdevice's (mode 1), over the
+    arguments the decoder's activations reach: within fp32's rounding of ``x`` plus 2 * 2^-20.9 / alpha
+    (sin.approx's bound on [-pi, pi], times the Snake's 2 sin / alpha), rounded up."""
+    x = torch.linspace(-200.0, 200.0, 1 << 20, device=DEVICE).view(1, 1, -1).repeat(1, 4, 1)
+    alpha = torch.tensor([0.25, 0.7, 1.7, 3.0], device=DEVICE).view(1, 4, 1)
+    want = vae_snake(x.double(), alpha.double())
+    errors = {}
+    for mode in (1, 2):
+        monkeypatch.setattr(fused_vae, "SIN_MODE", mode)
+        errors[mode] = (fused_vae.snake(x, alpha).double() - want).abs().amax(dim=(0, 2))
+    assert torch.all(errors[2] <= errors[1] + 1.2e-6 / alpha.view(-1).double()), errors
+
+
 def _f64(conv, *args, **kwargs):
     """A reference conv in float64, back in fp32 (cuDNN would run an fp32 one in TF32 by default)."""
     return conv(*[a.double() if isinstance(a, torch.Tensor) else a for a in args], **kwargs).float()
