@@ -5,7 +5,7 @@ Usage (any machine with Triton, not under TRITON_INTERPRET): python3 scripts/ker
 Each kernel is compiled at the launch configs its wrapper uses (``fused_vae_unit.launch_config`` for
 the one-kernel unit), for bf16 and fp32 activations and both Snake sins, and ``cuobjdump -res-usage``
 of the cubin gives its registers per thread, stack (spills) and local memory. A kernel that spills
-is slow on the GPU: the first build of the one-kernel unit spilled 0.3-5 KB per thread and ran
+is slow on the GPU: the first build of the one-kernel unit spilled 0.4-5 KB per thread and ran
 2.6x slower than the three passes it replaces. Triton's version decides the numbers; the device's may
 differ by some registers, not by whether a 255-register kernel spills.
 """

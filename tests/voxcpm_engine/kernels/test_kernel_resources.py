@@ -1,7 +1,7 @@
 """The streamed VAE's kernels compile for sm_90 without spilling (``scripts/kernel_resources.py``).
 
 The one kernel per residual unit holds a whole tile of every output channel in registers; its
-first build spilled 0.3-5 KB per thread and ran 2.6x slower on an H100 than the passes it
+first build spilled 0.4-5 KB per thread and ran 2.6x slower on an H100 than the passes it
 replaced. Triton compiles for a GPU without one, and its bundled ``cuobjdump`` reads the cubin's
 resources, so the CPU suite catches a launch config or an edit that spills again.
 """
