@@ -132,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vae-fp32", dest="vae_tf32", action="store_false", help="ours: the AudioVAE's convolutions in true fp32"
     )
     eng.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default="float32", help="ours: VAE decode dtype")
-    eng.add_argument("--vae-fused-units", action="store_true", help="ours: VAE residual units as one kernel")
+    units = ("passes", "gemm", "one-kernel")
+    eng.add_argument("--vae-units", choices=units, default="passes", help="ours: VAE residual units' kernels")
     eng.add_argument(
         "--no-vae-overlap", dest="vae_overlap", action="store_false", help="ours: VAE decode behind the LMs, one stream"
     )
@@ -225,7 +226,7 @@ def _ours(args: argparse.Namespace, model_dir: Path) -> LocalEngine:
         vae_tf32=args.vae_tf32,
         vae_dtype=args.vae_dtype,
         vae_overlap=args.vae_overlap,
-        vae_fused_units=args.vae_fused_units,
+        vae_units=args.vae_units,
         async_scheduling=args.async_scheduling,
         packed_lm_graphs=args.packed_lm_graphs,
         **lora,

@@ -3,15 +3,17 @@
 Usage (GPU machine, repo root): python3 scripts/bench_vae_kernels.py [--preset voxcpm1.5]
     [--batches 128 256] [--json OUT.json]
 
-Three tables, each a median of CUDA-event timings after a warm-up:
-1. One residual unit at the release's widths of 64-256 channels (``B x C x T`` as one decode step
-   of ``B`` streams makes it): the three-pass fused path (depthwise kernel, cuBLAS GEMM, bias +
-   residual kernel) against the one-kernel unit at several launch configs, bf16 and fp32 (TF32).
+Four tables, each a median of CUDA-event timings after a warm-up:
+1. One residual unit at each of the release's widths (``B x C x T`` as one decode step of ``B``
+   streams makes it): the three-pass fused path (depthwise kernel, cuBLAS GEMM, bias + residual
+   kernel) against the depthwise kernel plus the GEMM with its epilogue (several launch configs)
+   and the one-kernel unit (16-256 channels), bf16 and fp32 (TF32).
 2. The Snake's sin: libdevice's against the reduced ``sin.approx`` (``fused_vae.SIN_MODE``), its
    largest error against torch's float64 sin over the range the decoder's activations reach.
 3. A whole streamed decode step (``AudioVAE.decode_stream`` of one 4-frame patch per stream):
-   units off/on x sin 1/2 x bf16/fp32, with the engine's TF32 convs.
-4. The kernels of a bf16 decode step at the largest batch, by GPU time (``torch.profiler``).
+   units passes/gemm/one-kernel x sin 1/2 x bf16/fp32, with the engine's TF32 convs.
+4. The kernels of a bf16 decode step at the largest batch, by GPU time (``torch.profiler``), units
+   passes and gemm.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ import torch
 
 from voxcpm_engine.config.model_config import ModelConfig
 from voxcpm_engine.config.presets import preset_config
-from voxcpm_engine.kernels import fused_vae, fused_vae_unit
+from voxcpm_engine.kernels import fused_vae, fused_vae_pointwise, fused_vae_unit
 from voxcpm_engine.model.audio_vae import AudioVAE, conv_flags
 from voxcpm_engine.model.vae_layers import DecoderBlock, ResidualUnit
 from voxcpm_engine.tools.synthetic import normalize_vae_, random_state_dict
+
+GEMM_CONFIGS = [(128, 64, 32, 8, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3)]
+"""Launch configs of the GEMM with its epilogue tried beside ``fused_vae_pointwise.launch_config``'s."""
 
 DEVICE = "cuda"  # --device cpu: a smoke run of the script itself under TRITON_INTERPRET=1
 
@@ -72,8 +77,6 @@ def unit_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
         length *= block.block[1].stride
         unit = [m for m in block.block if isinstance(m, ResidualUnit)][-1]
         channels = unit.block[1].in_channels
-        if not fused_vae_unit.fits(channels):
-            continue
         conv, snake_out, pointwise = unit.block[1], unit.block[2], unit.block[3]
         for dtype in (torch.bfloat16, torch.float32):
             vae.set_decode_dtype(dtype)
@@ -82,34 +85,50 @@ def unit_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
                 xs = torch.randn_like(x)
                 context = torch.randn(bsz, channels, conv.context, device=DEVICE, dtype=dtype)
 
-                def three_pass(x=x, xs=xs, context=context, conv=conv, snake_out=snake_out, pointwise=pointwise):
-                    h = fused_vae.depthwise_causal_conv(
+                def depthwise(xs=xs, context=context, conv=conv, snake_out=snake_out):
+                    return fused_vae.depthwise_causal_conv(
                         context, xs, conv.weight(), conv.bias, conv.dilation, snake_out.alpha
                     )
-                    return pointwise.pointwise_residual(h, x, snake_out.alpha)
 
-                def one_kernel(config, x=x, xs=xs, context=context, conv=conv, snake_out=snake_out, pw=pointwise):
+                h = depthwise()
+
+                def three_pass(x=x, pointwise=pointwise, snake_out=snake_out):
+                    return pointwise.pointwise_residual(depthwise(), x, snake_out.alpha)
+
+                def gemm(config, x=x, h=h, pw=pointwise, snake_out=snake_out):
+                    return fused_vae_pointwise.pointwise_residual(
+                        pw.weight()[:, :, 0], h, pw.bias, x, snake_out.alpha, tf32=True, config=config
+                    )
+
+                def one_kernel(x=x, xs=xs, context=context, conv=conv, snake_out=snake_out, pw=pointwise):
                     return fused_vae_unit.residual_unit(
                         context, xs, x, conv.weight(), conv.bias, snake_out.alpha, pw.weight()[:, :, 0], pw.bias,
-                        conv.dilation,
-                        snake_out.alpha, tf32=True, config=config,
+                        conv.dilation, snake_out.alpha, tf32=True,
                     )  # fmt: skip
 
                 row = {"channels": channels, "length": length, "batch": bsz, "dtype": str(dtype).split(".")[-1]}
-                mbytes = x.numel() * x.element_size() / 2**20
                 with conv_flags(True):
                     row["three_pass_ms"] = median_ms(three_pass)
-                    default = fused_vae_unit.launch_config(channels)
-                    configs = {default, (default[0] // 2, 16, 4), (default[0], 32, 8), (default[0] * 2, 16, 16)}
-                    row["one_kernel_ms"] = {str(c): median_ms(lambda c=c: one_kernel(c)) for c in sorted(configs)}
-                    row["default_config"] = str(default)
-                best = min(row["one_kernel_ms"].values())
-                row["tensor_MiB"] = round(mbytes, 1)
+                    row["depthwise_ms"] = median_ms(depthwise)
+                    row["cublas_gemm_plus_add_ms"] = median_ms(
+                        lambda h=h, x=x, pw=pointwise, a=snake_out.alpha: pw.pointwise_residual(h, x, a)
+                    )
+                    default = fused_vae_pointwise.launch_config(channels, dtype)
+                    configs = {default, *GEMM_CONFIGS} if DEVICE == "cuda" else {default}
+                    row["gemm_epilogue_ms"] = {str(c): median_ms(lambda c=c: gemm(c)) for c in sorted(configs)}
+                    row["gemm_default_config"] = str(default)
+                    if fused_vae_unit.fits(channels):
+                        row["one_kernel_ms"] = median_ms(one_kernel)
+                best = min(row["gemm_epilogue_ms"].values())
+                one = row.get("one_kernel_ms", float("nan"))
+                row["tensor_MiB"] = round(x.numel() * x.element_size() / 2**20, 1)
                 print(
                     f"unit C={channels:4d} T={length:5d} B={bsz:3d} {row['dtype']:8s}"
-                    f" 3-pass {row['three_pass_ms']:7.3f} ms"
-                    f" | one kernel {row['one_kernel_ms'][str(default)]:7.3f} (best {best:7.3f})"
-                    f" | {row['one_kernel_ms']}"
+                    f" 3-pass {row['three_pass_ms']:7.3f} ms (depthwise {row['depthwise_ms']:6.3f},"
+                    f" cuBLAS + add {row['cublas_gemm_plus_add_ms']:6.3f})"
+                    f" | depthwise + GEMM epilogue {row['depthwise_ms'] + row['gemm_epilogue_ms'][str(default)]:7.3f}"
+                    f" (best {row['depthwise_ms'] + best:7.3f}) | one kernel {one:7.3f}"
+                    f" | GEMM configs {row['gemm_epilogue_ms']}"
                 )
                 rows.append(row)
     vae.set_decode_dtype(torch.float32)
@@ -144,7 +163,7 @@ def decode_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
         vae.set_decode_dtype(dtype)
         for bsz in batches:
             z = torch.randn(bsz, vae.latent_dim, 4, device=DEVICE)
-            for units in (False, True):
+            for units in ("passes", "gemm", "one-kernel"):
                 vae.use_fused_kernels(units=units)
                 for mode in (1, 2):
                     fused_vae.SIN_MODE = mode
@@ -152,22 +171,20 @@ def decode_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
                     with conv_flags(True, benchmark=True):
                         ms = median_ms(lambda state=state, z=z: vae.decode_stream(z, state), iters=10)
                     row = {"dtype": str(dtype).split(".")[-1], "batch": bsz, "units": units, "sin": mode, "ms": ms}
-                    print(
-                        f"decode step {row['dtype']:8s} B={bsz:3d} units={'on ' if units else 'off'}"
-                        f" sin={mode}: {ms:7.2f} ms"
-                    )
+                    print(f"decode step {row['dtype']:8s} B={bsz:3d} units={units:10s} sin={mode}: {ms:7.2f} ms")
                     rows.append(row)
     fused_vae.SIN_MODE = 1
-    vae.use_fused_kernels(units=False)
+    vae.use_fused_kernels()
     vae.set_decode_dtype(torch.float32)
     return rows
 
 
-def profile_table(vae: AudioVAE, batch: int) -> list[dict]:
-    """Table 4: the kernels of five bf16 decode steps (units off, libdevice sin) under torch.profiler."""
+def profile_table(vae: AudioVAE, batch: int, units: str) -> list[dict]:
+    """Table 4: the kernels of five bf16 decode steps (libdevice sin) under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     vae.tf32_convs = True
+    vae.use_fused_kernels(units=units)
     vae.set_decode_dtype(torch.bfloat16)
     z = torch.randn(batch, vae.latent_dim, 4, device=DEVICE)
     state = vae.new_stream_state(batch, DEVICE)
@@ -187,10 +204,11 @@ def profile_table(vae: AudioVAE, batch: int) -> list[dict]:
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30))
     rows.sort(key=lambda r: -r["ms_per_step"])
     total = sum(r["ms_per_step"] for r in rows)
-    print(f"kernels of one bf16 decode step, B={batch}: {total:.2f} ms of GPU time")
+    print(f"kernels of one bf16 decode step, B={batch}, units {units}: {total:.2f} ms of GPU time")
     for r in rows[:25]:
         print(f"  {r['ms_per_step']:7.3f} ms  {r['calls']:3d} calls  {r['kernel']}")
     vae.set_decode_dtype(torch.float32)
+    vae.use_fused_kernels()
     return rows
 
 
@@ -215,7 +233,7 @@ def main() -> None:
     if "decode" not in args.skip:
         result["decode"] = decode_table(vae, args.batches)
     if "profile" not in args.skip:
-        result["profile"] = profile_table(vae, args.batches[-1])
+        result["profile"] = {u: profile_table(vae, args.batches[-1], u) for u in ("passes", "gemm")}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

@@ -24,11 +24,12 @@ from pathlib import Path
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("kernel_resources.py compiles kernels: run it without TRITON_INTERPRET=1")
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from voxcpm_engine.kernels import fused_vae, fused_vae_unit
+from voxcpm_engine.kernels import fused_vae, fused_vae_pointwise, fused_vae_unit
 
 _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
@@ -56,6 +57,7 @@ def resources(kernel, pointers: list[str], scalars: list[str], dtype: str, const
 def rows(arch: int) -> list[dict]:
     """Every kernel at its wrapper's configs; one dict per compile."""
     out = []
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}
     unit_pointers = [
         "ctx_ptr", "xs_ptr", "x_ptr", "dw_w_ptr", "dw_b_ptr", "alpha_ptr", "pw_w_ptr", "pw_b_ptr", "next_alpha_ptr",
         "out_ptr", "snaked_ptr",
@@ -73,6 +75,20 @@ def rows(arch: int) -> list[dict]:
                     fused_vae_unit._residual_unit_kernel, unit_pointers, unit_scalars, dtype, const, num_warps, arch
                 )
                 out.append({"kernel": "residual_unit", "channels": channels, "dtype": dtype, "sin": sin, **got})
+            for channels in (64, 128, 256, 512, 1024):
+                block_m, block_n, block_k, num_warps, _ = fused_vae_pointwise.launch_config(
+                    channels, torch_dtype[dtype]
+                )
+                const = {
+                    "C": channels, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "SNAKE": True,
+                    "PRECISION": "ieee" if dtype == "bf16" else "tf32", "LIBDEVICE": sin,
+                }  # fmt: skip
+                got = resources(
+                    fused_vae_pointwise._pointwise_residual_kernel,
+                    ["w_ptr", "h_ptr", "b_ptr", "x_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["length"],
+                    dtype, const, num_warps, arch,
+                )  # fmt: skip
+                out.append({"kernel": "pointwise_residual", "channels": channels, "dtype": dtype, "sin": sin, **got})
             simple = [
                 ("snake", fused_vae._snake_kernel, ["x_ptr", "alpha_ptr", "y_ptr"], ["channels", "length"],
                  {"BLOCK": 1024}, 4),

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Device runs for the streamed VAE's kernels, in two parts that fit one call each:
-#   bash scripts/vae_kernels_check.sh kernels [OUT_DIR]  # the one-kernel unit's GPU tests, then
-#       scripts/bench_vae_kernels.py (units and whole decode steps, variant by variant)
+#   bash scripts/vae_kernels_check.sh kernels [OUT_DIR]  # the unit kernels' GPU tests, then
+#       scripts/bench_vae_kernels.py (units, sin, whole decode steps, the decode step's profile)
 #   bash scripts/vae_kernels_check.sh engine [OUT_DIR]   # the engine in process, bf16 VAE:
-#       units off / on, each with libdevice's sin and with the reduced sin.approx (fused_vae.SIN_MODE 2)
+#       --vae-units passes / gemm, each with libdevice's sin and with the reduced sin.approx (fused_vae.SIN_MODE 2)
 # Environment: PRESET (voxcpm1.5), LEVELS ("128 256"), SEQS (256).
 set -uo pipefail
 part=${1:?usage: bash scripts/vae_kernels_check.sh kernels|engine [OUT_DIR]}
@@ -13,7 +13,8 @@ mkdir -p "$out"
 source scripts/device_env.sh
 if [ "$part" = kernels ]; then
     timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -rfs tests/voxcpm_engine/kernels/test_fused_vae_unit.py \
-        tests/voxcpm_engine/worker/test_vae_stream.py -k "unit" 2>&1 | tee "$out/pytest_units_gpu.log" | tail -4
+        tests/voxcpm_engine/kernels/test_fused_vae_pointwise.py tests/voxcpm_engine/worker/test_vae_stream.py \
+        -k "unit or pointwise or gemm" 2>&1 | tee "$out/pytest_units_gpu.log" | tail -4
     timeout 300 python3 scripts/bench_vae_kernels.py --preset "$preset" --json "$out/kernels.json" 2>&1 | grep -v Warn
     exit 0
 fi
@@ -27,7 +28,7 @@ sys.argv = sys.argv[1:]; runpy.run_path('benchmark.py', run_name='__main__')" be
         --max-num-seqs "${SEQS:-256}" --concurrency ${LEVELS:-128 256} --steps 50 --repeats 2 --vae-dtype bfloat16 \
         --no-plot --json "$out/engine-$label.json" "$@" 2>&1 | grep "^| ours" | tail -4
 }
-run units-off-sin1 1
-run units-on-sin1 1 --vae-fused-units
-run units-on-sin2 2 --vae-fused-units
-run units-off-sin2 2
+run passes-sin1 1
+run gemm-sin1 1 --vae-units gemm
+run gemm-sin2 2 --vae-units gemm
+run passes-sin2 2

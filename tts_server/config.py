@@ -111,12 +111,13 @@ class ServerConfig:
         "sampler instead of behind them (same audio; 0.5-1% more audio per second at 256-512 streams on an H100).",
         parse=bool_value,
     )
-    vae_fused_units: bool = _setting(
-        False,
-        "With the fused kernels on CUDA, run each streamed AudioVAE residual unit of 16-256 channels as one "
-        "kernel (half the passes over the activations). Measured slower than the default passes on an H100 "
-        "(-16% audio per second at 256 streams): for kernel work, not for serving.",
-        parse=bool_value,
+    vae_units: str = _setting(
+        "passes",
+        "With the fused kernels on CUDA, how the AudioVAE decoder's residual units run: `passes` (depthwise "
+        "kernel, cuBLAS GEMM, bias + residual kernel), `gemm` (a Triton GEMM with bias, residual and the next "
+        "Snake in its epilogue: six passes over the activations instead of eight), or `one-kernel` (each streamed "
+        "unit of 16-256 channels as one kernel; measured slower than `passes` on an H100, -16% audio per second "
+        "at 256 streams: for kernel work, not for serving).",
     )
     async_scheduling: bool = _setting(
         True,
@@ -350,7 +351,7 @@ class ServerConfig:
             vae_tf32=self.vae_tf32,
             vae_dtype=self.vae_dtype,
             vae_overlap=self.vae_overlap,
-            vae_fused_units=self.vae_fused_units,
+            vae_units=self.vae_units,
             async_scheduling=None if self.async_scheduling else False,
             packed_lm_graphs=self.packed_lm_graphs,
             warm_up=None if self.warm_up else False,

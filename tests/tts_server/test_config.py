@@ -103,10 +103,12 @@ def test_max_num_seqs_defaults_to_the_devices_kind():
         load_config(["--model", "m", "--max-num-seqs", "0"], {})
 
 
-def test_the_vae_fused_units_setting_reaches_the_engine():
-    assert load_config(["--model", "m"], {}).engine_config().vae_fused_units is False
-    assert load_config(["--model", "m", "--vae-fused-units"], {}).engine_config().vae_fused_units is True
-    assert load_config(["--model", "m"], {"TTS_VAE_FUSED_UNITS": "on"}).engine_config().vae_fused_units is True
+def test_the_vae_units_setting_reaches_the_engine():
+    assert load_config(["--model", "m"], {}).engine_config().vae_units == "passes"
+    assert load_config(["--model", "m", "--vae-units", "gemm"], {}).engine_config().vae_units == "gemm"
+    assert load_config(["--model", "m"], {"TTS_VAE_UNITS": "one-kernel"}).engine_config().vae_units == "one-kernel"
+    with pytest.raises(ConfigError, match="--vae-units must be one of passes, gemm, one-kernel, got 'fused'"):
+        load_config(["--model", "m", "--vae-units", "fused"], {}).engine_config()
 
 
 def test_the_vae_overlap_setting_reaches_the_engine():

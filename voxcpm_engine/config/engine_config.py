@@ -9,6 +9,9 @@ from voxcpm_engine.config.model_config import ModelConfig
 VAE_DTYPES = ("float32", "bfloat16")
 """Dtypes the streaming AudioVAE decode may run in (``EngineConfig.vae_dtype``), as torch attribute names."""
 
+VAE_UNITS = ("passes", "gemm", "one-kernel")
+"""How the fused VAE runs its residual units (``EngineConfig.vae_units``)."""
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -45,12 +48,14 @@ class EngineConfig:
             of its own, so that the next step's LMs and sampler run beside it on the GPU instead of
             behind it (:class:`voxcpm_engine.worker.vae_stream.VaeStreams`). Same audio either way; 0.5-1%
             more audio per second at 256-512 streams on an H100. No effect off CUDA.
-        vae_fused_units: With the fused kernels, run each streamed residual unit of 16-256 channels
-            (the decoder's last stages, most of its bytes) as one kernel
-            (:mod:`voxcpm_engine.kernels.fused_vae_unit`): four passes over the activations instead
-            of eight. Off: on an H100 the kernel is slower than the passes it replaces (it is bound by
-            its arithmetic and registers, not by memory) and costs 16% of the audio per second at 256
-            streams (docs/PERFORMANCE.md).
+        vae_units: How the fused kernels run the decoder's residual units
+            (``x + conv1x1(snake(dwconv7(snake(x))))``). ``"passes"``: the depthwise kernel, a cuBLAS
+            GEMM, then the bias + residual kernel (eight tensor-sized passes). ``"gemm"``: the 1x1 conv
+            as a Triton GEMM with bias, residual and the next Snake in its epilogue
+            (:mod:`voxcpm_engine.kernels.fused_vae_pointwise`: six passes). ``"one-kernel"``: each
+            streamed unit of 16-256 channels as one kernel (:mod:`voxcpm_engine.kernels.fused_vae_unit`:
+            four passes), measured slower than the passes on an H100 (it is bound by its arithmetic
+            and registers; -16% audio per second at 256 streams, docs/PERFORMANCE.md).
         async_scheduling: Schedule and launch the next decode step before copying a step's audio
             out, so that the host's per-step work overlaps the GPU's (arrivals then join one step
             later). ``None``: wherever CUDA graphs run.
@@ -83,7 +88,7 @@ class EngineConfig:
     vae_tf32: bool = True
     vae_dtype: str = "float32"
     vae_overlap: bool = True
-    vae_fused_units: bool = False
+    vae_units: str = "passes"
     async_scheduling: bool | None = None
     packed_lm_graphs: bool = True
     warm_up: bool | None = None
@@ -102,6 +107,7 @@ class EngineConfig:
             ("max_lora_rank", self.max_lora_rank >= 1, "must be >= 1"),
             ("audio_ring_slots", self.audio_ring_slots >= 0, "must be >= 0"),
             ("vae_dtype", self.vae_dtype in VAE_DTYPES, f"must be one of {', '.join(VAE_DTYPES)}"),
+            ("vae_units", self.vae_units in VAE_UNITS, f"must be one of {', '.join(VAE_UNITS)}"),
             ("cuda_graph_timesteps", all(1 <= t <= 100 for t in self.cuda_graph_timesteps), "must be in [1, 100]"),
         ]
         for name, ok, msg in checks:

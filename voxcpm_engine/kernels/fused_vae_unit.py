@@ -1,4 +1,4 @@
-"""One Triton kernel for a whole streaming VAE residual unit (``EngineConfig.vae_fused_units``).
+"""One Triton kernel for a whole streaming VAE residual unit (``EngineConfig.vae_units="one-kernel"``).
 
 A residual unit is ``x + conv1x1(snake(dwconv7(snake(x))))``. The fused path of
 :mod:`voxcpm_engine.kernels.fused_vae` runs it as three passes over the activations: the depthwise
@@ -19,7 +19,7 @@ Measured on an H100 (docs/PERFORMANCE.md): slower than the three passes at every
 1.3-2.4x per unit at 256 streams with these configs (1.2-1.9x with the best of four). It is bound
 by its arithmetic (seven taps, two Snakes and the product per element) and by the registers that
 a tile of every output channel needs (one 8-warp block per SM), not by memory. Hence
-``EngineConfig.vae_fused_units`` is off. Its launch configs are the ones that compile for sm_90
+``"one-kernel"`` is not the default. Its launch configs are the ones that compile for sm_90
 without spills (``scripts/kernel_resources.py``; a first build that spilled ran 2.6x slower).
 """
 

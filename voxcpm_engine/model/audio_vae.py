@@ -167,19 +167,20 @@ class AudioVAE(nn.Module):
                 if compute is not None or module.folded_weight is not None:
                     module.fold()  # a bf16 weight is always folded: the fp32 norm is not redone per call
 
-    def use_fused_kernels(self, units: bool = False) -> None:
+    def use_fused_kernels(self, units: str = "passes") -> None:
         """The CUDA fast paths of :mod:`voxcpm_engine.kernels.fused_vae`, with the conv weights folded.
 
         Snake in one pass; residual units' 1x1 convs as GEMMs with bias and residual fused; in
         streaming decodes the depthwise convs as one kernel over context and input (the next Snake
-        fused in) and the transposed convs as one GEMM plus an overlap-add kernel. With ``units``,
-        streamed residual units narrow enough run as one kernel each
-        (:mod:`voxcpm_engine.kernels.fused_vae_unit`, ``EngineConfig.vae_fused_units``)."""
+        fused in) and the transposed convs as one GEMM plus an overlap-add kernel. ``units`` picks the
+        residual units' kernels (``EngineConfig.vae_units``: ``"passes"``, ``"gemm"`` or ``"one-kernel"``)."""
+        if units not in ("passes", "gemm", "one-kernel"):
+            raise ValueError(f"units must be passes, gemm or one-kernel, got {units!r}")
         for module in self.modules():
             if isinstance(module, Snake1d | CausalConv1d | CausalConvTranspose1d):
                 module.fused = True
             elif isinstance(module, DecoderBlock):
-                module.use_one_kernel_units(units)
+                module.use_unit_kernels(units)
         self.fold_weight_norm()  # inference only: no weight norm recomputed per call
 
     @property

@@ -171,13 +171,22 @@ class CausalConv1d(_WeightNormConv):
         return self.weight_v.shape[-1] == 1 and self.groups == 1 and self.stride == 1 and self.context == 0
 
     def pointwise_residual(
-        self, h: Tensor, residual: Tensor, snake_alpha: Tensor | None = None
+        self, h: Tensor, residual: Tensor, snake_alpha: Tensor | None = None, *, epilogue: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """``residual + conv(h)`` for a 1x1 conv: one GEMM (cuDNN's 1x1 conv is 2x slower) and one fused add.
 
         Returns the sum and, with ``snake_alpha``, its Snake (the next layer's activation, same pass).
+        ``epilogue``: one Triton GEMM that adds bias and residual (and takes the Snake) before its
+        store (:mod:`voxcpm_engine.kernels.fused_vae_pointwise`), instead of cuBLAS's plus a pass.
         """
         from voxcpm_engine.kernels.fused_vae import bias_residual_add
+
+        if epilogue:
+            from voxcpm_engine.kernels.fused_vae_pointwise import pointwise_residual
+
+            return pointwise_residual(
+                self.weight()[:, :, 0], h, self.bias, residual, snake_alpha, tf32=torch.backends.cudnn.allow_tf32
+            )
 
         with _matmul_tf32(torch.backends.cudnn.allow_tf32):  # the conv precision conv_flags chose
             y = torch.matmul(self.weight()[:, :, 0], h)

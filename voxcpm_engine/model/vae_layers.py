@@ -54,7 +54,7 @@ class ResidualUnit(StreamableModule):
             Snake1d(dim),
             CausalConv1d(dim, dim, 1),
         )
-        self.one_kernel = False  # DecoderBlock.use_one_kernel_units: see fused_forward
+        self.kernels = "passes"  # DecoderBlock.use_unit_kernels: see fused_forward
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
         if not self.block[3].fused:
@@ -71,10 +71,11 @@ class ResidualUnit(StreamableModule):
     ) -> tuple[Tensor, Tensor | None]:
         """The fused path, from ``x`` and its first Snake: the second Snake runs inside the depthwise
         kernel, the 1x1 conv is a GEMM whose bias and residual add are one pass (which also
-        applies the next layer's Snake, alpha ``next_alpha``, and returns it). With ``one_kernel``
-        a streamed unit of at most 256 channels is one kernel instead (no ``h`` or GEMM output in memory)."""
+        applies the next layer's Snake, alpha ``next_alpha``, and returns it). ``kernels`` ``"gemm"``:
+        that pass is the GEMM's epilogue (no GEMM output in memory). ``"one-kernel"``: a streamed unit
+        of at most 256 channels is one kernel instead (no ``h`` or GEMM output in memory)."""
         _, conv, snake_out, pointwise = self.block
-        if self.one_kernel and conv.streams_depthwise(stream):
+        if self.kernels == "one-kernel" and conv.streams_depthwise(stream):
             from voxcpm_engine.kernels.fused_vae_unit import fits, residual_unit
 
             if fits(x.shape[1]):
@@ -89,7 +90,7 @@ class ResidualUnit(StreamableModule):
             h = conv._depthwise_stream(x_snaked, stream, snake_out.alpha)
         else:
             h = snake_out(conv(x_snaked, stream))
-        return pointwise.pointwise_residual(h, x, next_alpha)
+        return pointwise.pointwise_residual(h, x, next_alpha, epilogue=self.kernels == "gemm")
 
 
 def _residual_stack(dim: int, groups: int) -> list[nn.Module]:
@@ -131,10 +132,10 @@ class DecoderBlock(StreamableModule):
             *_residual_stack(out_dim, groups),
         )
 
-    def use_one_kernel_units(self, on: bool) -> None:
-        """Whether the streamed fused path runs each of its residual units as one kernel where it fits."""
+    def use_unit_kernels(self, kernels: str) -> None:
+        """How the fused path runs its residual units (:meth:`ResidualUnit.fused_forward`)."""
         for unit in self.block[2:]:
-            unit.one_kernel = on
+            unit.kernels = kernels
 
     def forward(self, x: Tensor, stream: StreamBuffers | None = None) -> Tensor:
         snake, conv, *units = self.block

@@ -36,6 +36,7 @@ def test_defaults_are_valid_and_frozen():
         ({"cuda_graph_timesteps": (101,)}, r"cuda_graph_timesteps must be in \[1, 100\], got \(101,\)"),
         ({"vae_dtype": "float16"}, "EngineConfig.vae_dtype must be one of float32, bfloat16, got 'float16'"),
         ({"vae_dtype": "bf16"}, "EngineConfig.vae_dtype must be one of float32, bfloat16, got 'bf16'"),
+        ({"vae_units": True}, "EngineConfig.vae_units must be one of passes, gemm, one-kernel, got True"),
     ],
 )
 def test_invalid_limits_name_the_field_and_value(kwargs, message):

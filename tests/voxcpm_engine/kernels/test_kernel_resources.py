@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parents[3]
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
+def _sinf_frame(row: dict) -> bool:
+    """The GEMM's fp32 build with libdevice's sin keeps a 32-byte stack frame at 80-170 registers:
+    sinf's argument-reduction array for |x| >= 105615 (a path the decoder never takes), not a spill.
+    The same kernel without the Snake, or with the reduced sin, has no frame."""
+    return row["kernel"] == "pointwise_residual" and row["dtype"] == "fp32" and row["sin"] == 1 and row["stack"] <= 32
+
+
 @pytest.mark.skipif(not (TOOLS / "cuobjdump").exists(), reason="this Triton has no bundled cuobjdump")
 def test_vae_kernels_compile_for_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -36,6 +43,7 @@ def test_vae_kernels_compile_for_sm90_without_spills():
     units = [r for r in table if r["kernel"] == "residual_unit"]
     assert {r["channels"] for r in units} == {16, 32, 64, 128, 256}
     assert {(r["dtype"], r["sin"]) for r in table} == {(d, s) for d in ("bf16", "fp32") for s in (1, 2)}
-    spilled = [r for r in table if r["stack"] or r["local"]]
+    assert {r["channels"] for r in table if r["kernel"] == "pointwise_residual"} == {64, 128, 256, 512, 1024}
+    spilled = [r for r in table if (r["stack"] and not _sinf_frame(r)) or r["local"]]
     assert not spilled, spilled
     assert all(0 < r["reg"] <= 255 for r in table)

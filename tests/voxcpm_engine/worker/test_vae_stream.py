@@ -175,15 +175,17 @@ def test_bf16_decode_of_the_released_weights_is_within_30_db_of_fp32():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_one_kernel_units_in_captured_graphs_on_voxcpm15_shapes():
-    """EngineConfig.vae_fused_units through the captured graphs at the release's shapes (its units of
-    256, 128 and 64 channels as one kernel each): the same plan as the three-pass units, true fp32 both."""
+@pytest.mark.parametrize("units", ["gemm", "one-kernel"])
+def test_unit_kernels_in_captured_graphs_on_voxcpm15_shapes(units):
+    """EngineConfig.vae_units through the captured graphs at the release's shapes (``one-kernel``: its
+    units of 256, 128 and 64 channels as one kernel each; ``gemm``: every unit's 1x1 conv with its
+    epilogue): the same plan as the three-pass units."""
     vae = release_vae("voxcpm1.5").cuda()
     vae.use_fused_kernels()
     torch.manual_seed(0)
     z = {n: torch.randn(1, vae.latent_dim, 4 * 4, device="cuda") for n in "abcd"}
     ref, _ = _run_plan(VaeStreams(vae, 4, max_batch=4, capture=True), z, 4)
-    vae.use_fused_kernels(units=True)
+    vae.use_fused_kernels(units=units)
     got, _ = _run_plan(VaeStreams(vae, 4, max_batch=4, capture=True), z, 4)
     for name in z:  # fp32 sums in another order only (ieee dot against cuBLAS), amplified by the network
         assert snr_db(got[name], ref[name]) >= 80.0, name
