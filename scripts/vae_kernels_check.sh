@@ -4,7 +4,8 @@
 #       scripts/bench_vae_kernels.py (units, sin, whole decode steps, the decode step's profile)
 #   bash scripts/vae_kernels_check.sh engine [OUT_DIR]   # the engine in process, bf16 VAE:
 #       --vae-units passes / gemm, each with libdevice's sin and with the reduced sin.approx (fused_vae.SIN_MODE 2)
-# Environment: PRESET (voxcpm1.5), LEVELS ("128 256"), SEQS (256).
+# Environment: PRESET (voxcpm1.5), BATCHES (128 256), LEVELS ("128 256"), SEQS (256), VARIANTS (the engine runs to make, by
+# label: "passes-sin1 gemm-sin1 gemm-sin2 passes-sin2", all by default), SKIP (tables of bench_vae_kernels.py to skip).
 set -uo pipefail
 part=${1:?usage: bash scripts/vae_kernels_check.sh kernels|engine [OUT_DIR]}
 out=${2:-${OUT:-/tmp/vae_kernels_check}}
@@ -14,13 +15,14 @@ source scripts/device_env.sh
 if [ "$part" = kernels ]; then
     timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -rfs tests/voxcpm_engine/kernels/test_fused_vae_unit.py \
         tests/voxcpm_engine/kernels/test_fused_vae_pointwise.py tests/voxcpm_engine/worker/test_vae_stream.py \
-        -k "unit or pointwise or gemm" 2>&1 | tee "$out/pytest_units_gpu.log" | tail -4
-    timeout 300 python3 scripts/bench_vae_kernels.py --preset "$preset" --json "$out/kernels.json" 2>&1 | grep -v Warn
+        tests/voxcpm_engine/kernels/test_fused_vae.py -k "unit or pointwise or gemm or reduced" 2>&1 | tee "$out/pytest_units_gpu.log" | tail -4
+    timeout 300 python3 scripts/bench_vae_kernels.py --preset "$preset" ${BATCHES:+--batches $BATCHES} ${SKIP:+--skip $SKIP} --json "$out/kernels.json" 2>&1 | grep -v Warn
     exit 0
 fi
 run() {  # label sin_mode [benchmark flags]
     local label=$1 mode=$2
     shift 2
+    [[ " ${VARIANTS:-$label} " == *" $label "* ]] || return 0
     echo "== $label"
     # shellcheck disable=SC2086
     timeout 120 python3 -c "import runpy, sys; import voxcpm_engine.kernels.fused_vae as f; f.SIN_MODE = $mode; \

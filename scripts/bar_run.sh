@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue 19's bar in one device call, one model: ours in process, ours over HTTP through
+# `python -m tts_server`, and the peer (nano-vllm-voxcpm) in process, on the same synthetic
+# checkpoint, each warmed by the benchmark's own warm-up before its levels.
+# Usage (GPU machine, repo root; carry .whl and .peer):
+#   bash scripts/bar_run.sh [OUT_DIR]
+# .peer holds the peer's wheel (nano_vllm_voxcpm) and what it imports that the device image lacks
+# (librosa and its pure-Python deps), and flash_attn_shim/ (a copy of ../shared/tools/flash_attn_shim).
+# Environment: PRESET (voxcpm1.5), LEVELS ("128 256 512"), PEER_LEVELS ("128 256"), SEQS (256),
+# REPEATS (2), OURS_ARGS (engine flags for both of ours, e.g. "--vae-dtype bfloat16 --vae-units gemm";
+# the server gets the same ones), PARTS ("engine http peer").
+set -uo pipefail
+out=${1:-${OUT:-/tmp/bar_run}}
+preset=${PRESET:-voxcpm1.5}
+levels=${LEVELS:-128 256 512}
+ours_args=${OURS_ARGS:-}
+mkdir -p "$out"
+source scripts/device_env.sh
+part() { [[ " ${PARTS:-engine http peer} " == *" $1 "* ]]; }
+t0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
+python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+if part engine; then
+    stamp "ours in process: $levels"
+    # shellcheck disable=SC2086
+    timeout 240 python3 benchmark.py --model "$ckpt" --max-num-seqs "${SEQS:-256}" --concurrency $levels --steps 50 \
+        --repeats "${REPEATS:-2}" $ours_args --no-plot --json "$out/engine.json" 2>&1 | grep "^| ours" | tail -6
+fi
+if part http; then
+    stamp "ours over HTTP: $levels"
+    # shellcheck disable=SC2086
+    python3 -m tts_server --model "$ckpt" --port 8700 --host 127.0.0.1 --max-num-seqs "${SEQS:-256}" --voices-dir "" \
+        --log-level warning $ours_args >"$out/server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 240); do
+        python3 -c 'import sys, httpx; sys.exit(httpx.get("http://127.0.0.1:8700/ready", timeout=2).status_code != 200)' \
+            2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || { echo "server exited before it was ready:"; tail -30 "$out/server.log"; exit 1; }
+        sleep 1
+    done
+    stamp "server ready"
+    # shellcheck disable=SC2086
+    timeout 240 python3 benchmark.py --mode http --server http://127.0.0.1:8700 --concurrency $levels --steps 50 \
+        --repeats "${REPEATS:-2}" --warmup 2 --no-plot --json "$out/http.json" 2>&1 | tail -40
+    curl -s 127.0.0.1:8700/status >"$out/status.json" || true
+    kill -TERM "$pid"
+    wait "$pid" || true
+fi
+if part peer; then
+    stamp "the peer in process: ${PEER_LEVELS:-128 256}"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .peer/*.whl || exit 1
+    # shellcheck disable=SC2086
+    PYTHONPATH=$PYTHONPATH:$PWD/.peer/flash_attn_shim timeout 300 python3 benchmark.py --mode peer --model "$ckpt" \
+        --max-num-seqs "${SEQS:-256}" --concurrency ${PEER_LEVELS:-128 256} --steps 50 --repeats "${REPEATS:-2}" \
+        --no-plot --json "$out/peer.json" 2>&1 | grep -v Warn | tail -8
+fi
+stamp done
