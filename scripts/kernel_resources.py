@@ -32,14 +32,25 @@ from triton.compiler import ASTSource
 from voxcpm_engine.kernels import fused_vae, fused_vae_pointwise, fused_vae_unit
 
 _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+_GLOBAL_ACCESS = re.compile(r"(?:ld|st)\.global(?:\.\w+)*?(?:\.v(\d))?\.b(\d+)")
+ALIGN = 8
+"""The ``ALIGN`` the row kernels are compiled with here (``fused_vae._align`` of 1,176 and 3,528 samples)."""
+
+
+def widest_access(ptx: str) -> int:
+    """Bytes of the widest global load or store in ``ptx`` (16: ``ld.global.v4.b32``)."""
+    widths = [int(v or 1) * int(b) // 8 for v, b in _GLOBAL_ACCESS.findall(ptx)]
+    return max(widths, default=0)
 
 
 def resources(kernel, pointers: list[str], scalars: list[str], dtype: str, constexprs: dict, num_warps: int, arch: int):
-    """``{"reg", "stack", "shared", "local"}`` of ``kernel`` compiled for ``sm_{arch}``."""
+    """``{"reg", "stack", "shared", "local", "vector_bytes"}`` of ``kernel`` compiled for ``sm_{arch}``."""
     signature = {name: f"*{dtype}" for name in pointers} | dict.fromkeys(scalars, "i32")
     signature |= dict.fromkeys(constexprs, "constexpr")
+    # As at launch: torch's tensors start 16-byte aligned, and Triton specializes pointers on that.
+    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in pointers}
     compiled = triton.compile(
-        ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+        ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
         target=GPUTarget("cuda", arch, 32),
         options={"num_warps": num_warps},
     )
@@ -51,7 +62,8 @@ def resources(kernel, pointers: list[str], scalars: list[str], dtype: str, const
     match = _USAGE.search(text)
     if match is None:
         raise RuntimeError(f"no resource line in cuobjdump's output:\n{text}")
-    return dict(zip(("reg", "stack", "shared", "local"), map(int, match.groups()), strict=True))
+    got = dict(zip(("reg", "stack", "shared", "local"), map(int, match.groups()), strict=True))
+    return got | {"vector_bytes": widest_access(compiled.asm["ptx"])}
 
 
 def rows(arch: int) -> list[dict]:
@@ -81,24 +93,24 @@ def rows(arch: int) -> list[dict]:
                 )
                 const = {
                     "C": channels, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "SNAKE": True,
-                    "PRECISION": "ieee" if dtype == "bf16" else "tf32", "LIBDEVICE": sin,
+                    "PRECISION": "ieee" if dtype == "bf16" else "tf32", "LIBDEVICE": sin, "ALIGN": ALIGN,
                 }  # fmt: skip
                 got = resources(
                     fused_vae_pointwise._pointwise_residual_kernel,
-                    ["w_ptr", "h_ptr", "b_ptr", "x_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["length"],
+                    ["w_ptr", "h_ptr", "b_ptr", "x_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["length_a"],
                     dtype, const, num_warps, arch,
                 )  # fmt: skip
                 out.append({"kernel": "pointwise_residual", "channels": channels, "dtype": dtype, "sin": sin, **got})
             simple = [
-                ("snake", fused_vae._snake_kernel, ["x_ptr", "alpha_ptr", "y_ptr"], ["channels", "length"],
-                 {"BLOCK": 1024}, 4),
+                ("snake", fused_vae._snake_kernel, ["x_ptr", "alpha_ptr", "y_ptr"], ["channels", "length_a"],
+                 {"BLOCK": 1024, "ALIGN": ALIGN}, 4),
                 ("depthwise", fused_vae._depthwise_conv_kernel,
                  ["ctx_ptr", "x_ptr", "w_ptr", "b_ptr", "alpha_ptr", "y_ptr"],
-                 ["channels", "length", "ctx_len", "dilation", "stride_ctx_b", "stride_ctx_c"],
-                 {"KSIZE": 7, "BLOCK": 512, "SNAKE": True}, 4),
+                 ["channels", "length_a", "ctx_len", "dilation", "stride_ctx_b", "stride_ctx_c"],
+                 {"KSIZE": 7, "BLOCK": 512, "SNAKE": True, "ALIGN": ALIGN}, 4),
                 ("bias_residual", fused_vae._bias_residual_kernel,
-                 ["y_ptr", "b_ptr", "x_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["channels", "length"],
-                 {"BLOCK": 1024, "SNAKE": True}, 4),
+                 ["y_ptr", "b_ptr", "x_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["channels", "length_a"],
+                 {"BLOCK": 1024, "SNAKE": True, "ALIGN": ALIGN}, 4),
             ]  # fmt: skip
             for name, kernel, pointers, scalars, const, num_warps in simple:
                 got = resources(kernel, pointers, scalars, dtype, const | {"LIBDEVICE": sin}, num_warps, arch)
@@ -116,12 +128,12 @@ def main() -> None:
         print(json.dumps(table))
         return
     print(f"sm_{args.arch}, Triton {triton.__version__}")
-    print("| kernel | channels | dtype | sin | registers | stack (spills) | local | static shared |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| kernel | channels | dtype | sin | registers | stack | local | static shared | widest access, bytes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in table:
         print(
             f"| {r['kernel']} | {r['channels'] or ''} | {r['dtype']} | {r['sin']} | {r['reg']} | {r['stack']}"
-            f" | {r['local']} | {r['shared']} |"
+            f" | {r['local']} | {r['shared']} | {r['vector_bytes']} |"
         )
 
 

@@ -20,12 +20,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from voxcpm_engine.kernels.fused_vae import _libdevice, _snake
+from voxcpm_engine.kernels.fused_vae import _align, _libdevice, _snake
 
 __all__ = ["launch_config", "pointwise_residual"]
 
 
-@triton.jit(do_not_specialize=["length"])
+@triton.jit(do_not_specialize=["length_a"])
 def _pointwise_residual_kernel(
     w_ptr,
     h_ptr,
@@ -34,7 +34,7 @@ def _pointwise_residual_kernel(
     out_ptr,
     alpha_ptr,
     snaked_ptr,
-    length,
+    length_a,
     C: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -42,7 +42,9 @@ def _pointwise_residual_kernel(
     SNAKE: tl.constexpr,
     PRECISION: tl.constexpr,
     LIBDEVICE: tl.constexpr,  # compiled (not the interpreter)
+    ALIGN: tl.constexpr,
 ):
+    length = length_a * ALIGN  # fused_vae._align: rows aligned, so loads and stores of up to 16 bytes
     # Programs that share a run of frames are adjacent (output-channel tiles fastest), so the
     # second and later tiles find that run of h in L2. Offsets inside a batch row are int32 (the
     # wrapper checks C * length < 2**31); only the row's base is int64.
@@ -77,8 +79,8 @@ def launch_config(channels: int, dtype: torch.dtype) -> tuple[int, int, int, int
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` for a unit of ``channels``.
 
     A tile of up to 64 output channels by 128 frames, input channels 32 at a time: ptxas compiles
-    it for sm_90 in 168-188 registers without spilling, in bf16 and fp32 (``scripts/kernel_resources.py``;
-    128 x 128 tiles spill once the epilogue's Snake is in). ``dtype`` is the activations' (kept for
+    it for sm_90 in 78-102 registers without spilling, in bf16 and fp32 (``scripts/kernel_resources.py``;
+    128 x 128 tiles spilled once the epilogue's Snake was in). ``dtype`` is the activations' (kept for
     configs that differ by dtype).
     """
     del dtype
@@ -125,7 +127,8 @@ def pointwise_residual(
     precision = "tf32" if tf32 and weight.dtype == torch.float32 else "ieee"
     _pointwise_residual_kernel[grid](
         weight, h, bias, x, out, bias if next_alpha is None else next_alpha, out if snaked is None else snaked,
-        length, C=channels, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SNAKE=snaked is not None,
-        PRECISION=precision, LIBDEVICE=_libdevice(), num_warps=num_warps, num_stages=num_stages,
+        length // _align(length), C=channels, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        SNAKE=snaked is not None, PRECISION=precision, LIBDEVICE=_libdevice(), ALIGN=_align(length),
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out, snaked
