@@ -11,7 +11,8 @@ Four tables, each a median of CUDA-event timings after a warm-up:
 2. The Snake's sin: libdevice's against the reduced ``sin.approx`` (``fused_vae.SIN_MODE``), its
    largest error against torch's float64 sin over the range the decoder's activations reach.
 3. A whole streamed decode step (``AudioVAE.decode_stream`` of one 4-frame patch per stream):
-   units passes/gemm/one-kernel x sin 1/2 x bf16/fp32, with the engine's TF32 convs.
+   units passes/gemm/one-kernel, sin 1/2, rows' alignment told or not (``fused_vae.ALIGN_ROWS``),
+   bf16/fp32, with the engine's TF32 convs.
 4. The kernels of a bf16 decode step at the largest batch, by GPU time (``torch.profiler``), units
    passes and gemm.
 """
@@ -36,6 +37,17 @@ from voxcpm_engine.tools.synthetic import normalize_vae_, random_state_dict
 
 GEMM_CONFIGS = [(128, 64, 32, 8, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3)]
 """Launch configs of the GEMM with its epilogue tried beside ``fused_vae_pointwise.launch_config``'s."""
+
+DECODE_VARIANTS = [
+    ("passes", 1, False),
+    ("passes", 1, True),
+    ("gemm", 1, False),
+    ("gemm", 1, True),
+    ("gemm", 2, True),
+    ("passes", 2, True),
+    ("one-kernel", 1, True),
+]
+"""Table 3's rows: ``(units, fused_vae.SIN_MODE, fused_vae.ALIGN_ROWS)``."""
 
 DEVICE = "cuda"  # --device cpu: a smoke run of the script itself under TRITON_INTERPRET=1
 
@@ -108,6 +120,9 @@ def unit_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
 
                 row = {"channels": channels, "length": length, "batch": bsz, "dtype": str(dtype).split(".")[-1]}
                 with conv_flags(True):
+                    fused_vae.ALIGN_ROWS = False
+                    row["three_pass_unaligned_ms"] = median_ms(three_pass)
+                    fused_vae.ALIGN_ROWS = True
                     row["three_pass_ms"] = median_ms(three_pass)
                     row["depthwise_ms"] = median_ms(depthwise)
                     row["cublas_gemm_plus_add_ms"] = median_ms(
@@ -124,7 +139,8 @@ def unit_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
                 row["tensor_MiB"] = round(x.numel() * x.element_size() / 2**20, 1)
                 print(
                     f"unit C={channels:4d} T={length:5d} B={bsz:3d} {row['dtype']:8s}"
-                    f" 3-pass {row['three_pass_ms']:7.3f} ms (depthwise {row['depthwise_ms']:6.3f},"
+                    f" 3-pass {row['three_pass_ms']:7.3f} ms (unaligned {row['three_pass_unaligned_ms']:7.3f};"
+                    f" depthwise {row['depthwise_ms']:6.3f},"
                     f" cuBLAS + add {row['cublas_gemm_plus_add_ms']:6.3f})"
                     f" | depthwise + GEMM epilogue {row['depthwise_ms'] + row['gemm_epilogue_ms'][str(default)]:7.3f}"
                     f" (best {row['depthwise_ms'] + best:7.3f}) | one kernel {one:7.3f}"
@@ -163,17 +179,20 @@ def decode_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
         vae.set_decode_dtype(dtype)
         for bsz in batches:
             z = torch.randn(bsz, vae.latent_dim, 4, device=DEVICE)
-            for units in ("passes", "gemm", "one-kernel"):
+            for units, mode, align in DECODE_VARIANTS:
                 vae.use_fused_kernels(units=units)
-                for mode in (1, 2):
-                    fused_vae.SIN_MODE = mode
-                    state = vae.new_stream_state(bsz, DEVICE)
-                    with conv_flags(True, benchmark=True):
-                        ms = median_ms(lambda state=state, z=z: vae.decode_stream(z, state), iters=10)
-                    row = {"dtype": str(dtype).split(".")[-1], "batch": bsz, "units": units, "sin": mode, "ms": ms}
-                    print(f"decode step {row['dtype']:8s} B={bsz:3d} units={units:10s} sin={mode}: {ms:7.2f} ms")
-                    rows.append(row)
-    fused_vae.SIN_MODE = 1
+                fused_vae.SIN_MODE, fused_vae.ALIGN_ROWS = mode, align
+                state = vae.new_stream_state(bsz, DEVICE)
+                with conv_flags(True, benchmark=True):
+                    ms = median_ms(lambda state=state, z=z: vae.decode_stream(z, state), iters=10)
+                row = {"dtype": str(dtype).split(".")[-1], "batch": bsz, "units": units, "sin": mode, "aligned": align}
+                row["ms"] = ms
+                print(
+                    f"decode step {row['dtype']:8s} B={bsz:3d} units={units:10s} sin={mode}"
+                    f" rows {'aligned  ' if align else 'unaligned'}: {ms:7.2f} ms"
+                )
+                rows.append(row)
+    fused_vae.SIN_MODE, fused_vae.ALIGN_ROWS = 1, True
     vae.use_fused_kernels()
     vae.set_decode_dtype(torch.float32)
     return rows

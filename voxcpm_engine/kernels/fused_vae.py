@@ -62,9 +62,14 @@ def _align(length: int) -> int:
     on a multiple of ``ALIGN`` elements and that a tile's mask is constant over runs of ``ALIGN``, and
     it loads and stores up to 16 bytes per thread. Triton specializes an integer only on whether 16
     divides it, and the decoder's rows are not (1,176 or 3,528 samples per VoxCPM1.5 patch): with the
-    length as a plain argument every bf16 access is a 2-byte one.
+    length as a plain argument every bf16 access is a 2-byte one. :data:`ALIGN_ROWS` off gives 1.
     """
-    return min(16, length & -length)
+    return min(16, length & -length) if ALIGN_ROWS else 1
+
+
+ALIGN_ROWS = True
+"""Whether :func:`_align` tells the kernels their rows' alignment: a switch for measurements (the
+same kernels with 2-byte bf16 accesses, as before it), not a setting."""
 
 
 @triton.jit(do_not_specialize=["length_a"])
