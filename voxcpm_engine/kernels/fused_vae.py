@@ -5,7 +5,8 @@ op by op, each of its ~35 Snake activations makes five full-tensor passes, and e
 k=7 conv first concatenates its streaming context to the input and then runs torch's generic
 depthwise kernel. These kernels do the Snake in one pass and the depthwise conv over context and
 input in place. Every kernel takes fp32 or bf16 activations (``EngineConfig.vae_dtype``) and
-sums in fp32, rounding once where it stores. Switched on by
+sums in fp32, rounding once where it stores, and is told its rows' alignment (:func:`_align`) so
+that it moves 16 bytes per access. Switched on by
 :meth:`voxcpm_engine.model.audio_vae.AudioVAE.use_fused_kernels`; CUDA, or the CPU under
 ``TRITON_INTERPRET=1`` (tests).
 """
