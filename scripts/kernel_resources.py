@@ -111,9 +111,19 @@ def rows(arch: int) -> list[dict]:
                 ("bias_residual", fused_vae._bias_residual_kernel,
                  ["y_ptr", "b_ptr", "x_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["channels", "length_a"],
                  {"BLOCK": 1024, "SNAKE": True, "ALIGN": ALIGN}, 4),
+                ("mono_conv", fused_vae._mono_conv_kernel, ["ctx_ptr", "x_ptr", "w_ptr", "b_ptr", "y_ptr"],
+                 ["channels", "length_a", "ctx_len", "dilation", "stride_ctx_b", "stride_ctx_c"],
+                 {"KSIZE": 7, "BLOCK_T": 1024, "ALIGN": ALIGN}, 4),
+                ("overlap_add", fused_vae._overlap_add_kernel,
+                 ["y_ptr", "b_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["out_ch", "frames_a"],
+                 {"STRIDE": 3, "BLOCK_C": 32, "BLOCK_N": 128, "SNAKE": True, "ALIGN": ALIGN}, 4),
+                ("snake_rows", fused_vae._snake_rows_kernel, ["x_ptr", "alpha_ptr", "rows_ptr"],
+                 ["channels", "length_a"], {"BLOCK_C": 32, "BLOCK_T": 64, "ALIGN": ALIGN}, 4),
             ]  # fmt: skip
             for name, kernel, pointers, scalars, const, num_warps in simple:
-                got = resources(kernel, pointers, scalars, dtype, const | {"LIBDEVICE": sin}, num_warps, arch)
+                if "LIBDEVICE" in kernel.arg_names:
+                    const = const | {"LIBDEVICE": sin}
+                got = resources(kernel, pointers, scalars, dtype, const, num_warps, arch)
                 out.append({"kernel": name, "channels": None, "dtype": dtype, "sin": sin, **got})
     return out
 
