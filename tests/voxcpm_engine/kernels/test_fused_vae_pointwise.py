@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from tests.voxcpm_engine.kernels.interpret import DEVICE, randn, skip_if_compiled
-from tests.voxcpm_engine.tiny_configs import TINY, randomize
+from tests.voxcpm_engine.kernels.unit_streams import streamed_with_units
+from tests.voxcpm_engine.tiny_configs import TINY
 from voxcpm_engine.kernels import fused_vae_pointwise
-from voxcpm_engine.model.audio_vae import AudioVAE, conv_flags
+from voxcpm_engine.model.audio_vae import AudioVAE
 from voxcpm_engine.model.vae_layers import snake as vae_snake
 
 skip_if_compiled(fused_vae_pointwise._pointwise_residual_kernel)
@@ -76,29 +77,12 @@ def test_mismatched_shapes_are_refused():
         fused_vae_pointwise.pointwise_residual(w, h[..., :4], bias, x)
 
 
-@torch.no_grad()
 @pytest.mark.parametrize("name", ["v1-1.5", "v2"])
 def test_streamed_decode_with_gemm_units_equals_the_fused_paths(name, monkeypatch):
     """A whole tiny VAE streamed in chunks: every unit's 1x1 conv as the GEMM with its epilogue."""
-    plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
-    pair = []
-    for units in ("passes", "gemm"):
-        vae = AudioVAE(TINY[name]).eval().to(DEVICE)
-        vae.load_state_dict(plain.state_dict())
-        vae.use_fused_kernels(units=units)
-        pair.append(vae)
-    calls = []
-    kernel = fused_vae_pointwise.pointwise_residual
-    monkeypatch.setattr(
-        fused_vae_pointwise, "pointwise_residual", lambda *a, **k: calls.append(a[1].shape) or kernel(*a, **k)
+    ref, got, calls = streamed_with_units(
+        name, "gemm", monkeypatch, fused_vae_pointwise, "pointwise_residual", lambda a: a[1].shape
     )
-    z = randn(2, TINY[name].latent_dim, 3)
-    outs = []
-    for vae in pair:
-        with conv_flags(False):  # true fp32 products on CUDA, as the kernel's ieee dot
-            state = vae.new_stream_state(2, DEVICE)
-            outs.append(torch.cat([vae.decode_stream(z[..., a:b], state) for a, b in ((0, 1), (1, 3))], dim=-1))
-    units = sum(1 for m in pair[1].modules() if type(m).__name__ == "ResidualUnit" and m.block[3].fused)
-    decoder_units = sum(3 for m in pair[1].decoder.modules() if type(m).__name__ == "DecoderBlock")
-    assert len(calls) == 2 * decoder_units and units >= decoder_units  # every decoder unit, both chunks
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    decoder_units = sum(3 for m in AudioVAE(TINY[name]).decoder.modules() if type(m).__name__ == "DecoderBlock")
+    assert len(calls) == 2 * decoder_units  # every decoder unit, both chunks
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.voxcpm_engine.kernels.interpret import DEVICE, randn, skip_if_compiled
-from tests.voxcpm_engine.tiny_configs import TINY, randomize
+from tests.voxcpm_engine.kernels.unit_streams import streamed_with_units
 from voxcpm_engine.kernels import fused_vae_unit
-from voxcpm_engine.model.audio_vae import AudioVAE, conv_flags
 from voxcpm_engine.model.vae_layers import snake as vae_snake
 
 skip_if_compiled(fused_vae_unit._residual_unit_kernel)
@@ -96,25 +95,11 @@ def test_units_it_cannot_take_are_refused():
         fused_vae_unit.residual_unit(*wide)
 
 
-@torch.no_grad()
 def test_streamed_decode_with_one_kernel_units_equals_the_fused_paths(monkeypatch):
     """A whole tiny VAE streamed in chunks: units of 16-256 channels as one kernel, the rest as before."""
-    name = "v1-1.5"  # units of 32 and 16 channels (fused), 8, 4 and 2 (not)
-    plain = randomize(AudioVAE(TINY[name])).eval().to(DEVICE)
-    pair = []
-    for units in ("passes", "one-kernel"):
-        vae = AudioVAE(TINY[name]).eval().to(DEVICE)
-        vae.load_state_dict(plain.state_dict())
-        vae.use_fused_kernels(units=units)
-        pair.append(vae)
-    calls = []
-    kernel = fused_vae_unit.residual_unit
-    monkeypatch.setattr(fused_vae_unit, "residual_unit", lambda *a, **k: calls.append(a[2].shape) or kernel(*a, **k))
-    z = randn(2, TINY[name].latent_dim, 3)
-    outs = []
-    for vae in pair:
-        with conv_flags(False):  # true fp32 products on CUDA, as the kernel's ieee dot
-            state = vae.new_stream_state(2, DEVICE)
-            outs.append(torch.cat([vae.decode_stream(z[..., a:b], state) for a, b in ((0, 1), (1, 3))], dim=-1))
+    # v1-1.5: units of 32 and 16 channels (one kernel), 8, 4 and 2 (not)
+    ref, got, calls = streamed_with_units(
+        "v1-1.5", "one-kernel", monkeypatch, fused_vae_unit, "residual_unit", lambda a: a[2].shape
+    )
     assert calls and {c[1] for c in calls} <= {16, 32, 64, 128, 256}
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
