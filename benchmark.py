@@ -61,6 +61,7 @@ from perf.local_engine import LocalEngine, engine_config
 from perf.metrics import gap_free_capacity
 from perf.server_modes import run_cold_start, run_http, run_sessions
 from perf.system import device_name, peak_tflops, run_metadata
+from voxcpm_engine.config.engine_config import VAE_UNITS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,8 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vae-fp32", dest="vae_tf32", action="store_false", help="ours: the AudioVAE's convolutions in true fp32"
     )
     eng.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default="float32", help="ours: VAE decode dtype")
-    units = ("passes", "gemm", "one-kernel")
-    eng.add_argument("--vae-units", choices=units, default="passes", help="ours: VAE residual units' kernels")
+    eng.add_argument("--vae-units", choices=VAE_UNITS, default="passes", help="ours: VAE residual units' kernels")
     eng.add_argument(
         "--no-vae-overlap", dest="vae_overlap", action="store_false", help="ours: VAE decode behind the LMs, one stream"
     )

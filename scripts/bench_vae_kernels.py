@@ -128,7 +128,7 @@ def unit_table(vae: AudioVAE, batches: list[int]) -> list[dict]:
                     row["cublas_gemm_plus_add_ms"] = median_ms(
                         lambda h=h, x=x, pw=pointwise, a=snake_out.alpha: pw.pointwise_residual(h, x, a)
                     )
-                    default = fused_vae_pointwise.launch_config(channels, dtype)
+                    default = fused_vae_pointwise.launch_config(channels)
                     configs = {default, *GEMM_CONFIGS} if DEVICE == "cuda" else {default}
                     row["gemm_epilogue_ms"] = {str(c): median_ms(lambda c=c: gemm(c)) for c in sorted(configs)}
                     row["gemm_default_config"] = str(default)

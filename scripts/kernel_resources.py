@@ -24,12 +24,11 @@ from pathlib import Path
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("kernel_resources.py compiles kernels: run it without TRITON_INTERPRET=1")
 
-import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from voxcpm_engine.kernels import fused_vae, fused_vae_pointwise, fused_vae_unit
+from voxcpm_engine.kernels import fused_vae, fused_vae_pointwise, fused_vae_unit, fused_vae_upsample
 
 _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 _GLOBAL_ACCESS = re.compile(r"(?:ld|st)\.global(?:\.\w+)*?(?:\.v(\d))?\.b(\d+)")
@@ -69,7 +68,6 @@ def resources(kernel, pointers: list[str], scalars: list[str], dtype: str, const
 def rows(arch: int) -> list[dict]:
     """Every kernel at its wrapper's configs; one dict per compile."""
     out = []
-    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}
     unit_pointers = [
         "ctx_ptr", "xs_ptr", "x_ptr", "dw_w_ptr", "dw_b_ptr", "alpha_ptr", "pw_w_ptr", "pw_b_ptr", "next_alpha_ptr",
         "out_ptr", "snaked_ptr",
@@ -88,9 +86,7 @@ def rows(arch: int) -> list[dict]:
                 )
                 out.append({"kernel": "residual_unit", "channels": channels, "dtype": dtype, "sin": sin, **got})
             for channels in (64, 128, 256, 512, 1024):
-                block_m, block_n, block_k, num_warps, _ = fused_vae_pointwise.launch_config(
-                    channels, torch_dtype[dtype]
-                )
+                block_m, block_n, block_k, num_warps, _ = fused_vae_pointwise.launch_config(channels)
                 const = {
                     "C": channels, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "SNAKE": True,
                     "PRECISION": "ieee" if dtype == "bf16" else "tf32", "LIBDEVICE": sin, "ALIGN": ALIGN,
@@ -114,10 +110,10 @@ def rows(arch: int) -> list[dict]:
                 ("mono_conv", fused_vae._mono_conv_kernel, ["ctx_ptr", "x_ptr", "w_ptr", "b_ptr", "y_ptr"],
                  ["channels", "length_a", "ctx_len", "dilation", "stride_ctx_b", "stride_ctx_c"],
                  {"KSIZE": 7, "BLOCK_T": 1024, "ALIGN": ALIGN}, 4),
-                ("overlap_add", fused_vae._overlap_add_kernel,
+                ("overlap_add", fused_vae_upsample._overlap_add_kernel,
                  ["y_ptr", "b_ptr", "out_ptr", "alpha_ptr", "snaked_ptr"], ["out_ch", "frames_a"],
                  {"STRIDE": 3, "BLOCK_C": 32, "BLOCK_N": 128, "SNAKE": True, "ALIGN": ALIGN}, 4),
-                ("snake_rows", fused_vae._snake_rows_kernel, ["x_ptr", "alpha_ptr", "rows_ptr"],
+                ("snake_rows", fused_vae_upsample._snake_rows_kernel, ["x_ptr", "alpha_ptr", "rows_ptr"],
                  ["channels", "length_a"], {"BLOCK_C": 32, "BLOCK_T": 64, "ALIGN": ALIGN}, 4),
             ]  # fmt: skip
             for name, kernel, pointers, scalars, const, num_warps in simple:

@@ -6,8 +6,8 @@ sum and the next layer's Snake of it). Here the GEMM's epilogue does the second 
 the accumulator in registers, so ``y`` is never written or read: a unit makes six tensor-sized
 passes instead of eight. Unlike the one-kernel unit (:mod:`voxcpm_engine.kernels.fused_vae_unit`),
 ``h`` is still written by the depthwise kernel, so this kernel is a plain tiled GEMM: a tile of
-output channels by a run of frames, summed over input channels a block at a time, no output
-channel tile larger than :data:`BLOCK_M`.
+output channels by a run of frames, summed over input channels a block at a time
+(:func:`launch_config`).
 
 Sums are fp32; ``y`` is not rounded before the bias and residual are added (one rounding fewer
 than the unfused path). fp32 products take TF32 when the VAE's convs do.
@@ -75,15 +75,13 @@ def _pointwise_residual_kernel(
         tl.store(snaked_ptr + row0 + offs, _snake(out, alpha, LIBDEVICE).to(snaked_ptr.dtype.element_ty), mask=keep)
 
 
-def launch_config(channels: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+def launch_config(channels: int) -> tuple[int, int, int, int, int]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` for a unit of ``channels``.
 
     A tile of up to 64 output channels by 128 frames, input channels 32 at a time: ptxas compiles
     it for sm_90 in 78-102 registers without spilling, in bf16 and fp32 (``scripts/kernel_resources.py``;
-    128 x 128 tiles spilled once the epilogue's Snake was in). ``dtype`` is the activations' (kept for
-    configs that differ by dtype).
+    128 x 128 tiles spilled once the epilogue's Snake was in).
     """
-    del dtype
     block_m = max(16, min(64, triton.next_power_of_2(channels)))
     block_k = max(16, min(32, triton.next_power_of_2(channels)))
     return block_m, 128, block_k, 8 if block_m >= 64 else 4, 3
@@ -121,7 +119,7 @@ def pointwise_residual(
         raise ValueError(f"pointwise_residual: {channels} x {length} samples per row overflow int32 offsets")
     out = torch.empty_like(x)
     snaked = torch.empty_like(x) if next_alpha is not None else None
-    block_m, block_n, block_k, num_warps, num_stages = config or launch_config(channels, h.dtype)
+    block_m, block_n, block_k, num_warps, num_stages = config or launch_config(channels)
     block_n = min(block_n, max(16, triton.next_power_of_2(length)))
     grid = (triton.cdiv(channels, block_m) * triton.cdiv(length, block_n), bsz)
     precision = "tf32" if tf32 and weight.dtype == torch.float32 else "ieee"

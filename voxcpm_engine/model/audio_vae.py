@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from voxcpm_engine.config.engine_config import VAE_UNITS
 from voxcpm_engine.config.model_config import AudioVAEConfig
 from voxcpm_engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d, StreamableModule, StreamBuffers
 from voxcpm_engine.model.vae_layers import DecoderBlock, EncoderBlock, SampleRateCondition, Snake1d, run_layers
@@ -174,8 +175,8 @@ class AudioVAE(nn.Module):
         streaming decodes the depthwise convs as one kernel over context and input (the next Snake
         fused in) and the transposed convs as one GEMM plus an overlap-add kernel. ``units`` picks the
         residual units' kernels (``EngineConfig.vae_units``: ``"passes"``, ``"gemm"`` or ``"one-kernel"``)."""
-        if units not in ("passes", "gemm", "one-kernel"):
-            raise ValueError(f"units must be passes, gemm or one-kernel, got {units!r}")
+        if units not in VAE_UNITS:
+            raise ValueError(f"units must be one of {', '.join(VAE_UNITS)}, got {units!r}")
         for module in self.modules():
             if isinstance(module, Snake1d | CausalConv1d | CausalConvTranspose1d):
                 module.fused = True

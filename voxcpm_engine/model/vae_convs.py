@@ -281,7 +281,7 @@ class CausalConvTranspose1d(_WeightNormConv):
         Returns:
             ``[B, C_out, T * s]``, and its Snake (None without ``snake_out``).
         """
-        from voxcpm_engine.kernels.fused_vae import overlap_add, snake_rows
+        from voxcpm_engine.kernels.fused_vae_upsample import overlap_add, snake_rows
 
         s, (bsz, in_ch, frames) = self.stride, x.shape
         if snake_in is not None:

@@ -1,4 +1,5 @@
-"""The VAE kernels of ``voxcpm_engine.kernels.fused_vae`` and the VAE's fused paths against the op-by-op code.
+"""The VAE kernels of ``voxcpm_engine.kernels.fused_vae`` and ``fused_vae_upsample`` and the VAE's fused
+paths against the op-by-op code.
 
 Runs in Triton's interpreter without CUDA (set up by ``tests.voxcpm_engine.kernels.interpret``), compiled
 with CUDA.
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from tests.voxcpm_engine.kernels.interpret import DEVICE, close, randn, skip_if_compiled
 from tests.voxcpm_engine.tiny_configs import TINY, randomize
 from tests.voxcpm_engine.vae_bf16 import INTERPRETER_SNR_DB, TINY_SNR_DB, snr_db
-from voxcpm_engine.kernels import fused_vae
+from voxcpm_engine.kernels import fused_vae, fused_vae_upsample
 from voxcpm_engine.model.audio_vae import AudioVAE
 from voxcpm_engine.model.vae_layers import snake as vae_snake
 
@@ -112,11 +113,11 @@ def test_overlap_add_equals_the_streamed_transposed_conv(stride, frames, channel
     weight, bias = randn(in_ch, channels, 2 * stride, seed=1), randn(channels, seed=2)
     y = (x.transpose(1, 2) @ weight.permute(0, 2, 1).reshape(in_ch, -1)).view(2, frames + 1, 2, stride, channels)
     want = _f64(F.conv_transpose1d, x, weight, bias, stride)[..., stride:-stride]
-    got, none = fused_vae.overlap_add(y, bias, stride)
+    got, none = fused_vae_upsample.overlap_add(y, bias, stride)
     close(got, want, torch.float32)
     assert none is None
     alpha = _alpha(channels)
-    got, snaked = fused_vae.overlap_add(y, bias, stride, snake_alpha=alpha)
+    got, snaked = fused_vae_upsample.overlap_add(y, bias, stride, snake_alpha=alpha)
     close(got, want, torch.float32)
     close(snaked, vae_snake(want, alpha), torch.float32)
 
@@ -124,7 +125,7 @@ def test_overlap_add_equals_the_streamed_transposed_conv(stride, frames, channel
 def test_snake_rows_lays_out_context_and_activated_frames_as_gemm_rows():
     x, context, alpha = randn(2, 40, 70), randn(2, 40, 1, seed=1), _alpha(40)
     want = torch.cat([context, vae_snake(x, alpha)], dim=-1).transpose(1, 2)
-    close(fused_vae.snake_rows(x, alpha, context), want, torch.float32)
+    close(fused_vae_upsample.snake_rows(x, alpha, context), want, torch.float32)
 
 
 def test_bias_residual_add_writes_x_plus_y_plus_bias_into_y():
@@ -173,7 +174,7 @@ def test_bf16_snake_and_snake_rows():
     got = fused_vae.snake(x, alpha)
     assert got.dtype == BF16
     close_bf16(got, want)
-    rows = fused_vae.snake_rows(x, alpha, context)
+    rows = fused_vae_upsample.snake_rows(x, alpha, context)
     assert rows.dtype == BF16
     close_bf16(rows, torch.cat([context.double(), want], dim=-1).transpose(1, 2))
 
@@ -213,7 +214,7 @@ def test_bf16_overlap_add_with_and_without_snake():
     # Output sample t * stride + j: tap j of frame t + 1 plus tap stride + j of frame t, plus the bias.
     yd = y.double()
     want = (yd[:, 1:, 0] + yd[:, :-1, 1]).permute(0, 3, 1, 2).reshape(2, channels, -1) + bias.double()[:, None]
-    got, snaked = fused_vae.overlap_add(y, bias, stride, snake_alpha=alpha)
+    got, snaked = fused_vae_upsample.overlap_add(y, bias, stride, snake_alpha=alpha)
     assert got.dtype == snaked.dtype == BF16
     close_bf16(got, want)
     close_bf16(snaked, vae_snake(want, alpha.double()))
