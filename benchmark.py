@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vae-fp32", dest="vae_tf32", action="store_false", help="ours: the AudioVAE's convolutions in true fp32"
     )
     eng.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default="float32", help="ours: VAE decode dtype")
-    eng.add_argument("--vae-units", choices=VAE_UNITS, default="passes", help="ours: VAE residual units' kernels")
+    eng.add_argument("--vae-units", choices=VAE_UNITS, default="auto", help="ours: VAE residual units' kernels")
     eng.add_argument(
         "--no-vae-overlap", dest="vae_overlap", action="store_false", help="ours: VAE decode behind the LMs, one stream"
     )

@@ -105,7 +105,7 @@ def engine_config(
     vae_tf32: bool = True,
     vae_dtype: str = "float32",
     vae_overlap: bool = True,
-    vae_units: str = "passes",
+    vae_units: str = "auto",
     async_scheduling: bool = True,
     packed_lm_graphs: bool = True,
     max_loras: int = 0,

@@ -112,10 +112,11 @@ class ServerConfig:
         parse=bool_value,
     )
     vae_units: str = _setting(
-        "passes",
-        "With the fused kernels on CUDA, how the AudioVAE decoder's residual units run: `passes` (depthwise "
-        "kernel, cuBLAS GEMM, bias + residual kernel), `gemm` (a Triton GEMM with bias, residual and the next "
-        "Snake in its epilogue: six passes over the activations instead of eight), or `one-kernel` (each streamed "
+        "auto",
+        "With the fused kernels on CUDA, how the AudioVAE decoder's residual units run: `auto` (`gemm` with a "
+        "bfloat16 VAE, `passes` with a float32 one: the faster of the two for each dtype on an H100), `passes` "
+        "(depthwise kernel, cuBLAS GEMM, bias + residual kernel), `gemm` (a Triton GEMM with bias, residual and the "
+        "next Snake in its epilogue: six passes over the activations instead of eight), or `one-kernel` (each streamed "
         "unit of 16-256 channels as one kernel; measured slower than `passes` on an H100, -16% audio per second "
         "at 256 streams: for kernel work, not for serving).",
     )

@@ -92,7 +92,7 @@ class Engine:
         fused = self.config.fused_kernels
         if fused or (fused is None and checkpoint.device.type == "cuda"):
             checkpoint.model.use_fused_kernels()
-            checkpoint.vae.use_fused_kernels(units=self.config.vae_units)
+            checkpoint.vae.use_fused_kernels(units=self.config.vae_unit_kernels)
         checkpoint.vae.tf32_convs = self.config.vae_tf32
         # Before VaeStreams sizes its buffers; folds bf16 weights from the fp32 ones (encodes stay fp32).
         checkpoint.vae.set_decode_dtype(getattr(torch, self.config.vae_dtype))

@@ -104,10 +104,10 @@ def test_max_num_seqs_defaults_to_the_devices_kind():
 
 
 def test_the_vae_units_setting_reaches_the_engine():
-    assert load_config(["--model", "m"], {}).engine_config().vae_units == "passes"
+    assert load_config(["--model", "m"], {}).engine_config().vae_units == "auto"
     assert load_config(["--model", "m", "--vae-units", "gemm"], {}).engine_config().vae_units == "gemm"
     assert load_config(["--model", "m"], {"TTS_VAE_UNITS": "one-kernel"}).engine_config().vae_units == "one-kernel"
-    with pytest.raises(ConfigError, match="--vae-units must be one of passes, gemm, one-kernel, got 'fused'"):
+    with pytest.raises(ConfigError, match="--vae-units must be one of auto, passes, gemm, one-kernel, got 'fused'"):
         load_config(["--model", "m", "--vae-units", "fused"], {}).engine_config()
 
 

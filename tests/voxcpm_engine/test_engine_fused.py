@@ -24,6 +24,7 @@ from voxcpm_engine.config.engine_config import EngineConfig
 from voxcpm_engine.engine import Engine
 from voxcpm_engine.io.checkpoint import load_checkpoint
 from voxcpm_engine.kernels import fused
+from voxcpm_engine.model.vae_layers import ResidualUnit
 from voxcpm_engine.tools.synthetic_lora import write_lora
 from voxcpm_engine.types import GenerationParams
 from voxcpm_engine.worker.decode_graphs import DecodeGraphs
@@ -96,3 +97,11 @@ def test_fused_engine_with_mixed_lora_voices_equals_the_op_by_op_engine(tiny_v2,
     assert all(layer.kernels for layer in engine.adapters.slots.layers.values())
     for rid in runs[False]:
         np.testing.assert_allclose(runs[True][rid], runs[False][rid], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("vae_dtype", "kernels"), [("float32", "passes"), ("bfloat16", "gemm")])
+def test_the_default_vae_units_reach_every_residual_unit_by_the_vae_dtype(tiny_v1, vae_dtype, kernels):
+    ckpt = load_checkpoint(tiny_v1, device=DEVICE, dtype="float32")
+    Engine(ckpt, EngineConfig(max_num_seqs=2, max_model_len=64, fused_kernels=True, vae_dtype=vae_dtype, warm_up=False))
+    units = [m for m in ckpt.vae.decoder.modules() if isinstance(m, ResidualUnit)]  # the encoder has no streamed units
+    assert units and {unit.kernels for unit in units} == {kernels}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voxcpm_engine.config.engine_config import VAE_UNITS
+from voxcpm_engine.config.engine_config import VAE_UNIT_KERNELS
 from voxcpm_engine.config.model_config import AudioVAEConfig
 from voxcpm_engine.model.vae_convs import CausalConv1d, CausalConvTranspose1d, StreamableModule, StreamBuffers
 from voxcpm_engine.model.vae_layers import DecoderBlock, EncoderBlock, SampleRateCondition, Snake1d, run_layers
@@ -174,9 +174,9 @@ class AudioVAE(nn.Module):
         Snake in one pass; residual units' 1x1 convs as GEMMs with bias and residual fused; in
         streaming decodes the depthwise convs as one kernel over context and input (the next Snake
         fused in) and the transposed convs as one GEMM plus an overlap-add kernel. ``units`` picks the
-        residual units' kernels (``EngineConfig.vae_units``: ``"passes"``, ``"gemm"`` or ``"one-kernel"``)."""
-        if units not in VAE_UNITS:
-            raise ValueError(f"units must be one of {', '.join(VAE_UNITS)}, got {units!r}")
+        residual units' kernels (``EngineConfig.vae_unit_kernels``: ``"passes"``, ``"gemm"`` or ``"one-kernel"``)."""
+        if units not in VAE_UNIT_KERNELS:
+            raise ValueError(f"units must be one of {', '.join(VAE_UNIT_KERNELS)}, got {units!r}")
         for module in self.modules():
             if isinstance(module, Snake1d | CausalConv1d | CausalConvTranspose1d):
                 module.fused = True

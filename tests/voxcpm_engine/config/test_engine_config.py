@@ -21,6 +21,21 @@ def test_defaults_are_valid_and_frozen():
 
 
 @pytest.mark.parametrize(
+    ("units", "dtype", "kernels"),
+    [
+        ("auto", "float32", "passes"),  # cuBLAS's fp32 GEMM beats the Triton GEMM's IEEE fp32 products
+        ("auto", "bfloat16", "gemm"),
+        ("passes", "bfloat16", "passes"),
+        ("gemm", "float32", "gemm"),
+        ("one-kernel", "bfloat16", "one-kernel"),
+    ],
+)
+def test_vae_units_auto_picks_the_faster_kernels_for_the_vae_dtype(units, dtype, kernels):
+    cfg = EngineConfig(vae_units=units, vae_dtype=dtype)
+    assert cfg.vae_unit_kernels == kernels and cfg.vae_units == units
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"max_num_seqs": 0}, "EngineConfig.max_num_seqs must be >= 1, got 0"),
@@ -36,7 +51,7 @@ def test_defaults_are_valid_and_frozen():
         ({"cuda_graph_timesteps": (101,)}, r"cuda_graph_timesteps must be in \[1, 100\], got \(101,\)"),
         ({"vae_dtype": "float16"}, "EngineConfig.vae_dtype must be one of float32, bfloat16, got 'float16'"),
         ({"vae_dtype": "bf16"}, "EngineConfig.vae_dtype must be one of float32, bfloat16, got 'bf16'"),
-        ({"vae_units": True}, "EngineConfig.vae_units must be one of passes, gemm, one-kernel, got True"),
+        ({"vae_units": True}, "EngineConfig.vae_units must be one of auto, passes, gemm, one-kernel, got True"),
     ],
 )
 def test_invalid_limits_name_the_field_and_value(kwargs, message):
