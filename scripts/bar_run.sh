@@ -7,7 +7,8 @@
 # .peer holds the peer's wheel (nano_vllm_voxcpm) and what it imports that the device image lacks
 # (librosa and its pure-Python deps), and flash_attn_shim/ (a copy of ../shared/tools/flash_attn_shim).
 # Environment: PRESET (voxcpm1.5), LEVELS ("128 256 512"), PEER_LEVELS ("128 256"), SEQS (256),
-# REPEATS (2), OURS_ARGS (engine flags for both of ours, e.g. "--vae-dtype bfloat16 --vae-units gemm";
+# REPEATS (2), PEER_GPU_MEM (0.6: the peer's share of the GPU; at its 0.85 its KV cache left too little for its
+# VAE at 128 streams on an 80 GB H100), OURS_ARGS (engine flags for both of ours, e.g. "--vae-dtype bfloat16 --vae-units gemm";
 # the server gets the same ones), PARTS ("engine http peer").
 set -uo pipefail
 out=${1:-${OUT:-/tmp/bar_run}}
@@ -51,7 +52,7 @@ if part peer; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .peer/*.whl || exit 1
     # shellcheck disable=SC2086
     PYTHONPATH=$PYTHONPATH:$PWD/.peer/flash_attn_shim timeout 300 python3 benchmark.py --mode peer --model "$ckpt" \
-        --max-num-seqs "${SEQS:-256}" --concurrency ${PEER_LEVELS:-128 256} --steps 50 --repeats "${REPEATS:-2}" \
+        --max-num-seqs "${SEQS:-256}" --gpu-memory-utilization "${PEER_GPU_MEM:-0.6}" --concurrency ${PEER_LEVELS:-128 256} --steps 50 --repeats "${REPEATS:-2}" \
         --no-plot --json "$out/peer.json" 2>&1 | grep -v Warn | tail -8
 fi
 stamp done
