@@ -7,7 +7,8 @@
 # .peer holds the peer's wheel (nano_vllm_voxcpm) and what it imports that the device image lacks
 # (librosa and its pure-Python deps), and flash_attn_shim/ (a copy of ../shared/tools/flash_attn_shim).
 # Environment: PRESET (voxcpm1.5), LEVELS ("128 256 512"), PEER_LEVELS ("128 256"), SEQS (256),
-# REPEATS (2), PEER_GPU_MEM (0.6: the peer's share of the GPU; at its 0.85 its KV cache left too little for its
+# REPEATS (2), TOKENS (4096: --max-num-batched-tokens of both of ours, so that HTTP and in process are the same
+# engine), PEER_GPU_MEM (0.6: the peer's share of the GPU; at its 0.85 its KV cache left too little for its
 # VAE at 128 streams on an 80 GB H100), OURS_ARGS (engine flags for both of ours, e.g. "--vae-dtype bfloat16 --vae-units gemm";
 # the server gets the same ones), PARTS ("engine http peer").
 set -uo pipefail
@@ -24,13 +25,15 @@ python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_devic
 if part engine; then
     stamp "ours in process: $levels"
     # shellcheck disable=SC2086
-    timeout 240 python3 benchmark.py --model "$ckpt" --max-num-seqs "${SEQS:-256}" --concurrency $levels --steps 50 \
+    timeout 240 python3 benchmark.py --model "$ckpt" --max-num-seqs "${SEQS:-256}" --max-num-batched-tokens "${TOKENS:-4096}" \
+        --concurrency $levels --steps 50 \
         --repeats "${REPEATS:-2}" $ours_args --no-plot --json "$out/engine.json" 2>&1 | grep "^| ours" | tail -6
 fi
 if part http; then
     stamp "ours over HTTP: $levels"
     # shellcheck disable=SC2086
     python3 -m tts_server --model "$ckpt" --port 8700 --host 127.0.0.1 --max-num-seqs "${SEQS:-256}" --voices-dir "" \
+        --max-num-batched-tokens "${TOKENS:-4096}" \
         --log-level warning $ours_args >"$out/server.log" 2>&1 &
     pid=$!
     for _ in $(seq 240); do

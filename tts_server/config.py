@@ -27,6 +27,12 @@ GPU_MAX_NUM_SEQS = 128
 """Default ``max_num_seqs`` on CUDA: VoxCPM1.5 makes 98% of its 256-stream audio per second at 128 on an H200."""
 CPU_MAX_NUM_SEQS = 16
 """Default ``max_num_seqs`` on the CPU."""
+GPU_MAX_NUM_BATCHED_TOKENS = 4096
+"""Default ``max_num_batched_tokens`` on CUDA: a burst of 256 benchmark prompts (~30 positions each) is
+prefilled in 2 steps instead of 8, and a full 4,096-position prefill adds milliseconds to a step whose
+audio lasts 160 ms."""
+CPU_MAX_NUM_BATCHED_TOKENS = 1024
+"""Default ``max_num_batched_tokens`` on the CPU, where a prefill position costs far more of a step."""
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
@@ -60,8 +66,11 @@ class ServerConfig:
         f"(where an H100/H200's audio per second levels off), {CPU_MAX_NUM_SEQS} on the CPU.",
         parse=optional_int,
     )
-    max_num_batched_tokens: int = _setting(
-        1024, "Most LM positions one engine step may process (bounds how long a prefill stalls streams).", parse=int
+    max_num_batched_tokens: int | None = _setting(
+        None,
+        "Most LM positions one engine step may process (bounds how long a prefill stalls streams); default: "
+        f"{GPU_MAX_NUM_BATCHED_TOKENS} on a GPU, {CPU_MAX_NUM_BATCHED_TOKENS} on the CPU (never below the slots).",
+        parse=optional_int,
     )
     max_model_len: int = _setting(
         2048,
@@ -322,6 +331,14 @@ class ServerConfig:
         return GPU_MAX_NUM_SEQS if on_gpu else CPU_MAX_NUM_SEQS
 
     @property
+    def tokens_per_step(self) -> int:
+        """``max_num_batched_tokens``, or when unset its default for the devices, at least ``slots_per_engine``."""
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        on_gpu = all(d.startswith("cuda") for d in self.resolved_devices())
+        return max(GPU_MAX_NUM_BATCHED_TOKENS if on_gpu else CPU_MAX_NUM_BATCHED_TOKENS, self.slots_per_engine)
+
+    @property
     def inference_slots(self) -> int:
         """Requests that may be in the engines at once (the queue's slots)."""
         return self.slots_per_engine * len(self.device_list)
@@ -340,7 +357,7 @@ class ServerConfig:
         """The engine limits these settings describe (per engine process)."""
         return EngineConfig(
             max_num_seqs=self.slots_per_engine,
-            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_num_batched_tokens=self.tokens_per_step,
             max_model_len=self.max_model_len,
             num_kv_blocks=self.num_kv_blocks,
             gpu_memory_utilization=self.gpu_memory_utilization,

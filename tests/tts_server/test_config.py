@@ -87,6 +87,20 @@ def test_the_audio_ring_setting_reaches_the_engine():
         load_config(["--model", "m", "--audio-ring-slots", "-1"], {})
 
 
+def test_max_num_batched_tokens_defaults_to_the_devices_kind():
+    """Unset (or ``auto``): 4096 positions per step on a GPU, 1024 on the CPU, never fewer than the slots."""
+    cpu = load_config(["--model", "m", "--device", "cpu"], {})
+    assert cpu.max_num_batched_tokens is None and cpu.engine_config().max_num_batched_tokens == 1024
+    gpu = load_config(["--model", "m", "--device", "cuda:0"], {"TTS_MAX_NUM_BATCHED_TOKENS": "auto"})
+    assert gpu.engine_config().max_num_batched_tokens == 4096
+    wide = load_config(["--model", "m", "--device", "cuda", "--max-num-seqs", "8192"], {})
+    assert wide.engine_config().max_num_batched_tokens == 8192
+    given = load_config(["--model", "m", "--device", "cuda", "--max-num-batched-tokens", "512"], {})
+    assert given.engine_config().max_num_batched_tokens == 512
+    with pytest.raises(ConfigError, match="--max-num-batched-tokens must be >= --max-num-seqs, got 8"):
+        load_config(["--model", "m", "--device", "cpu", "--max-num-batched-tokens", "8"], {})
+
+
 def test_max_num_seqs_defaults_to_the_devices_kind():
     """Unset (or ``auto``): 128 slots per GPU, 16 on the CPU; a value given is kept on either."""
     cpu = load_config(["--model", "m", "--device", "cpu"], {})
