@@ -10,7 +10,9 @@ Modes (``--mode``; default ``http`` with ``--server``, else ``engine``):
   peer       the same protocol on nano-vllm-voxcpm alone.
   open-loop  Poisson arrivals at --rates per second for --duration seconds each (--compare: the peer
              too): TTFB p50/p99, the largest inter-chunk gap per stream p50/p99, the share of streams
-             that underrun, and the gap-free capacity (highest rate with <= 1% underruns).
+             that underrun, and the gap-free capacity (highest rate with <= 1% underruns). With
+             --server URL: the same arrivals over HTTP against that server (the raw client's worker
+             processes; --warmup short requests first), with each rate's server stages in the JSON.
   cold-start starts `python -m tts_server` itself on an empty kernel cache (--kernel-cache-dir, else
              a new temporary one): seconds to /ready, then each level's very first requests (no
              warm-up) against the same level warm (--repeats runs), the longest gap of any stream;
@@ -59,7 +61,7 @@ from perf.drivers import Sampling
 from perf.flops import audio_seconds_per_patch, format_breakdown, step_flops
 from perf.local_engine import LocalEngine, engine_config
 from perf.metrics import gap_free_capacity
-from perf.server_modes import run_cold_start, run_http, run_sessions
+from perf.server_modes import run_cold_start, run_http, run_http_open_loop, run_sessions
 from perf.system import device_name, peak_tflops, run_metadata
 from voxcpm_engine.config.engine_config import VAE_UNITS
 
@@ -191,8 +193,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mode = args.mode or ("http" if args.server else "engine")
     if args.mode in ("http", "session") and not args.server:
         ap.error(f"--mode {args.mode} needs --server URL")
-    if args.mode not in ("http", "session") and not (args.model or args.preset):
-        ap.error(f"--mode {args.mode} needs --model DIR or --preset NAME")
+    over_http = args.mode in ("http", "session") or (args.mode == "open-loop" and args.server is not None)
+    if not over_http and not (args.model or args.preset):
+        ap.error(f"--mode {args.mode} needs --model DIR or --preset NAME (or, for open-loop, --server URL)")
+    if args.mode == "open-loop" and args.server and (args.compare or args.model or args.preset):
+        ap.error("--mode open-loop --server runs against that server alone: no --compare, --model or --preset")
     if args.model and args.preset:
         ap.error("give --model or --preset, not both")
     if args.steps < 1 or args.warmup < 0 or args.warmup_steps < 0 or args.repeats < 1:
@@ -350,7 +355,7 @@ def print_engines(args: argparse.Namespace, out: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
-    if args.mode not in ("http", "session"):
+    if args.mode not in ("http", "session") and not (args.mode == "open-loop" and args.server):
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device or "cpu")
     out: dict[str, Any] = {"meta": run_metadata(device, ["benchmark.py", *(sys.argv[1:] if argv is None else argv)])}
@@ -358,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "http":
         out["meta"]["device_name"] = f"server {args.server}"
         run_http(args, out)
+    elif args.mode == "open-loop" and args.server:
+        out["meta"]["device_name"] = f"server {args.server}"
+        run_http_open_loop(args, out)
     elif args.mode == "session":
         out["meta"]["device_name"] = f"server {args.server}"
         run_sessions(args, out)

@@ -28,11 +28,11 @@ import time
 import httpx
 
 from perf.http_wire import BYTES_PER_SAMPLE, HttpLoad, RemoteProtocolError
-from perf.http_workers import run_raw
-from perf.metrics import StreamTrace
+from perf.http_workers import run_raw, run_raw_open
+from perf.metrics import StreamTrace, poisson_arrivals
 from perf.server_timing import parse_server_timing
 
-__all__ = ["HttpLoad", "RemoteProtocolError", "http_level", "parse_server_timing", "run_http"]
+__all__ = ["HttpLoad", "RemoteProtocolError", "http_level", "open_level", "parse_server_timing", "run_http"]
 
 
 async def _one(client: httpx.AsyncClient, load: HttpLoad, rid: str, text: str) -> StreamTrace:
@@ -170,3 +170,25 @@ def http_level(
             asyncio.run(run_raw(server, load, runs, concurrency, workers))
         return [], 0.0
     return asyncio.run(run_raw(server, load, [*runs, (num_requests, tag)], concurrency, workers))[-1]
+
+
+def open_level(
+    server: str,
+    *,
+    rate: float,
+    duration_s: float,
+    load: HttpLoad,
+    seed: int = 0,
+    tag: str = "",
+    workers: int | None = None,
+) -> tuple[list[StreamTrace], float]:
+    """Poisson arrivals at ``rate`` per second for ``duration_s`` with the raw client, synchronously.
+
+    The same arrival times as the in-process open loop for the same ``seed``
+    (:func:`perf.metrics.poisson_arrivals`); every request's TTFB counts from its scheduled arrival.
+
+    Returns:
+        Every request's trace (in arrival order) and the wall time from the start to the last byte.
+    """
+    offsets = poisson_arrivals(rate, duration_s, seed)
+    return asyncio.run(run_raw_open(server, load, offsets, tag, workers))

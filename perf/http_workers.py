@@ -2,7 +2,9 @@
 
 One event loop sending 128 requests and then reading 128 fast streams measures itself, not the
 server; here in-flight slot ``s`` belongs to worker process ``s % workers``, each worker opens its
-slots' keep-alive connections before the clock starts, and all send together.
+slots' keep-alive connections before the clock starts, and all send together. An open-loop run
+(Poisson arrivals) gives request ``i`` to worker ``i % workers``, which sends it at its time after
+the common start on a free keep-alive connection, or a new one if none is free.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ class _Share:
     """One process's part of one run.
 
     Attributes:
-        slots: Its in-flight requests at most (one connection each).
+        slots: Closed loop: its in-flight requests at most (one connection each). Open loop: the
+            connections opened before the clock (more open as arrivals need them).
         jobs: Its requests in order, each ``(index in the run, request id, text)``.
+        at: Open loop: each job's send time, seconds after the start; empty: a closed loop.
     """
 
     slots: int
     jobs: tuple[tuple[int, str, str], ...]
+    at: tuple[float, ...] = ()
 
 
 async def _open_slots(target: Target, pool: list[Connection | None], slots: int) -> list[Connection | None]:
@@ -82,6 +87,37 @@ async def _run_slots(
     return traces, list(await asyncio.gather(*(slot(conn) for conn in conns)))
 
 
+async def _run_arrivals(
+    target: Target,
+    load: HttpLoad,
+    payloads: list[tuple[str, bytes]],
+    at: tuple[float, ...],
+    start: float,
+    conns: list[Connection | None],
+) -> tuple[list[StreamTrace], list[Connection | None]]:
+    """``payloads`` sent at ``start + at[k]`` whatever is in flight (an open loop).
+
+    Each takes a free keep-alive connection, else opens one. Its TTFB counts from its scheduled time, so a
+    late send (this loop behind) is the server's time too, as a client arriving then would see it.
+
+    Returns:
+        The traces in ``payloads``' order and the connections left open.
+    """
+    free = [c for c in conns if c is not None]
+    traces: list[StreamTrace] = [StreamTrace("", 0.0)] * len(payloads)  # every one is replaced
+
+    async def one(k: int, rid: str, payload: bytes) -> None:
+        await asyncio.sleep(max(0.0, start + at[k] - time.perf_counter()))
+        trace, conn = await one_raw(free.pop() if free else None, target, load, rid, payload)
+        trace.submitted = start + at[k]
+        traces[k] = trace
+        if conn is not None:
+            free.append(conn)
+
+    await asyncio.gather(*(one(k, rid, payload) for k, (rid, payload) in enumerate(payloads)))
+    return traces, list(free)
+
+
 async def _run_shares(
     target: Target, load: HttpLoad, shares: list[_Share], sync: Callable[[], None] | None = None
 ) -> list[tuple[float, float, list[StreamTrace]]]:
@@ -109,8 +145,11 @@ async def _run_shares(
             if sync is not None:
                 sync()
             start = time.perf_counter()
-            traces, used = await _run_slots(target, load, payloads, pool[: share.slots])
-            pool = [*used, *pool[share.slots :]]
+            if share.at:
+                traces, pool = await _run_arrivals(target, load, payloads, share.at, start, pool)
+            else:
+                traces, used = await _run_slots(target, load, payloads, pool[: share.slots])
+                pool = [*used, *pool[share.slots :]]
             out.append((start, time.perf_counter(), traces))
     finally:
         for conn in pool:
@@ -153,6 +192,27 @@ def _plan(runs: list[tuple[int, str]], concurrency: int, workers: int | None) ->
             jobs[i % concurrency % workers].append((i, f"{tag}h{i}", request_text(i, tag)))
         plan.append([_Share(slots[w], tuple(jobs[w])) for w in range(workers)])
     return plan, workers
+
+
+def _plan_open(offsets: list[float], tag: str, workers: int | None, preopen: int) -> tuple[list[_Share], int]:
+    """Split one open-loop run (arrival ``offsets``, seconds) over the workers: request ``i`` to worker ``i % workers``.
+
+    Returns:
+        The shares (each with ``preopen`` connections opened before the clock, at most its requests) and
+        the number of workers (no more than the requests).
+    """
+    from perf.drivers import request_text  # here: perf.drivers imports torch, which a worker need not load
+
+    workers = _default_workers(max(1, len(offsets))) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers}")
+    workers = max(1, min(workers, len(offsets)))
+    shares = []
+    for w in range(workers):
+        mine = range(w, len(offsets), workers)
+        jobs = tuple((i, f"{tag}o{i}", request_text(i, tag)) for i in mine)
+        shares.append(_Share(min(preopen, len(jobs)), jobs, tuple(offsets[i] for i in mine)))
+    return shares, workers
 
 
 def _merge(shares: list[_Share], done: list[tuple[float, float, list[StreamTrace]]]) -> tuple[list[StreamTrace], float]:
@@ -235,6 +295,25 @@ def _run_workers(
                 proc.join(10)
         results.close()
     return [_merge(run, [done[w][k] for w in range(workers)]) for k, run in enumerate(plan)]
+
+
+async def run_raw_open(
+    server: str, load: HttpLoad, offsets: list[float], tag: str, workers: int | None, preopen: int = 8
+) -> tuple[list[StreamTrace], float]:
+    """One open-loop run with the raw client: request ``i`` sent ``offsets[i]`` s after the start; traces and wall time.
+
+    ``preopen`` connections per worker are opened before the clock; each request's ``submitted`` is its
+    scheduled time (see :func:`_run_arrivals`).
+    """
+    target = Target.parse(server)
+    if not offsets:
+        return [], 0.0
+    shares, workers = _plan_open(offsets, tag, workers, preopen)
+    if workers == 1:
+        return _merge(shares, await _run_shares(target, load, shares))
+    plan = [shares]
+    done = await asyncio.get_running_loop().run_in_executor(None, _run_workers, server, load, plan, workers)
+    return done[0]
 
 
 async def run_raw(

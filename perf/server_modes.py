@@ -1,7 +1,8 @@
-"""The benchmark's modes against a real server over HTTP: ``--mode http`` and ``--mode cold-start``.
+"""The benchmark's modes against a real server over HTTP: ``--mode http``, ``--mode open-loop --server``,
+``--mode session`` and ``--mode cold-start``.
 
 Each takes ``benchmark.py``'s parsed arguments and the result dict it writes as JSON, prints its
-tables as it goes, and adds its figures under ``http`` / ``cold_start``.
+tables as it goes, and adds its figures under ``http`` / ``open_loop`` / ``session`` / ``cold_start``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from perf import drivers, report
-from perf.metrics import combine_repeats, summarize_closed, summarize_stages
+from perf.metrics import combine_repeats, gap_free_capacity, summarize_closed, summarize_open, summarize_stages
 from voxcpm_engine.tools.progress import echo, progress_bar
 
-__all__ = ["run_cold_start", "run_http", "run_sessions"]
+__all__ = ["run_cold_start", "run_http", "run_http_open_loop", "run_sessions"]
 
 
 def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -69,6 +70,47 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
     if len(out["http"]) > 1 and (table := report.stage_levels_table(out["http"])):
         print("\n## Server stages, p50 ms per concurrency level (first run of each)\n")
         print(table)
+
+
+def run_http_open_loop(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Open loop over HTTP: after ``--warmup`` short requests, Poisson arrivals at each of ``--rates`` for
+    ``--duration`` s (the in-process open loop's arrival times, :func:`perf.http_client.open_level`);
+    per rate TTFB, the largest gap per stream and the underrun share, then the gap-free capacity."""
+    from perf.http_client import HttpLoad, http_level, open_level
+
+    load = HttpLoad(args.steps, args.min_generate_length, args.temperature, args.cfg_value, args.timeout)
+    if args.warmup:
+        warm = HttpLoad(args.warmup_steps, args.warmup_steps, args.temperature, args.cfg_value, args.timeout)
+        http_level(args.server, num_requests=args.warmup, concurrency=args.warmup, load=warm, tag="wol-")
+    rows = []
+    with progress_bar(len(args.rates), desc="http open loop", unit="rate") as bar:
+        for rate in args.rates:
+            bar.set_postfix_str(f"{rate:g} arrivals/s for {args.duration:g} s")
+            traces, wall = open_level(
+                args.server, rate=rate, duration_s=args.duration, load=load, seed=args.seed, tag=f"ol{rate:g}-",
+                workers=args.http_workers,
+            )  # fmt: skip
+            bar.update(1)
+            row: dict[str, Any] = {"engine": "server", **summarize_open(traces, rate, args.duration), "wall_s": wall}
+            row["rejected_503"] = sum(1 for t in traces if t.error == "503")
+            row["error_kinds"] = sorted({t.error for t in traces if t.error and t.error != "503"})[:5]
+            row["server_timing_ms"] = summarize_stages(traces)
+            row["memory"] = {"kind": "none", "gib": float("nan")}  # the server's own, not this client's
+            echo(
+                f"[server] {rate:g}/s: TTFB p50 {row['ttfb_ms_p50']:.1f} / p99 {row['ttfb_ms_p99']:.1f} ms, "
+                f"max gap p99 {row['max_gap_ms_p99']:.1f} ms, underrun {row['underrun_share']:.1%}, "
+                f"{row['ok']}/{row['requests']} ok ({row['rejected_503']} refused with 503)"
+            )
+            for e in row["error_kinds"]:
+                echo(f"  error: {e}")
+            rows.append(row)
+    out["open_loop"] = {"server": rows}
+    print(f"\n## Open loop over HTTP: Poisson arrivals of {args.steps}-patch requests, {args.duration:g} s per rate\n")
+    print(report.open_table(rows))
+    ok = [r for r in rows if r["ok"]]
+    per_request = sum(r["audio_s"] for r in ok) / max(1, sum(r["ok"] for r in ok))
+    out["capacity"] = {"server": gap_free_capacity([(r["rate"], r["underrun_share"]) for r in rows])}
+    print(report.capacity_line("server", out["capacity"]["server"], per_request))
 
 
 def run_sessions(args: argparse.Namespace, out: dict[str, Any]) -> None:

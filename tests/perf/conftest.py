@@ -1,9 +1,9 @@
-"""Fixtures of the benchmark's tests: ``python -m tts_server`` on the tiny checkpoint."""
+"""Fixtures of the benchmark's tests: ``python -m tts_server`` on the tiny checkpoint, and the tiny HTTP app
+(:mod:`tests.perf.tiny_http_app`)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.perf.tiny_http_app import app, free_port, tiny_app_server  # noqa: F401 (fixtures for every module here)
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
