@@ -10,7 +10,9 @@
 # REPEATS (2), TOKENS (4096: --max-num-batched-tokens of both of ours, so that HTTP and in process are the same
 # engine), PEER_GPU_MEM (0.6: the peer's share of the GPU; at its 0.85 its KV cache left too little for its
 # VAE at 128 streams on an 80 GB H100), OURS_ARGS (engine flags for both of ours, e.g. "--vae-dtype bfloat16 --vae-units gemm";
-# the server gets the same ones), PARTS ("engine http peer").
+# the server gets the same ones), PARTS ("engine http peer"; "openloop" also runs Poisson arrivals over HTTP against the
+# same server at OPEN_RATES per second, default "40 60 80 100", OPEN_SECONDS (15) each: the bar asks for gap-free
+# capacity at >= 85% of the closed peak in arrivals per second, the peak's audio s/s over 8 s per request).
 set -uo pipefail
 out=${1:-${OUT:-/tmp/bar_run}}
 preset=${PRESET:-voxcpm1.5}
@@ -29,7 +31,7 @@ if part engine; then
         --concurrency $levels --steps 50 \
         --repeats "${REPEATS:-2}" $ours_args --no-plot --json "$out/engine.json" 2>&1 | grep "^| ours" | tail -6
 fi
-if part http; then
+if part http || part openloop; then
     stamp "ours over HTTP: $levels"
     # shellcheck disable=SC2086
     python3 -m tts_server --model "$ckpt" --port 8700 --host 127.0.0.1 --max-num-seqs "${SEQS:-256}" --voices-dir "" \
@@ -43,9 +45,17 @@ if part http; then
         sleep 1
     done
     stamp "server ready"
-    # shellcheck disable=SC2086
-    timeout 240 python3 benchmark.py --mode http --server http://127.0.0.1:8700 --concurrency $levels --steps 50 \
-        --repeats "${REPEATS:-2}" --warmup 2 --no-plot --json "$out/http.json" 2>&1 | tail -40
+    if part http; then
+        # shellcheck disable=SC2086
+        timeout 240 python3 benchmark.py --mode http --server http://127.0.0.1:8700 --concurrency $levels --steps 50 \
+            --repeats "${REPEATS:-2}" --warmup 2 --no-plot --json "$out/http.json" 2>&1 | tail -40
+    fi
+    if part openloop; then
+        stamp "ours over HTTP, open loop: ${OPEN_RATES:-40 60 80 100} arrivals/s"
+        # shellcheck disable=SC2086
+        timeout 300 python3 benchmark.py --mode open-loop --server http://127.0.0.1:8700 --rates ${OPEN_RATES:-40 60 80 100} \
+            --duration "${OPEN_SECONDS:-15}" --steps 50 --warmup 8 --no-plot --json "$out/open_loop.json" 2>&1 | tail -12
+    fi
     curl -s 127.0.0.1:8700/status >"$out/status.json" || true
     kill -TERM "$pid"
     wait "$pid" || true
