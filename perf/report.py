@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from perf.metrics import stage_order
+from perf.metrics import gap_free_capacity, stage_order
 
 WIDTH = 60
 
@@ -118,6 +118,16 @@ def open_table(rows: Sequence[dict[str, Any]]) -> str:
         for r in rows
     ]
     return _table(header, out)
+
+
+def open_loop_section(
+    by_engine: dict[str, list[dict[str, Any]]], audio_per_request_s: float
+) -> tuple[str, dict[str, float | None]]:
+    """The open-loop table of every engine's rates, then each engine's gap-free capacity line; and the capacities."""
+    rows = [r for engine_rows in by_engine.values() for r in engine_rows]
+    caps = {name: gap_free_capacity([(r["rate"], r["underrun_share"]) for r in rs]) for name, rs in by_engine.items()}
+    lines = [capacity_line(rs[0]["engine"] if rs else n, caps[n], audio_per_request_s) for n, rs in by_engine.items()]
+    return "\n".join([open_table(rows), *lines]), caps
 
 
 def capacity_line(engine: str, capacity: float | None, audio_per_request_s: float) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from perf import drivers, report
-from perf.metrics import combine_repeats, gap_free_capacity, summarize_closed, summarize_open, summarize_stages
+from perf.metrics import combine_repeats, summarize_closed, summarize_open, summarize_stages
 from voxcpm_engine.tools.progress import echo, progress_bar
 
 __all__ = ["run_cold_start", "run_http", "run_http_open_loop", "run_sessions"]
@@ -106,11 +106,9 @@ def run_http_open_loop(args: argparse.Namespace, out: dict[str, Any]) -> None:
             rows.append(row)
     out["open_loop"] = {"server": rows}
     print(f"\n## Open loop over HTTP: Poisson arrivals of {args.steps}-patch requests, {args.duration:g} s per rate\n")
-    print(report.open_table(rows))
-    ok = [r for r in rows if r["ok"]]
-    per_request = sum(r["audio_s"] for r in ok) / max(1, sum(r["ok"] for r in ok))
-    out["capacity"] = {"server": gap_free_capacity([(r["rate"], r["underrun_share"]) for r in rows])}
-    print(report.capacity_line("server", out["capacity"]["server"], per_request))
+    per_request = sum(r["audio_s"] for r in rows) / max(1, sum(r["ok"] for r in rows))
+    text, out["capacity"] = report.open_loop_section(out["open_loop"], per_request)
+    print(text)
 
 
 def run_sessions(args: argparse.Namespace, out: dict[str, Any]) -> None:

@@ -28,9 +28,8 @@ GPU_MAX_NUM_SEQS = 128
 CPU_MAX_NUM_SEQS = 16
 """Default ``max_num_seqs`` on the CPU."""
 GPU_MAX_NUM_BATCHED_TOKENS = 4096
-"""Default ``max_num_batched_tokens`` on CUDA: a burst of 256 benchmark prompts (~30 positions each) is
-prefilled in 2 steps instead of 8, and a full 4,096-position prefill adds milliseconds to a step whose
-audio lasts 160 ms."""
+"""Default ``max_num_batched_tokens`` on CUDA: 256 prompts of ~30 positions prefill in 2 steps, not 8 (at 1024),
+and a full 4,096-position prefill adds milliseconds to a step whose audio lasts 160 ms."""
 CPU_MAX_NUM_BATCHED_TOKENS = 1024
 """Default ``max_num_batched_tokens`` on the CPU, where a prefill position costs far more of a step."""
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
@@ -327,16 +326,18 @@ class ServerConfig:
         """``max_num_seqs``, or when unset its default for the devices (on ``auto``, imports torch)."""
         if self.max_num_seqs is not None:
             return self.max_num_seqs
-        on_gpu = all(d.startswith("cuda") for d in self.resolved_devices())
-        return GPU_MAX_NUM_SEQS if on_gpu else CPU_MAX_NUM_SEQS
+        return self._for_devices(GPU_MAX_NUM_SEQS, CPU_MAX_NUM_SEQS)
 
     @property
     def tokens_per_step(self) -> int:
         """``max_num_batched_tokens``, or when unset its default for the devices, at least ``slots_per_engine``."""
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
-        on_gpu = all(d.startswith("cuda") for d in self.resolved_devices())
-        return max(GPU_MAX_NUM_BATCHED_TOKENS if on_gpu else CPU_MAX_NUM_BATCHED_TOKENS, self.slots_per_engine)
+        return max(self._for_devices(GPU_MAX_NUM_BATCHED_TOKENS, CPU_MAX_NUM_BATCHED_TOKENS), self.slots_per_engine)
+
+    def _for_devices(self, gpu: int, cpu: int) -> int:
+        """``gpu`` where every engine runs on CUDA, else ``cpu`` (on ``auto``, imports torch)."""
+        return gpu if all(d.startswith("cuda") for d in self.resolved_devices()) else cpu
 
     @property
     def inference_slots(self) -> int:

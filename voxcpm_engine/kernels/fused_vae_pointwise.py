@@ -123,10 +123,11 @@ def pointwise_residual(
     block_n = min(block_n, max(16, triton.next_power_of_2(length)))
     grid = (triton.cdiv(channels, block_m) * triton.cdiv(length, block_n), bsz)
     precision = "tf32" if tf32 and weight.dtype == torch.float32 else "ieee"
+    align = _align(length)
     _pointwise_residual_kernel[grid](
         weight, h, bias, x, out, bias if next_alpha is None else next_alpha, out if snaked is None else snaked,
-        length // _align(length), C=channels, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        SNAKE=snaked is not None, PRECISION=precision, LIBDEVICE=_libdevice(), ALIGN=_align(length),
+        length // align, C=channels, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        SNAKE=snaked is not None, PRECISION=precision, LIBDEVICE=_libdevice(), ALIGN=align,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out, snaked
