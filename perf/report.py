@@ -99,6 +99,10 @@ def repeats_table(rows: Sequence[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
+    if any("server_loop_busy_pct" in r for r in rows):  # over HTTP: how busy the server's event loop was
+        header.append("server loop busy %")
+        for line, r in zip(out, rows, strict=True):
+            line.append(_f(r.get("server_loop_busy_pct"), ".0f"))
     return _table(header, out)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from perf import drivers, report
 from perf.metrics import combine_repeats, summarize_closed, summarize_open, summarize_stages
+from perf.server_load import StatusPoller, cpu_shares, level_span
 from voxcpm_engine.tools.progress import echo, progress_bar
 
 __all__ = ["run_cold_start", "run_http", "run_http_open_loop", "run_sessions"]
@@ -30,21 +31,29 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
             runs = []
             for r in range(args.repeats):
                 bar.set_postfix_str(f"concurrency {level}, run {r + 1}/{args.repeats}")
-                traces, wall = http_level(
-                    args.server,
-                    num_requests=n,
-                    concurrency=level,
-                    load=load,
-                    warmup=args.warmup if r == 0 else 0,  # the level's warm-up once, before its first run
-                    tag=f"c{level}-" if r == 0 else f"c{level}r{r}-",
-                    workers=args.http_workers,
-                )
+                with StatusPoller(args.server) as poller:
+                    traces, wall = http_level(
+                        args.server,
+                        num_requests=n,
+                        concurrency=level,
+                        load=load,
+                        warmup=args.warmup if r == 0 else 0,  # the level's warm-up once, before its first run
+                        tag=f"c{level}-" if r == 0 else f"c{level}r{r}-",
+                        workers=args.http_workers,
+                    )
                 bar.update(1)
                 summary = summarize_closed(traces, wall)
+                span = level_span(traces)
+                shares = cpu_shares(poller.samples, *span) if span is not None else None
                 # echo, not print: the blocks go above the progress bar instead of through it.
                 if args.repeats > 1:
                     echo(f"\n(run {r + 1} of {args.repeats})")
                 echo(report.seed_block(summary, level, wall))
+                if shares is not None:
+                    echo(
+                        f"\nServer process over the level: event loop busy {shares['server_loop_busy_pct']:.0f}%, "
+                        f"process CPU {shares['server_process_cpu_pct']:.0f}% of one core"
+                    )
                 errors = sorted({t.error for t in traces if t.error and t.error != "503"})
                 for e in errors[:5]:
                     echo(f"  error: {e}")
@@ -58,6 +67,7 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
                         "engine": "server",
                         "concurrency": level,
                         **summary,
+                        **(shares or {}),
                         "error_kinds": errors,
                         "server_timing_ms": stages,
                         "server_timing_responses": timed,

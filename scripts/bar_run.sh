@@ -12,8 +12,11 @@
 # VAE at 128 streams on an 80 GB H100), OURS_ARGS (engine flags for both of ours, e.g. "--vae-dtype bfloat16 --vae-units gemm";
 # the server gets the same ones), PARTS ("engine http peer"; "openloop" also runs Poisson arrivals over HTTP against the
 # same server at OPEN_RATES per second, default "40 60 80 100", OPEN_SECONDS (15) each: the bar asks for gap-free
-# capacity at >= 85% of the closed peak in arrivals per second, the peak's audio s/s over 8 s per request).
+# capacity at >= 85% of the closed peak in arrivals per second, the peak's audio s/s over 8 s per request),
+# REQUESTS (unset: each level is one wave of as many requests as streams, started together; a number: that many
+# requests per level to every side, each finished one replaced at once, so the level is mostly steady state).
 set -uo pipefail
+rpl=${REQUESTS:+--requests-per-level $REQUESTS}
 out=${1:-${OUT:-/tmp/bar_run}}
 preset=${PRESET:-voxcpm1.5}
 levels=${LEVELS:-128 256 512}
@@ -28,7 +31,7 @@ if part engine; then
     stamp "ours in process: $levels"
     # shellcheck disable=SC2086
     timeout 240 python3 benchmark.py --model "$ckpt" --max-num-seqs "${SEQS:-256}" --max-num-batched-tokens "${TOKENS:-4096}" \
-        --concurrency $levels --steps 50 \
+        --concurrency $levels --steps 50 $rpl \
         --repeats "${REPEATS:-2}" $ours_args --no-plot --json "$out/engine.json" 2>&1 | grep "^| ours" | tail -6
 fi
 if part http || part openloop; then
@@ -47,7 +50,7 @@ if part http || part openloop; then
     stamp "server ready"
     if part http; then
         # shellcheck disable=SC2086
-        timeout 240 python3 benchmark.py --mode http --server http://127.0.0.1:8700 --concurrency $levels --steps 50 \
+        timeout 240 python3 benchmark.py --mode http --server http://127.0.0.1:8700 --concurrency $levels --steps 50 $rpl \
             --repeats "${REPEATS:-2}" --warmup 2 --no-plot --json "$out/http.json" 2>&1 | tail -40
     fi
     if part openloop; then
@@ -65,7 +68,7 @@ if part peer; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .peer/*.whl || exit 1
     # shellcheck disable=SC2086
     PYTHONPATH=$PYTHONPATH:$PWD/.peer/flash_attn_shim timeout 300 python3 benchmark.py --mode peer --model "$ckpt" \
-        --max-num-seqs "${SEQS:-256}" --gpu-memory-utilization "${PEER_GPU_MEM:-0.6}" --concurrency ${PEER_LEVELS:-128 256} --steps 50 --repeats "${REPEATS:-2}" \
+        --max-num-seqs "${SEQS:-256}" --gpu-memory-utilization "${PEER_GPU_MEM:-0.6}" --concurrency ${PEER_LEVELS:-128 256} --steps 50 $rpl --repeats "${REPEATS:-2}" \
         --no-plot --json "$out/peer.json" 2>&1 | grep -v Warn | tail -8
 fi
 stamp done

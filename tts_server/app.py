@@ -30,6 +30,7 @@ from tts_server.http.transport import TransportGuard
 from tts_server.jobs.queue import InferenceQueue
 from tts_server.jobs.registry import CancelReason, InflightRegistry
 from tts_server.lifecycle import Lifecycle
+from tts_server.loop_load import LoopLoad, watch_loop
 from tts_server.metrics import ServerMetrics
 from tts_server.openai_errors import error_response_for
 from tts_server.request_path_warmup import warm_request_path
@@ -158,8 +159,8 @@ def create_app(
 
     Returns:
         The Starlette app (``app.state`` gets ``config``, ``lifecycle``, ``queue``, ``metrics``,
-        ``admission`` now, and ``services``, ``engine``, ``voices``, ``model``, ``registry`` once
-        started).
+        ``admission`` now, ``loop_load`` when it starts serving, and ``services``, ``engine``,
+        ``voices``, ``model``, ``registry`` once started).
     """
     given_engine = engine
     lifecycle = Lifecycle()
@@ -181,6 +182,9 @@ def create_app(
         # The socket serves from the first moment: /ready and /status answer (503, with the
         # engine's start-up progress) while the engine loads, captures and warms up.
         owned = given_engine is None
+        loop_load = app.state.loop_load = LoopLoad()  # made here: it reads the CPU time of the loop's thread
+        metrics.bind_loop(lambda: loop_load.figures)
+        watcher = asyncio.create_task(watch_loop(loop_load), name="loop-watch")
         engine = _make_engine(config) if given_engine is None else given_engine
         app.state.startup = StartupState(engine, owned)
         held: dict[str, Any] = {}
@@ -197,6 +201,7 @@ def create_app(
                     await svc.registry.cancel_all(CancelReason.SHUTDOWN)
             finally:
                 lifecycle.stopped()
+                watcher.cancel()
                 if (monitor := held.get("monitor")) is not None:
                     monitor.cancel()
                 if owned:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from tts_server.loop_load import LoopFigures
 from voxcpm_engine.types import EngineLoad
 
 __all__ = ["CONTENT_TYPE", "ENDPOINTS", "Outcome", "ServerMetrics"]
@@ -84,6 +85,31 @@ class _EngineCollector(Collector):
         yield alive
 
 
+class _LoopCollector(Collector):
+    """The event loop's load as of its last tick (:mod:`tts_server.loop_load`)."""
+
+    def __init__(self) -> None:
+        self.figures: Callable[[], LoopFigures] = LoopFigures
+
+    def collect(self) -> Iterator[Metric]:
+        f = self.figures()
+        for name, help_text, value in (
+            ("tts_event_loop_cpu_seconds", "CPU seconds of the server's event-loop thread", f.loop_cpu_s),
+            ("tts_process_cpu_seconds", "CPU seconds of the server process (not the engine's)", f.process_cpu_s),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], value)
+            yield counter
+        busy = GaugeMetricFamily(
+            "tts_event_loop_busy_ratio", "The event loop's CPU time over the last 2 s of wall time (1: saturated)"
+        )
+        busy.add_metric([], f.busy_pct / 100.0)
+        yield busy
+        lag = GaugeMetricFamily("tts_event_loop_lag_seconds", "The largest lateness of a 0.1-s timer over the last 2 s")
+        lag.add_metric([], f.lag_ms / 1000.0)
+        yield lag
+
+
 class ServerMetrics:
     """Every metric of the server.
 
@@ -147,6 +173,8 @@ class ServerMetrics:
         cap.set_function(lambda: self._capacity[1]())
         self._engine = _EngineCollector()
         r.register(self._engine)
+        self._loop = _LoopCollector()
+        r.register(self._loop)
 
     def bind_capacity(self, inference_slots: Callable[[], float], connection_cap: Callable[[], float]) -> None:
         """Read the limits from these at each scrape (``tts_max_inference_slots``, ``tts_max_concurrent_connections``).
@@ -156,6 +184,10 @@ class ServerMetrics:
             connection_cap: Reads the admission's connection cap.
         """
         self._capacity = (inference_slots, connection_cap)
+
+    def bind_loop(self, figures: Callable[[], LoopFigures]) -> None:
+        """Read the event loop's figures from ``figures`` at each scrape (zeros until bound)."""
+        self._loop.figures = figures
 
     def observe_engine(self, load: EngineLoad) -> None:
         """Remember the engine's latest load for the next scrape."""

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.tts_server.harness import serve, server_config
 from tests.tts_server.routes.generate_helpers import body
 from tts_server.app import create_app
+from tts_server.loop_load import LoopFigures
 from tts_server.metrics import CONTENT_TYPE, ENDPOINTS, Outcome, ServerMetrics
 from voxcpm_engine.types import EngineLoad
 
@@ -102,6 +103,15 @@ def test_engine_figures_are_those_of_the_last_observation(metrics):
     metrics.observe_engine(EngineLoad(steps=43))
     assert value(metrics, "tts_engine_alive") == 0 and value(metrics, "tts_engine_running") == 0
     assert value(metrics, "tts_engine_steps_total") == 43
+
+
+def test_loop_figures_are_zero_until_bound_then_read_at_each_scrape(metrics):
+    assert value(metrics, "tts_event_loop_cpu_seconds_total") == 0 and value(metrics, "tts_event_loop_busy_ratio") == 0
+    figures = LoopFigures(loop_cpu_s=1.5, process_cpu_s=2.25, busy_pct=37.5, lag_ms=12.0)
+    metrics.bind_loop(lambda: figures)
+    got = samples(metrics)
+    assert got[("tts_event_loop_cpu_seconds_total", ())] == 1.5 and got[("tts_process_cpu_seconds_total", ())] == 2.25
+    assert got[("tts_event_loop_busy_ratio", ())] == 0.375 and got[("tts_event_loop_lag_seconds", ())] == 0.012
 
 
 def test_each_instance_has_its_own_registry(metrics, src):

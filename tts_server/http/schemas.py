@@ -102,6 +102,15 @@ class EngineFigures(_Out):
     kv_blocks_total: int
 
 
+class ServerFigures(_Out):
+    """The server process's own load: one event loop does all HTTP work (``tts_server/loop_load.py``)."""
+
+    loop_busy_pct: float = Field(description="The event loop thread's CPU time over the last 2 s; near 100: saturated.")
+    loop_lag_ms: float = Field(description="The largest lateness of a 0.1-s timer on the loop over the last 2 s.")
+    loop_cpu_s: float = Field(description="CPU seconds of the event loop thread since the server started.")
+    process_cpu_s: float = Field(description="CPU seconds of the whole server process (not the engine's).")
+
+
 class EngineStartup(_Out):
     """One engine's last start-up report."""
 
@@ -130,6 +139,7 @@ class StatusResponse(_Out):
     inference: InferenceUsage
     sessions: SessionUsage
     engine: EngineFigures
+    server: ServerFigures
     reason: str | None = None
     startup: StartupFigures | None = None
 

@@ -37,6 +37,7 @@ from tts_server.http.schemas import (
     Limits,
     QueueResponse,
     ReadyResponse,
+    ServerFigures,
     SessionUsage,
     StartupFigures,
     StatusResponse,
@@ -45,6 +46,7 @@ from tts_server.http.schemas import (
 from tts_server.jobs.registry import CancelReason, RequestState
 from tts_server.jobs.session import ENDPOINT as SESSION_ENDPOINT
 from tts_server.lifecycle import ServerState
+from tts_server.loop_load import LoopFigures, LoopLoad
 from tts_server.metrics import CONTENT_TYPE
 from tts_server.services import Services, services
 from voxcpm_engine.types import EngineLoad
@@ -152,10 +154,22 @@ async def status(request: Request) -> Response:
             kv_blocks_free=load.kv_blocks_free,
             kv_blocks_total=load.kv_blocks_total,
         ),
+        server=_server(request),
         reason=None if lifecycle.accepting else _not_ready_reason(request),
         startup=_startup(request),
     )
     return _json(body)
+
+
+def _server(request: Request) -> ServerFigures:
+    load: LoopLoad | None = getattr(request.app.state, "loop_load", None)
+    f = load.figures if load is not None else LoopFigures()
+    return ServerFigures(
+        loop_busy_pct=f.busy_pct,
+        loop_lag_ms=f.lag_ms,
+        loop_cpu_s=round(f.loop_cpu_s, 3),
+        process_cpu_s=round(f.process_cpu_s, 3),
+    )
 
 
 def _sessions(svc: Services | None) -> SessionUsage:

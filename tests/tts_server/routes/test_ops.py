@@ -93,6 +93,12 @@ def test_status_queue_and_health_stay_consistent_under_concurrent_load(srv):
         assert _metric(metrics, name) >= ok
     assert _metric(metrics, "tts_audio_seconds_total") > 0 and _metric(metrics, "tts_engine_steps_total") > 0
     assert _metric(metrics, "tts_active_streams") == 0 and _metric(metrics, "tts_queue_depth") == 0
+    # the loop served every request above: its CPU time is counted, and is part of the process's
+    loop_cpu = _metric(metrics, "tts_event_loop_cpu_seconds_total")
+    assert 0 < loop_cpu <= _metric(metrics, "tts_process_cpu_seconds_total")
+    server = status["server"]
+    assert set(server) == {"loop_busy_pct", "loop_lag_ms", "loop_cpu_s", "process_cpu_s"}
+    assert server["loop_cpu_s"] >= loop_cpu and 0 <= server["loop_busy_pct"] <= 100 and server["loop_lag_ms"] >= 0
 
 
 def _metric(text, name):

@@ -1,0 +1,99 @@
+"""The server process's own CPU load during a level: its event loop's share of the level's wall time.
+
+The server does every request's HTTP work on one event loop (``tts_server/loop_load.py``); when that
+loop is near 100% busy, the server, not the engine, limits throughput over HTTP. :class:`StatusPoller`
+reads ``/status`` on a thread while a level runs; :func:`cpu_shares` turns the cumulative CPU
+seconds it saw into the loop's and the whole process's share of the level's span.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+
+from perf.metrics import StreamTrace
+
+__all__ = ["CpuSample", "StatusPoller", "cpu_shares", "level_span"]
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """One ``/status`` read: when (``time.perf_counter()``) and the server's cumulative CPU seconds."""
+
+    at: float
+    loop_cpu_s: float
+    process_cpu_s: float
+
+
+class StatusPoller:
+    """Read ``{server}/status`` every ``period_s`` on a thread while in the ``with`` block.
+
+    A server without the figures (an older build, another server) gives no samples; a read that
+    fails is skipped. Each read is one small request on the loop it measures (about 1 ms per
+    ``period_s``).
+    """
+
+    def __init__(self, server: str, period_s: float = 0.25) -> None:
+        if period_s <= 0:
+            raise ValueError(f"period_s must be > 0, got {period_s!r}")
+        self.url = server.rstrip("/") + "/status"
+        self.period_s = period_s
+        self.samples: list[CpuSample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-poller", daemon=True)
+
+    def _read(self, client: httpx.Client) -> None:
+        try:
+            server = client.get(self.url).json().get("server")
+        except (httpx.HTTPError, ValueError):
+            return
+        if isinstance(server, dict) and {"loop_cpu_s", "process_cpu_s"} <= set(server):
+            self.samples.append(CpuSample(time.perf_counter(), server["loop_cpu_s"], server["process_cpu_s"]))
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                self._read(client)
+                if self._stop.wait(self.period_s):
+                    self._read(client)  # one read after the level, so its end is bracketed
+                    return
+
+    def __enter__(self) -> StatusPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def level_span(traces: list[StreamTrace]) -> tuple[float, float] | None:
+    """From the first request's send to the last chunk's arrival (``None`` without any chunk)."""
+    ends = [t.arrivals[-1] for t in traces if t.arrivals]
+    if not ends:
+        return None
+    return min(t.submitted for t in traces), max(ends)
+
+
+def cpu_shares(samples: list[CpuSample], start: float, end: float) -> dict[str, float] | None:
+    """The server's CPU over the samples inside ``[start, end]``, in percent of their wall time.
+
+    Returns:
+        ``{"server_loop_busy_pct", "server_process_cpu_pct"}``, or ``None`` with fewer than two
+        samples inside the span (a level shorter than two poll periods).
+    """
+    inside = [s for s in samples if start <= s.at <= end]
+    if len(inside) < 2 or inside[-1].at <= inside[0].at:
+        return None
+    first, last = inside[0], inside[-1]
+    wall = last.at - first.at
+    return {
+        "server_loop_busy_pct": round(100.0 * (last.loop_cpu_s - first.loop_cpu_s) / wall, 1),
+        "server_process_cpu_pct": round(100.0 * (last.process_cpu_s - first.process_cpu_s) / wall, 1),
+    }
