@@ -172,3 +172,66 @@ def test_a_client_that_leaves_mid_stream_frees_the_job(srv):
 
     held, record, active = srv.run(go())
     assert (held, record, active) == (1, None, 0)
+
+
+async def _started_stream(srv, receive):
+    """A long job's streamed response, made outside a route so the test drives its ASGI channels."""
+    spec = JobSpec(rid(), "client", "generate", ("Hello there.",), None, None,
+                   GenerationParams(min_steps=LONG, max_steps=LONG, seed=3))  # fmt: skip
+    job = await Job.start(srv.services, spec, receive)
+    return await audio_response(job, "pcm", stream=True)
+
+
+def test_a_disconnect_ends_the_stream_quietly_and_leaves_the_task_uncancelled(srv):
+    async def go():
+        gone = asyncio.Event()
+        sent = []
+
+        async def receive():
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if len(sent) == 3:  # the headers and two chunks, then the client leaves
+                gone.set()
+
+        response = await _started_stream(srv, receive)
+        await response._stream_until_disconnect(receive, send)
+        registered = srv.services.registry.get(response.job.spec.request_id)
+        return sent, asyncio.current_task().cancelling(), response.job.record, registered
+
+    sent, cancelling, record, registered = srv.run(go())
+    assert sent[0]["type"] == "http.response.start"
+    assert all(m["more_body"] for m in sent[1:]) and len(sent) < LONG  # no final chunk: it stopped at once
+    assert cancelling == 0  # the disconnect's cancellation was taken back: the handler goes on normally
+    assert record.cancel_reason is CancelReason.DISCONNECT and registered is None  # the job ended, slot freed
+
+
+def test_a_cancellation_from_elsewhere_still_propagates(srv):
+    async def go():
+        never = asyncio.Event()
+        first_body = asyncio.Event()
+
+        async def receive():
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body":
+                first_body.set()
+
+        response = await _started_stream(srv, receive)
+        task = asyncio.create_task(response._stream_until_disconnect(receive, send))
+        await first_body.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        else:
+            outcome = "returned"
+        response.job.close(Outcome.CANCELLED)
+        return outcome
+
+    assert srv.run(go()) == "cancelled"
