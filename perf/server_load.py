@@ -81,11 +81,18 @@ def level_span(traces: list[StreamTrace]) -> tuple[float, float] | None:
     return min(t.submitted for t in traces), max(ends)
 
 
-def cpu_shares(samples: list[CpuSample], start: float, end: float) -> dict[str, float] | None:
+def cpu_shares(
+    samples: list[CpuSample], start: float, end: float, requests: int = 0, audio_s: float = 0.0
+) -> dict[str, float] | None:
     """The server's CPU over the samples inside ``[start, end]``, in percent of their wall time.
 
+    With ``requests`` (answered in the span) and ``audio_s`` (their audio), the loop's CPU is also
+    given per request and per second of audio: the busy share applied to the whole span, so that
+    versions of the server compare at any load.
+
     Returns:
-        ``{"server_loop_busy_pct", "server_process_cpu_pct"}``, or ``None`` with fewer than two
+        ``{"server_loop_busy_pct", "server_process_cpu_pct"}`` and, when given the counts,
+        ``server_loop_ms_per_request`` and ``server_loop_ms_per_audio_s``; ``None`` with fewer than two
         samples inside the span (a level shorter than two poll periods).
     """
     inside = [s for s in samples if start <= s.at <= end]
@@ -93,7 +100,13 @@ def cpu_shares(samples: list[CpuSample], start: float, end: float) -> dict[str, 
         return None
     first, last = inside[0], inside[-1]
     wall = last.at - first.at
-    return {
-        "server_loop_busy_pct": round(100.0 * (last.loop_cpu_s - first.loop_cpu_s) / wall, 1),
+    busy = (last.loop_cpu_s - first.loop_cpu_s) / wall
+    out = {
+        "server_loop_busy_pct": round(100.0 * busy, 1),
         "server_process_cpu_pct": round(100.0 * (last.process_cpu_s - first.process_cpu_s) / wall, 1),
     }
+    if requests > 0:
+        out["server_loop_ms_per_request"] = round(1000.0 * busy * (end - start) / requests, 3)
+    if audio_s > 0:
+        out["server_loop_ms_per_audio_s"] = round(1000.0 * busy * (end - start) / audio_s, 3)
+    return out

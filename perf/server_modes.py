@@ -8,6 +8,7 @@ tables as it goes, and adds its figures under ``http`` / ``open_loop`` / ``sessi
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 bar.update(1)
                 summary = summarize_closed(traces, wall)
                 span = level_span(traces)
-                shares = cpu_shares(poller.samples, *span) if span is not None else None
+                shares = (
+                    cpu_shares(poller.samples, *span, requests=summary["ok"], audio_s=summary["audio_s"])
+                    if span is not None
+                    else None
+                )
                 # echo, not print: the blocks go above the progress bar instead of through it.
                 if args.repeats > 1:
                     echo(f"\n(run {r + 1} of {args.repeats})")
@@ -52,7 +57,9 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 if shares is not None:
                     echo(
                         f"\nServer process over the level: event loop busy {shares['server_loop_busy_pct']:.0f}%, "
-                        f"process CPU {shares['server_process_cpu_pct']:.0f}% of one core"
+                        f"process CPU {shares['server_process_cpu_pct']:.0f}% of one core; the loop's CPU "
+                        f"{shares.get('server_loop_ms_per_request', math.nan):.2f} ms per request, "
+                        f"{shares.get('server_loop_ms_per_audio_s', math.nan):.2f} ms per second of audio"
                     )
                 errors = sorted({t.error for t in traces if t.error and t.error != "503"})
                 for e in errors[:5]:

@@ -13,6 +13,9 @@ def test_shares_use_the_samples_inside_the_span():
     assert cpu_shares(samples, 1.0, 3.0) == {"server_loop_busy_pct": 50.0, "server_process_cpu_pct": 70.0}
     assert cpu_shares(samples, 0.5, 8.0) == cpu_shares(samples, 1.0, 3.0)
     assert cpu_shares(samples, -1.0, 3.2) == {"server_loop_busy_pct": 36.7, "server_process_cpu_pct": 53.3}
+    # per request and per audio second: the busy share (50%) over the whole span (4 s) = 2 s of loop CPU
+    per = cpu_shares(samples, 0.5, 4.5, requests=8, audio_s=40.0)
+    assert per["server_loop_ms_per_request"] == 250.0 and per["server_loop_ms_per_audio_s"] == 50.0
 
 
 def test_span_runs_from_the_first_send_to_the_last_chunk():
@@ -38,8 +41,8 @@ def test_poller_reads_the_real_servers_loop_over_a_level(server):
     loops = [s.loop_cpu_s for s in poller.samples]
     assert loops == sorted(loops) and loops[-1] > loops[0]  # the level ran on the loop
     assert all(s.process_cpu_s >= s.loop_cpu_s for s in poller.samples)
-    shares = cpu_shares(poller.samples, *level_span(traces))
-    assert shares is not None
+    shares = cpu_shares(poller.samples, *level_span(traces), requests=4, audio_s=sum(t.audio_s for t in traces))
+    assert shares is not None and shares["server_loop_ms_per_request"] > 0
     assert 0 < shares["server_loop_busy_pct"] <= shares["server_process_cpu_pct"] + 1.0
     assert shares["server_loop_busy_pct"] <= 100.0 + 5.0  # one thread: at most one core (plus timing jitter)
 
