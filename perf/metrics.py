@@ -288,20 +288,31 @@ def summarize_open(traces: Sequence[StreamTrace], rate: float, duration_s: float
     }
 
 
-def gap_free_capacity(results: Sequence[tuple[float, float]], max_underrun: float = 0.01) -> float | None:
-    """Highest tested rate at which it and every lower tested rate kept underruns at or under ``max_underrun``.
+def gap_free_capacity(
+    results: Sequence[tuple[float, float] | tuple[float, float, float]],
+    max_underrun: float = 0.01,
+    max_ttfb_p99_ms: float | None = None,
+) -> float | None:
+    """Highest tested rate at which it and every lower tested rate kept within the limits.
 
     Args:
-        results: ``(rate, underrun_share)`` per tested rate, any order.
+        results: ``(rate, underrun_share)`` or ``(rate, underrun_share, ttfb_p99_ms)`` per tested rate,
+            any order.
         max_underrun: Largest acceptable share of streams that underrun.
+        max_ttfb_p99_ms: Also require a TTFB p99 under this (``None``: streams only). A rate whose
+            p99 is unknown (NaN, no third value) fails it.
 
     Returns:
-        The rate, or ``None`` if even the lowest rate underran (or nothing was tested).
+        The rate, or ``None`` if even the lowest rate failed (or nothing was tested).
     """
     best = None
-    for rate, share in sorted(results):
+    for rate, share, *rest in sorted(results):
         if math.isnan(share) or share > max_underrun:
             break
+        if max_ttfb_p99_ms is not None:
+            p99 = rest[0] if rest else math.nan
+            if math.isnan(p99) or p99 >= max_ttfb_p99_ms:
+                break
         best = rate
     return best
 

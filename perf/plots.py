@@ -57,7 +57,8 @@ class Series:
     Attributes:
         label: Legend name (the engine; ``engine (file)`` where two results share an engine).
         rows: The result's rows in x order (concurrency levels, or arrival rates).
-        capacity: Open loop: the highest rate without underruns (``capacity`` in the JSON), if any.
+        capacity: Open loop: the gap-free capacity (``capacity`` in the JSON: no underruns and TTFB p99 under
+            300 ms, ``perf.report.open_loop_section``), if any.
         meta: The result's ``meta`` with its ``model`` and ``args`` (for the title).
         source: Where the result came from (a file's stem).
     """

@@ -103,12 +103,15 @@ def run_http_open_loop(args: argparse.Namespace, out: dict[str, Any]) -> None:
     with progress_bar(len(args.rates), desc="http open loop", unit="rate") as bar:
         for rate in args.rates:
             bar.set_postfix_str(f"{rate:g} arrivals/s for {args.duration:g} s")
-            traces, wall = open_level(
-                args.server, rate=rate, duration_s=args.duration, load=load, seed=args.seed, tag=f"ol{rate:g}-",
-                workers=args.http_workers,
-            )  # fmt: skip
+            with StatusPoller(args.server) as poller:
+                traces, wall = open_level(
+                    args.server, rate=rate, duration_s=args.duration, load=load, seed=args.seed, tag=f"ol{rate:g}-",
+                    workers=args.http_workers,
+                )  # fmt: skip
             bar.update(1)
             row: dict[str, Any] = {"engine": "server", **summarize_open(traces, rate, args.duration), "wall_s": wall}
+            span = level_span(traces)
+            row.update((cpu_shares(poller.samples, *span) if span is not None else None) or {})
             row["rejected_503"] = sum(1 for t in traces if t.error == "503")
             row["error_kinds"] = sorted({t.error for t in traces if t.error and t.error != "503"})[:5]
             row["server_timing_ms"] = summarize_stages(traces)
@@ -116,7 +119,8 @@ def run_http_open_loop(args: argparse.Namespace, out: dict[str, Any]) -> None:
             echo(
                 f"[server] {rate:g}/s: TTFB p50 {row['ttfb_ms_p50']:.1f} / p99 {row['ttfb_ms_p99']:.1f} ms, "
                 f"max gap p99 {row['max_gap_ms_p99']:.1f} ms, underrun {row['underrun_share']:.1%}, "
-                f"{row['ok']}/{row['requests']} ok ({row['rejected_503']} refused with 503)"
+                f"{row['ok']}/{row['requests']} ok ({row['rejected_503']} refused with 503), "
+                f"server loop busy {row.get('server_loop_busy_pct', math.nan):.0f}%"
             )
             for e in row["error_kinds"]:
                 echo(f"  error: {e}")

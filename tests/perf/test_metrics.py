@@ -98,6 +98,12 @@ def test_gap_free_capacity():
     assert gap_free_capacity([(4, 0.0), (8, 0.02), (16, 0.0)]) == 4  # a failing rate caps it
     assert gap_free_capacity([(4, 0.5)]) is None
     assert gap_free_capacity([]) is None
+    # issue 19's bar: TTFB p99 under 300 ms as well; the streams alone allow 110, the p99 only 95
+    bar = [(60, 0.0, 60.4), (80, 0.0, 112.5), (95, 0.0, 248.1), (110, 0.0, 1342.4)]
+    assert gap_free_capacity(bar) == 110 and gap_free_capacity(bar, max_ttfb_p99_ms=300) == 95
+    assert gap_free_capacity([(4, 0.0, 300.0)], max_ttfb_p99_ms=300) is None  # "under" is strict
+    assert gap_free_capacity([(4, 0.0)], max_ttfb_p99_ms=300) is None  # an unknown p99 does not pass
+    assert gap_free_capacity([(4, 0.0, float("nan"))], max_ttfb_p99_ms=300) is None
 
 
 def test_poisson_arrivals():

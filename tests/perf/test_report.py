@@ -65,3 +65,24 @@ def test_cold_start_table_flags_a_level_that_misses():
     lines = _lines(report.cold_start_table(starts))
     assert lines[2] == ["empty-cache", "41.2", "1", "12.0 / 14.0", "10.0 (9.0-11.0)", "1.20", "30.0", "yes"]
     assert lines[3] == ["", "", "4", "480.0 / 650.0", "10.0 (9.0-11.0)", "48.00", "585.0", "NO"]
+
+
+def _open_row(rate, p99, underrun=0.0):
+    return {"engine": "server", "rate": rate, "ok": 10, "requests": 10, "ttfb_ms_p50": p99 / 2, "ttfb_ms_p99": p99,
+            "max_gap_ms_p50": 20.0, "max_gap_ms_p99": 40.0, "underrun_share": underrun,
+            "memory": {"kind": "none", "gib": float("nan")}}  # fmt: skip
+
+
+def test_open_loop_capacity_holds_the_ttfb_p99_limit_and_says_what_the_streams_alone_allow():
+    rows = [_open_row(60, 60.4), _open_row(95, 248.1), _open_row(110, 1342.4)]
+    text, caps = report.open_loop_section({"server": rows}, 8.0)
+    assert caps == {"server": 95}
+    assert text.splitlines()[-1] == (
+        "server: gap-free capacity (<= 1% of streams underrun, TTFB p99 < 300 ms) >= 95 arrivals/s "
+        "(760 audio s per s); without the TTFB limit >= 110 arrivals/s"
+    )
+    text, caps = report.open_loop_section({"server": [_open_row(60, 400.0)]}, 8.0)
+    assert caps == {"server": None}
+    assert text.endswith("below the lowest tested rate; without the TTFB limit >= 60 arrivals/s")
+    text, caps = report.open_loop_section({"server": [_open_row(60, 50.0), _open_row(80, 60.0, underrun=0.2)]}, 8.0)
+    assert caps == {"server": 60} and text.endswith("(480 audio s per s)")  # the streams stopped it: one number
