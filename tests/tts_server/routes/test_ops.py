@@ -9,6 +9,7 @@ import pytest
 
 from tests.tts_server.harness import get_all, serve, server_config, settled
 from tests.tts_server.serving import sine_wav
+from voxcpm_engine.types import EngineLoad
 
 SEED_HEALTH = {
     "status", "sample_rate", "available_voices", "active_connections", "max_concurrent_connections",
@@ -64,6 +65,11 @@ def test_status_queue_and_health_stay_consistent_under_concurrent_load(srv):
             stop.set()
             await poller
             stats = await settled(srv)
+            # Engine counters are those of the app's last poll (twice a second): wait for one after the load.
+            for _ in range(300):
+                if srv.services.engine_load.steps >= EngineLoad.from_stats(stats).steps:
+                    break
+                await asyncio.sleep(0.01)
             metrics = (await client.get("/metrics")).text
             final = [r.json() for r in await asyncio.gather(client.get("/status"), client.get("/health"))]
             return observations, responses, stats, metrics, final
