@@ -309,11 +309,7 @@ async def run_raw_open(
     if not offsets:
         return [], 0.0
     shares, workers = _plan_open(offsets, tag, workers, preopen)
-    if workers == 1:
-        return _merge(shares, await _run_shares(target, load, shares))
-    plan = [shares]
-    done = await asyncio.get_running_loop().run_in_executor(None, _run_workers, server, load, plan, workers)
-    return done[0]
+    return (await _execute(server, target, load, [shares], workers))[0]
 
 
 async def run_raw(
@@ -322,6 +318,13 @@ async def run_raw(
     """Runs of ``(requests, tag)`` one after the other with the raw client; per run its traces and wall time."""
     target = Target.parse(server)  # a bad URL fails here, not in a worker
     plan, workers = _plan(runs, concurrency, workers)
+    return await _execute(server, target, load, plan, workers)
+
+
+async def _execute(
+    server: str, target: Target, load: HttpLoad, plan: list[list[_Share]], workers: int
+) -> list[tuple[list[StreamTrace], float]]:
+    """Run ``plan`` (per run, one share per worker): on this loop for one worker, else in worker processes."""
     if workers == 1:
         done = await _run_shares(target, load, [run[0] for run in plan])
         return [_merge(run, [d]) for run, d in zip(plan, done, strict=True)]

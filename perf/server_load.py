@@ -72,6 +72,13 @@ class StatusPoller:
         self._stop.set()
         self._thread.join()
 
+    def shares(self, traces: list[StreamTrace], requests: int = 0, audio_s: float = 0.0) -> dict[str, float]:
+        """:func:`cpu_shares` of these samples over the level of ``traces`` (:func:`level_span`); empty
+        when the level had no audio or too few samples fell inside it."""
+        span = level_span(traces)
+        shares = cpu_shares(self.samples, *span, requests=requests, audio_s=audio_s) if span is not None else None
+        return shares or {}
+
 
 def level_span(traces: list[StreamTrace]) -> tuple[float, float] | None:
     """From the first request's send to the last chunk's arrival (``None`` without any chunk)."""

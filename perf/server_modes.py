@@ -14,7 +14,7 @@ from typing import Any
 
 from perf import drivers, report
 from perf.metrics import combine_repeats, summarize_closed, summarize_open, summarize_stages
-from perf.server_load import StatusPoller, cpu_shares, level_span
+from perf.server_load import StatusPoller
 from voxcpm_engine.tools.progress import echo, progress_bar
 
 __all__ = ["run_cold_start", "run_http", "run_http_open_loop", "run_sessions"]
@@ -44,17 +44,12 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
                     )
                 bar.update(1)
                 summary = summarize_closed(traces, wall)
-                span = level_span(traces)
-                shares = (
-                    cpu_shares(poller.samples, *span, requests=summary["ok"], audio_s=summary["audio_s"])
-                    if span is not None
-                    else None
-                )
+                shares = poller.shares(traces, requests=summary["ok"], audio_s=summary["audio_s"])
                 # echo, not print: the blocks go above the progress bar instead of through it.
                 if args.repeats > 1:
                     echo(f"\n(run {r + 1} of {args.repeats})")
                 echo(report.seed_block(summary, level, wall))
-                if shares is not None:
+                if shares:
                     echo(
                         f"\nServer process over the level: event loop busy {shares['server_loop_busy_pct']:.0f}%, "
                         f"process CPU {shares['server_process_cpu_pct']:.0f}% of one core; the loop's CPU "
@@ -74,7 +69,7 @@ def run_http(args: argparse.Namespace, out: dict[str, Any]) -> None:
                         "engine": "server",
                         "concurrency": level,
                         **summary,
-                        **(shares or {}),
+                        **shares,
                         "error_kinds": errors,
                         "server_timing_ms": stages,
                         "server_timing_responses": timed,
@@ -110,8 +105,7 @@ def run_http_open_loop(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 )  # fmt: skip
             bar.update(1)
             row: dict[str, Any] = {"engine": "server", **summarize_open(traces, rate, args.duration), "wall_s": wall}
-            span = level_span(traces)
-            row.update((cpu_shares(poller.samples, *span) if span is not None else None) or {})
+            row.update(poller.shares(traces))
             row["rejected_503"] = sum(1 for t in traces if t.error == "503")
             row["error_kinds"] = sorted({t.error for t in traces if t.error and t.error != "503"})[:5]
             row["server_timing_ms"] = summarize_stages(traces)

@@ -41,8 +41,8 @@ def test_poller_reads_the_real_servers_loop_over_a_level(server):
     loops = [s.loop_cpu_s for s in poller.samples]
     assert loops == sorted(loops) and loops[-1] > loops[0]  # the level ran on the loop
     assert all(s.process_cpu_s >= s.loop_cpu_s for s in poller.samples)
-    shares = cpu_shares(poller.samples, *level_span(traces), requests=4, audio_s=sum(t.audio_s for t in traces))
-    assert shares is not None and shares["server_loop_ms_per_request"] > 0
+    shares = poller.shares(traces, requests=4, audio_s=sum(t.audio_s for t in traces))
+    assert shares and shares["server_loop_ms_per_request"] > 0
     assert 0 < shares["server_loop_busy_pct"] <= shares["server_process_cpu_pct"] + 1.0
     assert shares["server_loop_busy_pct"] <= 100.0 + 5.0  # one thread: at most one core (plus timing jitter)
 
