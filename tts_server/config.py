@@ -8,21 +8,19 @@ command-line flag (``--max-num-seqs``, :func:`flag_of`) and the environment vari
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from tts_server.config_parsers import bool_value, int_tuple, none_or_at_least, optional_int, optional_str
+from tts_server.config_checks import LOG_LEVELS, setting_checks
+from tts_server.config_parsers import bool_value, int_tuple, optional_int, optional_str
+from tts_server.jobs.pacing import PacingConfig
 from voxcpm_engine.config.engine_config import EngineConfig
 
 __all__ = ["ConfigError", "ServerConfig", "env_of", "flag_of"]
 
 ENV_PREFIX = "TTS_"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-DTYPES = ("bfloat16", "float16", "float32")
-EVENT_LOOPS = ("asyncio", "uvloop")
 GPU_MAX_NUM_SEQS = 128
 """Default ``max_num_seqs`` on CUDA: VoxCPM1.5 makes 98% of its 256-stream audio per second at 128 on an H200."""
 CPU_MAX_NUM_SEQS = 16
@@ -32,7 +30,6 @@ GPU_MAX_NUM_BATCHED_TOKENS = 4096
 and a full 4,096-position prefill adds milliseconds to a step whose audio lasts 160 ms."""
 CPU_MAX_NUM_BATCHED_TOKENS = 1024
 """Default ``max_num_batched_tokens`` on the CPU, where a prefill position costs far more of a step."""
-_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -239,6 +236,19 @@ class ServerConfig:
         "generation waits for the client (the inference slot is released as soon as generation ends).",
         parse=float,
     )
+    stream_write_seconds: float = _setting(
+        0.5,
+        "Once a streaming response has sent --stream-lead-seconds more audio than can have played, it writes "
+        "when this much audio is waiting instead of every engine step's chunk (fewer writes for the event loop); "
+        "0 writes every chunk at once.",
+        parse=float,
+    )
+    stream_lead_seconds: float = _setting(
+        1.0,
+        "Sent but unplayed audio (counting playback from the first write) below which a streaming response "
+        "writes every chunk at once.",
+        parse=float,
+    )
     session_idle_timeout: float = _setting(
         60.0,
         "Seconds a /v1/tts/stream session may send nothing while it has nothing to speak before it is closed.",
@@ -268,40 +278,7 @@ class ServerConfig:
     retry_after: int = _setting(1, "Seconds sent in the Retry-After header of 503 answers.", parse=int)
 
     def __post_init__(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
-            ("model", bool(self.model), "is required (a checkpoint directory)"),
-            ("device", all(_DEVICE.match(d) for d in self.device_list), "must be auto, cpu, cuda, cuda:N or a list"),
-            ("device", "auto" not in self.device_list or len(self.device_list) == 1, "auto cannot be in a list"),
-            ("dtype", self.dtype is None or self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
-            ("engine_threads", none_or_at_least(self.engine_threads, 1), "must be >= 1"),
-            ("max_concurrent_connections", self._cap_ok(), "must be >= max-num-seqs x devices"),
-            ("queue_timeout", self.queue_timeout > 0, "must be > 0"),
-            ("port", 0 <= self.port <= 65535, "must be in [0, 65535]"),
-            ("event_loop", self.event_loop in EVENT_LOOPS, f"must be one of {', '.join(EVENT_LOOPS)}"),
-            ("log_level", self.log_level in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
-            ("max_body_bytes", self.max_body_bytes >= 1024, "must be >= 1024"),
-            ("max_voice_body_bytes", self.max_voice_body_bytes >= 1024, "must be >= 1024"),
-            ("max_prompt_seconds", self.max_prompt_seconds > 0, "must be > 0"),
-            ("max_text_chars", self.max_text_chars >= 1, "must be >= 1"),
-            ("shutdown_grace", self.shutdown_grace >= 0, "must be >= 0"),
-            ("send_timeout", 0 < self.send_timeout < math.inf, "must be > 0 and finite"),
-            ("body_timeout", 0 < self.body_timeout < math.inf, "must be > 0 and finite"),
-            ("stream_buffer_seconds", 0 < self.stream_buffer_seconds < math.inf, "must be > 0 and finite"),
-            ("default_max_generate_length", none_or_at_least(self.default_max_generate_length, 1), "must be >= 1"),
-            ("retry_after", self.retry_after >= 0, "must be >= 0"),
-            ("audio_ring_slots", self.audio_ring_slots >= 0, "must be >= 0"),
-            ("session_idle_timeout", 0 < self.session_idle_timeout < math.inf, "must be > 0 and finite"),
-            ("session_text_wait", 0 <= self.session_text_wait <= 10, "must be in [0, 10]"),
-            ("session_max_chars", self.session_max_chars >= 1, "must be >= 1"),
-            ("session_context_seconds", 0 <= self.session_context_seconds < math.inf, "must be >= 0 and finite"),
-            ("api_key", self.api_key is None or self.api_key.strip() == self.api_key != "", "must be non-blank"),
-            (
-                "admin_key",
-                self.admin_key is None or self.admin_key.strip() == self.admin_key != "",
-                "must be non-blank",
-            ),
-        ]
-        for name, ok, message in checks:
+        for name, ok, message in setting_checks(self):
             if not ok:
                 shown = "***" if _is_secret(name) else repr(getattr(self, name))
                 raise ConfigError(f"{flag_of(name)} ({env_of(name)}) {message}, got {shown}")
@@ -312,9 +289,6 @@ class ServerConfig:
             for f in fields(EngineConfig):
                 message = re.sub(rf"(EngineConfig\.)?\b{f.name}\b", flag_of(f.name), message)
             raise ConfigError(message) from exc
-
-    def _cap_ok(self) -> bool:
-        return self.max_concurrent_connections is None or self.max_concurrent_connections >= self.inference_slots
 
     @property
     def device_list(self) -> list[str]:
@@ -377,6 +351,10 @@ class ServerConfig:
             kernel_cache_dir=self.kernel_cache_dir,
             audio_ring_slots=self.audio_ring_slots,
         )
+
+    def pacing(self) -> PacingConfig:
+        """How streamed responses batch their writes."""
+        return PacingConfig(write_seconds=self.stream_write_seconds, lead_seconds=self.stream_lead_seconds)
 
     def resolved_devices(self) -> list[str]:
         """Torch devices, with ``auto`` resolved (imports torch)."""

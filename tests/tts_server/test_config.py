@@ -53,6 +53,8 @@ def test_voice_admin_key_falls_back_to_the_api_key():
         (["--model", "m", "--gpu-memory-utilization", "1.5"], {}, "--gpu-memory-utilization"),
         (["--model", "m", "--max-num-batched-tokens", "2"], {}, "--max-num-batched-tokens"),
         (["--model", "m", "--shutdown-grace", "-1"], {}, "--shutdown-grace"),
+        (["--model", "m", "--stream-write-seconds", "-0.5"], {}, "--stream-write-seconds"),
+        (["--model", "m"], {"TTS_STREAM_LEAD_SECONDS": "inf"}, "TTS_STREAM_LEAD_SECONDS"),
         (["--model", "m", "--default-max-generate-length", "0"], {}, "--default-max-generate-length"),
         (["--model", "m", "--api-key", " padded "], {}, "--api-key"),
         (["--model", "m", "--cuda-graph-timesteps", "10,0"], {}, "--cuda-graph-timesteps"),

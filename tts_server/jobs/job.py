@@ -12,6 +12,8 @@ Shared by ``/generate`` and ``/v1/audio/speech`` so both behave the same:
    runs in a task of its own, ahead of the client by at most ``--stream-buffer-seconds`` of audio
    (at the bound it waits for the client to read), and gives the inference slot back as soon as
    the last segment is made: a slow reader holds its connection place while it reads, not a slot.
+   The response takes the first chunk at once and, once the listener is well ahead of playback,
+   the rest in blocks (:mod:`tts_server.jobs.pacing`).
 3. :meth:`Job.close` runs exactly once however the job ends (finished, ``/cancel``, client gone,
    engine failure): it aborts an unfinished engine request, releases the slot, forgets the id and
    records the outcome.
@@ -39,6 +41,7 @@ from starlette.types import Message, Receive
 from tts_server.errors import ApiError
 from tts_server.jobs import failures
 from tts_server.jobs.audio_checks import checked_audio
+from tts_server.jobs.pacing import WritePacer
 from tts_server.jobs.queue import QueueCancelled, QueueClosed, QueueTimeout, Ticket
 from tts_server.jobs.registry import CancelReason, InflightRequest, RequestState
 from tts_server.jobs.timeline import Timeline
@@ -107,6 +110,9 @@ class Job:
         self._buffer: deque[np.ndarray] = deque()  # made, not yet taken by the response
         self._buffered = 0  # samples in _buffer
         self._buffer_limit = max(1, round(svc.config.stream_buffer_seconds * svc.sample_rate))
+        pacing = svc.config.pacing()
+        self._pacer = WritePacer(pacing, svc.sample_rate, self._buffer_limit)
+        self._merge_limit = round(max(_MERGE_S, 2 * pacing.write_seconds) * svc.sample_rate)
         self._made = asyncio.Event()  # set when a chunk is buffered or generation has ended
         self._taken = asyncio.Event()  # set when the response took a chunk
         self._generation_error: EngineError | None = None
@@ -255,15 +261,16 @@ class Job:
                 break
 
     def _take(self) -> np.ndarray:
-        """The oldest buffered chunk, merged with those behind it up to :data:`_MERGE_S` of audio.
+        """The oldest buffered chunk, merged with those behind it up to :data:`_MERGE_S` of audio (or
+        twice the pacing's write, if more).
 
-        Under load the response falls behind the engine by a few chunks; taking them as one costs
-        one encode and one write on the event loop instead of one per step. A response that keeps
-        up takes single chunks, as they come.
+        Under load the response falls behind the engine by a few chunks, and a paced response waits
+        for several on purpose (:mod:`tts_server.jobs.pacing`); taking them as one costs one encode
+        and one write on the event loop instead of one per step.
         """
         chunk = self._buffer.popleft()
         if self._buffer:
-            limit = round(_MERGE_S * self.svc.sample_rate)
+            limit = self._merge_limit
             parts = [chunk]
             size = chunk.size
             while self._buffer and size + self._buffer[0].size <= limit:
@@ -280,7 +287,8 @@ class Job:
                 async for chunk in chunks:
                     self._buffer.append(chunk)
                     self._buffered += chunk.size
-                    self._made.set()
+                    if self._pacer.due(self._buffered, time.monotonic()):
+                        self._made.set()
                     while self._buffered >= self._buffer_limit:
                         self._taken.clear()
                         await self._taken.wait()
@@ -309,17 +317,19 @@ class Job:
         """
         outcome = Outcome.CANCELLED  # the iterator is abandoned (client gone) unless set below
         generation = asyncio.create_task(self._generate(), name=f"generate[{self.spec.request_id}]")
+        pacer = self._pacer
         try:
             while not self.record.cancelled:
-                if self._buffer:
+                now = time.monotonic()
+                if self._buffer and (generation.done() or pacer.due(self._buffered, now)):
                     chunk = self._take()
+                    pacer.wrote(chunk.size, now)
                     self._taken.set()
                     yield chunk
                 elif generation.done():
                     break
                 else:
-                    self._made.clear()
-                    await self._made.wait()
+                    await self._wait_for_audio(pacer.deadline() - now if self._buffer else None)
             if generation.done() and not generation.cancelled() and generation.exception() is not None:
                 raise generation.exception()  # a bug, not an engine error: let it be seen
             error = self._generation_error if generation.done() else None
@@ -343,6 +353,17 @@ class Job:
             if not generation.done():
                 generation.cancel()  # its finally gives the slot back
             self.close(outcome)
+
+    async def _wait_for_audio(self, delay: float | None) -> None:
+        """Wait until the generation task says a write is due, or ``delay`` seconds (the pacing's
+        deadline for audio already waiting) have passed."""
+        self._made.clear()
+        timer = None if delay is None else asyncio.get_running_loop().call_later(delay, self._made.set)
+        try:
+            await self._made.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def collect(self) -> np.ndarray:
         """All the audio at once (for a non-streaming response).

@@ -9,6 +9,7 @@ segment's length is its ``max_steps``.
 import asyncio
 import dataclasses
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -232,7 +233,7 @@ def test_input_the_engine_rejects_is_a_400_naming_the_field(srv):
 
 def test_a_response_that_fell_behind_takes_the_buffered_chunks_merged_in_order(srv):
     svc = srv.services
-    limit = round(0.5 * svc.sample_rate)  # jobs.job._MERGE_S
+    limit = round(max(0.5, 2 * svc.config.stream_write_seconds) * svc.sample_rate)  # jobs.job._MERGE_S or the pacing's
 
     async def read(delay: float):
         job = await Job.start(svc, spec(steps=8, seed=3), Connection().receive)
@@ -245,3 +246,45 @@ def test_a_response_that_fell_behind_takes_the_buffered_chunks_merged_in_order(s
     prompt, behind = srv.run(read(0.0)), srv.run(read(1.0))
     assert len(behind) < 8 and all(c.size <= max(limit, spp(srv)) for c in behind)
     np.testing.assert_array_equal(np.concatenate(behind), np.concatenate(prompt))  # the same audio, in order
+
+
+def paced(srv, write: float, lead: float):
+    svc = srv.services
+    return dataclasses.replace(
+        svc, config=dataclasses.replace(svc.config, stream_write_seconds=write, stream_lead_seconds=lead)
+    )
+
+
+def timed_stream(svc, steps: int):
+    async def go():
+        job = await Job.start(svc, spec(steps=steps, seed=5), Connection().receive)
+        writes = []
+        async for chunk in job.stream():
+            writes.append((time.monotonic(), chunk))  # the pacing's clock
+        return writes
+
+    return go()
+
+
+def test_a_stream_ahead_of_playback_writes_in_blocks_and_one_near_it_writes_every_chunk(srv):
+    rate, step = srv.services.sample_rate, spp(srv)
+    each = srv.run(timed_stream(paced(srv, write=0.0, lead=0.0), 12))
+    blocks = srv.run(timed_stream(paced(srv, write=2 * step / rate, lead=0.0), 12))
+    never_ahead = srv.run(timed_stream(paced(srv, write=2 * step / rate, lead=1e6), 12))
+    assert [c.size for _, c in each] == [step] * 12 == [c.size for _, c in never_ahead]
+    sizes = [c.size for _, c in blocks]
+    assert sizes[0] == step  # the first audio is never held back
+    assert len(sizes) < 12 and all(s >= 2 * step for s in sizes[1:-1])
+    np.testing.assert_array_equal(np.concatenate([c for _, c in blocks]), np.concatenate([c for _, c in each]))
+
+
+def test_audio_held_back_goes_out_by_the_time_the_sent_audio_has_played(srv):
+    # The block never fills (60 s): each write between the first and the last (all that is left once
+    # the generation ends) is made when the lead runs out.
+    rate, step = srv.services.sample_rate, spp(srv)
+    writes = srv.run(timed_stream(paced(srv, write=60.0, lead=0.0), 60))  # 60 steps outlast the first deadline
+    first_at, sent = writes[0][0], writes[0][1].size
+    for at, chunk in writes[1:-1]:
+        assert at >= first_at + sent / rate - 0.005  # not before the audio sent so far has played
+        sent += chunk.size
+    assert sent + writes[-1][1].size == 60 * step and len(writes) >= 3
