@@ -11,6 +11,7 @@
 # FIRST (current: which side starts each round; the very first server pays the cold Triton compile),
 # ARGS_CURRENT / ARGS_BASELINE (more tts_server flags for that side). One tree against a setting:
 #   ARGS_BASELINE="--audio-ring-slots 0" bash scripts/http_ab.sh .   (step audio in the pipe vs shared memory)
+#   ARGS_BASELINE="--stream-write-seconds 0" bash scripts/http_ab.sh .   (a write per chunk vs paced writes)
 set -euo pipefail
 baseline=${1:?usage: bash scripts/http_ab.sh BASELINE_DIR [OUT_DIR]}
 out=${2:-${OUT:-/tmp/http_ab}}
