@@ -1,4 +1,4 @@
-"""``python -m tts_server`` / ``tts-server``: read the settings, set up logging, serve (``tts_server.process``).
+"""``python -m tts_server`` / ``tts-server``: read the settings, start the log output, serve (``tts_server.process``).
 
 Exit codes: 0 after a drain (SIGTERM/SIGINT), 1 when the server could not start, 2 for invalid
 settings, 3 when an engine died (for the supervisor to restart the server).
@@ -11,19 +11,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tts_server.config import ConfigError
+from tts_server.config import ConfigError, ServerConfig
 from tts_server.config_sources import load_config
 from tts_server.lifecycle import EXIT_START_FAILED
+from tts_server.log_output import LogOutput
 
 log = logging.getLogger("tts_server")
 
 EXIT_CONFIG = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tts-server: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(config.log_level)
+    output = LogOutput(config.log_level)  # log calls on the event loop never wait on stderr
+    output.start()
+    try:
+        return _serve(config)
+    finally:
+        output.stop()
+
+
+def _serve(config: ServerConfig) -> int:
     log.info("settings: %s", config.redacted())
     if config.api_key is None:
         log.warning("no --api-key: generation endpoints are open to anyone who can reach %s", config.host)
