@@ -1,8 +1,8 @@
 """Tests that need a real ``python -m tts_server`` subprocess on the tiny model.
 
 Every such test talks to the server over loopback HTTP, exactly like a client would; the
-server runs its own engine process. The log goes to a file (a pipe would fill up and stall the
-server under load) so tests can inspect it afterwards.
+server runs its own engine process. The log goes to a file (a pipe nobody reads would drop log
+lines) so tests can inspect it afterwards.
 """
 
 from __future__ import annotations
