@@ -238,15 +238,15 @@ class ServerConfig:
     )
     stream_write_seconds: float = _setting(
         0.5,
-        "Once a streaming response has sent --stream-lead-seconds more audio than can have played, it writes "
-        "when this much audio is waiting instead of every engine step's chunk (fewer writes for the event loop); "
-        "0 writes every chunk at once.",
+        "Once a streaming response or /v1/tts/stream session has sent --stream-lead-seconds more audio than can "
+        "have played, it writes when this much audio is waiting instead of every engine step's chunk (fewer "
+        "writes for the event loop); 0 writes every chunk at once.",
         parse=float,
     )
     stream_lead_seconds: float = _setting(
         1.0,
-        "Sent but unplayed audio (counting playback from the first write) below which a streaming response "
-        "writes every chunk at once.",
+        "Sent but unplayed audio (counting playback from the first write) below which a streaming response or "
+        "session writes every chunk at once.",
         parse=float,
     )
     session_idle_timeout: float = _setting(

@@ -94,9 +94,6 @@ class JobSpec:
     timeline: Timeline = dataclasses.field(default_factory=lambda: Timeline(received=time.monotonic()))
 
 
-_MERGE_S = 0.5  # most audio one write of a streamed response carries when it has fallen behind
-
-
 class Job:
     """One admitted request holding an inference slot (made by :meth:`start`)."""
 
@@ -110,9 +107,7 @@ class Job:
         self._buffer: deque[np.ndarray] = deque()  # made, not yet taken by the response
         self._buffered = 0  # samples in _buffer
         self._buffer_limit = max(1, round(svc.config.stream_buffer_seconds * svc.sample_rate))
-        pacing = svc.config.pacing()
-        self._pacer = WritePacer(pacing, svc.sample_rate, self._buffer_limit)
-        self._merge_limit = round(max(_MERGE_S, 2 * pacing.write_seconds) * svc.sample_rate)
+        self._pacer = WritePacer(svc.config.pacing(), svc.sample_rate, self._buffer_limit)
         self._made = asyncio.Event()  # set when a chunk is buffered or generation has ended
         self._taken = asyncio.Event()  # set when the response took a chunk
         self._generation_error: EngineError | None = None
@@ -261,8 +256,8 @@ class Job:
                 break
 
     def _take(self) -> np.ndarray:
-        """The oldest buffered chunk, merged with those behind it up to :data:`_MERGE_S` of audio (or
-        twice the pacing's write, if more).
+        """The oldest buffered chunk, merged with those behind it up to the pacer's ``merge_limit``
+        (:data:`~tts_server.jobs.pacing.MERGE_SECONDS` of audio, or twice the paced block if more).
 
         Under load the response falls behind the engine by a few chunks, and a paced response waits
         for several on purpose (:mod:`tts_server.jobs.pacing`); taking them as one costs one encode
@@ -270,7 +265,7 @@ class Job:
         """
         chunk = self._buffer.popleft()
         if self._buffer:
-            limit = self._merge_limit
+            limit = self._pacer.merge_limit
             parts = [chunk]
             size = chunk.size
             while self._buffer and size + self._buffer[0].size <= limit:
@@ -287,7 +282,9 @@ class Job:
                 async for chunk in chunks:
                     self._buffer.append(chunk)
                     self._buffered += chunk.size
-                    if self._pacer.due(self._buffered, time.monotonic()):
+                    # The first chunk into an empty buffer always wakes the response: if it is held,
+                    # the response then waits with a timer for the pacing's deadline.
+                    if len(self._buffer) == 1 or self._pacer.due(self._buffered, time.monotonic()):
                         self._made.set()
                     while self._buffered >= self._buffer_limit:
                         self._taken.clear()

@@ -8,16 +8,21 @@ made; the loop gains a lot from sending it a few at a time.
 
 :class:`WritePacer` keeps the count for one response. The first write goes at once (time to first
 audio is never traded). After that a write is due when ``write_seconds`` of audio are waiting, or as
-soon as the audio already sent would play out within ``lead_seconds`` (counting playback from the
-first write, the earliest a client can start). A response that keeps only a small lead, because the
-engine makes audio near real time, so writes every chunk as before; one well ahead writes in blocks.
+soon as the audio already sent would play out within ``lead_seconds``. Playback is counted from the
+first write (the earliest a client can start), and a write made after the audio before it has
+played out (the listener ran dry, or a session had nothing to say) plays from its own arrival. A
+response that keeps only a small lead, because the engine makes audio near real time, so writes
+every chunk as before; one well ahead writes in blocks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PacingConfig", "WritePacer"]
+__all__ = ["MERGE_SECONDS", "PacingConfig", "WritePacer"]
+
+MERGE_SECONDS = 0.5
+"""Most audio one write carries when the response has fallen behind (or twice the paced block, if more)."""
 
 
 @dataclass(frozen=True)
@@ -54,20 +59,21 @@ class WritePacer:
             due at that bound however the setting reads.
     """
 
-    __slots__ = ("_lead", "_rate", "_sent", "_started", "_write")
+    __slots__ = ("_lead", "_played_out", "_rate", "_write", "merge_limit")
 
     def __init__(self, config: PacingConfig, sample_rate: int, most_samples: int) -> None:
         self._rate = float(sample_rate)
         self._write = min(round(config.write_seconds * sample_rate), max(1, most_samples))
         self._lead = config.lead_seconds
-        self._sent = 0  # samples written so far
-        self._started: float | None = None  # when the first write went
+        self._played_out: float | None = None  # when the audio written so far ends playing; None: nothing written
+        self.merge_limit = round(max(MERGE_SECONDS, 2 * config.write_seconds) * sample_rate)
+        """Most samples one write should carry (chunks waiting are merged up to it)."""
 
     def due(self, waiting: int, now: float) -> bool:
         """Whether ``waiting`` samples, made and not yet written, should be written at ``now``."""
         if waiting <= 0:
             return False
-        if self._started is None or waiting >= self._write:
+        if self._played_out is None or waiting >= self._write:
             return True
         return now >= self.deadline()
 
@@ -76,14 +82,18 @@ class WritePacer:
 
         Only meaningful after the first write.
         """
-        assert self._started is not None
-        return self._started + self._sent / self._rate - self._lead
+        assert self._played_out is not None
+        return self._played_out - self._lead
 
     def wrote(self, samples: int, now: float) -> None:
-        """Count a write of ``samples`` at ``now``."""
-        if self._started is None:
-            self._started = now
-        self._sent += samples
+        """Count a write of ``samples`` at ``now``: it plays after what was written before, or from
+        ``now`` if that has played out."""
+        start = now if self._played_out is None else max(self._played_out, now)
+        self._played_out = start + samples / self._rate
+
+    def restart(self) -> None:
+        """The listener dropped what it had (a session's ``clear``): the next write goes at once."""
+        self._played_out = None
 
     @property
     def holds(self) -> bool:

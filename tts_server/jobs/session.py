@@ -12,7 +12,8 @@ segment, and:
   previous segment's latents and text), so timbre and prosody carry across the join; a previous
   segment longer than the context bound is not used (the next one starts from the session's voice);
 - holds at most ``buffer_seconds`` of made-but-unsent audio: a client that does not read pauses
-  its session's generation instead of growing the server's memory.
+  its session's generation instead of growing the server's memory; audio is handed to the
+  transport paced like a streamed response's (:mod:`tts_server.jobs.pacing`).
 
 ``clear`` (barge-in) drops the buffered text and the queued audio at once and aborts the engine
 request in flight (its stream ends within one engine step). The session is one entry of the
@@ -34,6 +35,7 @@ from tts_server.errors import ApiError
 from tts_server.jobs import failures
 from tts_server.jobs.audio_checks import checked_audio
 from tts_server.jobs.continuation import continuation_voice
+from tts_server.jobs.pacing import WritePacer
 from tts_server.jobs.queue import QueueCancelled, QueueClosed, QueueTimeout, Ticket
 from tts_server.jobs.registry import CancelReason, RequestState
 from tts_server.jobs.session_events import (
@@ -104,7 +106,8 @@ class Session:
         self._work_ready = asyncio.Event()
         self._last_fragment = time.monotonic()
         self._closing = False
-        self.outbox = SessionOutbox(round(spec.buffer_seconds * svc.sample_rate))
+        limit = round(spec.buffer_seconds * svc.sample_rate)
+        self.outbox = SessionOutbox(limit, WritePacer(svc.config.pacing(), svc.sample_rate, limit))
         self._holds_slot = False
         self._engine_id: str | None = None
         self._context: Voice | None = None  # the previous segment, to continue from

@@ -233,7 +233,7 @@ def test_input_the_engine_rejects_is_a_400_naming_the_field(srv):
 
 def test_a_response_that_fell_behind_takes_the_buffered_chunks_merged_in_order(srv):
     svc = srv.services
-    limit = round(max(0.5, 2 * svc.config.stream_write_seconds) * svc.sample_rate)  # jobs.job._MERGE_S or the pacing's
+    limit = round(max(0.5, 2 * svc.config.stream_write_seconds) * svc.sample_rate)  # WritePacer.merge_limit
 
     async def read(delay: float):
         job = await Job.start(svc, spec(steps=8, seed=3), Connection().receive)

@@ -58,3 +58,11 @@ def test_a_block_larger_than_the_buffer_is_due_at_the_buffer_bound():
 def test_settings_out_of_range_are_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PacingConfig(**{field: value})
+
+
+def test_audio_written_after_the_listener_ran_dry_plays_from_its_arrival():
+    p = pacer(write=0.5, lead=1.0)
+    p.wrote(2000, now=0.0)  # plays out at 2
+    p.wrote(2000, now=5.0)  # silence from 2 to 5: this plays from 5 to 7
+    assert p.deadline() == pytest.approx(6.0)
+    assert not p.due(100, 5.9) and p.due(100, 6.0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
+from tts_server.jobs.pacing import PacingConfig, WritePacer
 from tts_server.jobs.session_events import Cleared, SegmentAudio, SegmentStarted, SessionEnded, SessionWarning
 from tts_server.jobs.session_events import SessionProblem as P
 from tts_server.jobs.session_outbox import SessionOutbox
@@ -86,3 +88,63 @@ def test_a_new_epoch_drops_queued_speech_and_refuses_late_events():
 
     events = asyncio.run(go())
     assert [type(e).__name__ for e in events] == ["SessionWarning", "Cleared", "SessionEnded"]
+
+
+RATE = 1000  # samples per second in the paced tests: 100 samples are 0.1 s
+
+
+def paced_box(write: float, lead: float, limit: int = 100_000) -> SessionOutbox:
+    return SessionOutbox(limit, WritePacer(PacingConfig(write_seconds=write, lead_seconds=lead), RATE, limit))
+
+
+def test_a_paced_session_sends_its_first_audio_alone_then_blocks_of_one_segment_flushed_by_other_events():
+    async def go():
+        box = paced_box(write=0.3, lead=0.0)
+        stream = box.events()
+        await box.put_audio(SegmentAudio(0, np.full(100, 0, np.float32)), box.epoch, lambda: False)
+        first = await anext(stream)
+        for i in range(1, 4):
+            await box.put_audio(SegmentAudio(0, np.full(100, i, np.float32)), box.epoch, lambda: False)
+        await box.put_audio(SegmentAudio(1, np.full(100, 9, np.float32)), box.epoch, lambda: False)
+        box.put(SegmentStarted(2, "next", False))
+        box.put(SessionEnded(3, 0.5))
+        return [first] + [e async for e in stream]
+
+    events = asyncio.run(go())
+    shape = [(type(e).__name__, getattr(e, "index", None), getattr(e, "samples", np.empty(0)).size) for e in events]
+    assert shape == [
+        ("SegmentAudio", 0, 100),  # the first audio at once
+        ("SegmentAudio", 0, 300),  # the rest of segment 0 as one block
+        ("SegmentAudio", 1, 100),  # segment 1's audio is not merged into 0's, and goes before the event after it
+        ("SegmentStarted", 2, 0),
+        ("SessionEnded", None, 0),
+    ]
+    np.testing.assert_array_equal(events[1].samples, np.repeat(np.arange(1, 4, dtype=np.float32), 100))
+
+
+def test_held_audio_goes_out_when_the_audio_before_it_has_played():
+    async def go():
+        box = paced_box(write=60.0, lead=0.0)
+        stream = box.events()
+        await box.put_audio(audio(100), box.epoch, lambda: False)  # 0.1 s, sent at once
+        await anext(stream)
+        sent = time.monotonic()
+        await box.put_audio(audio(50), box.epoch, lambda: False)  # held: the block never fills
+        await anext(stream)
+        return time.monotonic() - sent
+
+    waited = asyncio.run(go())
+    assert 0.08 <= waited < 1.0  # when the first 0.1 s has played, not before and not never
+
+
+def test_after_a_clear_the_next_audio_goes_at_once():
+    async def go():
+        box = paced_box(write=60.0, lead=0.0)
+        stream = box.events()
+        await box.put_audio(audio(10_000), box.epoch, lambda: False)  # 10 s sent: far ahead
+        await anext(stream)
+        box.new_epoch()  # the client dropped its audio
+        await box.put_audio(audio(50), box.epoch, lambda: False)
+        return await asyncio.wait_for(anext(stream), timeout=1.0)
+
+    assert asyncio.run(go()).samples.size == 50
