@@ -43,11 +43,6 @@ class PacingConfig:
         if not 0 <= self.lead_seconds < float("inf"):
             raise ValueError(f"lead_seconds must be >= 0 and finite, got {self.lead_seconds!r}")
 
-    @property
-    def enabled(self) -> bool:
-        """Whether writes are ever held back."""
-        return self.write_seconds > 0
-
 
 class WritePacer:
     """The write schedule of one streamed response (see the module docstring).
@@ -94,8 +89,3 @@ class WritePacer:
     def restart(self) -> None:
         """The listener dropped what it had (a session's ``clear``): the next write goes at once."""
         self._played_out = None
-
-    @property
-    def holds(self) -> bool:
-        """Whether a write may ever be held back (after the first)."""
-        return self._write > 1
