@@ -17,7 +17,6 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from logging.handlers import QueueHandler
 from typing import TextIO
 
 __all__ = ["LOG_FORMAT", "QUEUE_RECORDS", "LogOutput"]
@@ -27,30 +26,41 @@ QUEUE_RECORDS = 10_000
 """Records that may wait for the writer; at 200 bytes each about 2 MB."""
 
 
-class _Enqueue(QueueHandler):
-    """Puts records on the queue without waiting; counts those that do not fit."""
+class _Enqueue(logging.Handler):
+    """Puts records on the queue without waiting; counts those that do not fit.
 
-    def __init__(self, records: queue.Queue[logging.LogRecord | None]) -> None:
-        super().__init__(records)
+    The queue is a ``SimpleQueue`` (a put takes no Python-level lock and wakes the writer cheaply)
+    bounded here by its size: under concurrent puts the bound is approximate, by a few records.
+    """
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], capacity: int) -> None:
+        super().__init__()
+        self._records = records
+        self._capacity = capacity
         self._lock = threading.Lock()
         self._dropped = 0
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock around emit: the queue is thread-safe, and the count has its own lock.
+        passed = self.filter(record)
+        if passed:
+            self.emit(record)
+        return bool(passed)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._records.qsize() >= self._capacity:
+            self.count_dropped(1)
+            return
         # Render now what may change or hold frames later (the arguments, a traceback); the line's
-        # format (time, level, name) is the writer's work.
+        # format (time, level, name) is the writer's work. A copy: a handler after this one still
+        # gets the record as logged.
         record = copy.copy(record)
         record.msg = record.getMessage()
         record.args = None
         if record.exc_info:
             record.exc_text = _RENDER.formatException(record.exc_info)
             record.exc_info = None
-        return record
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self.count_dropped(1)
+        self._records.put(record)
 
     def count_dropped(self, records: int) -> None:
         """Count records that could not be written."""
@@ -84,8 +94,8 @@ class LogOutput:
         self.level = level.upper()
         self.stream = stream
         self.capacity = capacity
-        self._records: queue.Queue[logging.LogRecord | None] = queue.Queue(maxsize=capacity)
-        self._enqueue = _Enqueue(self._records)
+        self._records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._enqueue = _Enqueue(self._records, capacity)
         self._format = logging.Formatter(LOG_FORMAT)
         self._thread: threading.Thread | None = None
 
@@ -98,6 +108,9 @@ class LogOutput:
             handler.close()
         root.addHandler(self._enqueue)
         root.setLevel(self.level)
+        # Nothing in the format needs them, and each costs every record a lookup on the caller's thread.
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+        logging.logAsyncioTasks = False  # Python 3.12+
         # A daemon: a writer stuck on a stalled stream must not keep the process from exiting.
         self._thread = threading.Thread(target=self._write, args=(_sink(stream),), name="log-writer", daemon=True)
         self._thread.start()
@@ -127,10 +140,7 @@ class LogOutput:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        try:
-            self._records.put(None, timeout=timeout)
-        except queue.Full:
-            return
+        self._records.put(None)
         thread.join(timeout=timeout)
         if thread.is_alive():
             return
