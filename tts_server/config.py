@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 from tts_server.config_checks import LOG_LEVELS, setting_checks
@@ -352,8 +353,9 @@ class ServerConfig:
             audio_ring_slots=self.audio_ring_slots,
         )
 
+    @cached_property
     def pacing(self) -> PacingConfig:
-        """How streamed responses batch their writes."""
+        """How streamed responses and sessions batch their writes (built once)."""
         return PacingConfig(write_seconds=self.stream_write_seconds, lead_seconds=self.stream_lead_seconds)
 
     def resolved_devices(self) -> list[str]:

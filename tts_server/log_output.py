@@ -86,14 +86,13 @@ class LogOutput:
 
     Args:
         level: Root level name (``info``, ``debug``, ...).
-        stream: Where lines go (default: ``sys.stderr`` as of :meth:`start`).
+        stream: Where lines go (default: ``sys.stderr`` as of :meth:`start`, set there).
         capacity: Records that may wait for the writer.
     """
 
     def __init__(self, level: str, stream: TextIO | None = None, capacity: int = QUEUE_RECORDS) -> None:
         self.level = level.upper()
         self.stream = stream
-        self.capacity = capacity
         self._records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self._enqueue = _Enqueue(self._records, capacity)
         self._format = logging.Formatter(LOG_FORMAT)
@@ -101,7 +100,8 @@ class LogOutput:
 
     def start(self) -> None:
         """Replace the root logger's handlers with the queue and start the writer thread."""
-        stream = self.stream if self.stream is not None else sys.stderr
+        if self.stream is None:
+            self.stream = sys.stderr
         root = logging.getLogger()
         for handler in list(root.handlers):
             root.removeHandler(handler)
@@ -112,7 +112,7 @@ class LogOutput:
         logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         logging.logAsyncioTasks = False  # Python 3.12+
         # A daemon: a writer stuck on a stalled stream must not keep the process from exiting.
-        self._thread = threading.Thread(target=self._write, args=(_sink(stream),), name="log-writer", daemon=True)
+        self._thread = threading.Thread(target=self._write, args=(_sink(self.stream),), name="log-writer", daemon=True)
         self._thread.start()
 
     def _write(self, sink: Callable[[str], None]) -> None:
@@ -146,7 +146,7 @@ class LogOutput:
             return
         root = logging.getLogger()
         root.removeHandler(self._enqueue)
-        direct = logging.StreamHandler(self.stream if self.stream is not None else sys.stderr)
+        direct = logging.StreamHandler(self.stream)
         direct.setFormatter(self._format)
         root.addHandler(direct)
 

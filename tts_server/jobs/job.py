@@ -29,7 +29,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from tts_server.jobs.audio_checks import checked_audio
 from tts_server.jobs.pacing import WritePacer
 from tts_server.jobs.queue import QueueCancelled, QueueClosed, QueueTimeout, Ticket
 from tts_server.jobs.registry import CancelReason, InflightRequest, RequestState
+from tts_server.jobs.stream_buffer import StreamBuffer
 from tts_server.jobs.timeline import Timeline
 from tts_server.metrics import Outcome
 from voxcpm_engine.proc.errors import EngineDeadError, EngineError, RequestCancelled
@@ -104,12 +104,8 @@ class Job:
         self.ticket = Ticket(spec.request_id, spec.client_id)
         self.samples = 0
         self.failure: EngineError | None = None  # why the stream stopped early, if the engine failed it
-        self._buffer: deque[np.ndarray] = deque()  # made, not yet taken by the response
-        self._buffered = 0  # samples in _buffer
-        self._buffer_limit = max(1, round(svc.config.stream_buffer_seconds * svc.sample_rate))
-        self._pacer = WritePacer(svc.config.pacing(), svc.sample_rate, self._buffer_limit)
-        self._made = asyncio.Event()  # set when a chunk is buffered or generation has ended
-        self._taken = asyncio.Event()  # set when the response took a chunk
+        limit = max(1, round(svc.config.stream_buffer_seconds * svc.sample_rate))
+        self._audio = StreamBuffer(limit, WritePacer(svc.config.pacing, svc.sample_rate, limit))  # made, not sent
         self._generation_error: EngineError | None = None
         self._segment = 0
         self._stream: RequestStream | None = None
@@ -255,45 +251,17 @@ class Job:
             if not self._open_next():
                 break
 
-    def _take(self) -> np.ndarray:
-        """The oldest buffered chunk, merged with those behind it up to the pacer's ``merge_limit``
-        (:data:`~tts_server.jobs.pacing.MERGE_SECONDS` of audio, or twice the paced block if more).
-
-        Under load the response falls behind the engine by a few chunks, and a paced response waits
-        for several on purpose (:mod:`tts_server.jobs.pacing`); taking them as one costs one encode
-        and one write on the event loop instead of one per step.
-        """
-        chunk = self._buffer.popleft()
-        if self._buffer:
-            limit = self._pacer.merge_limit
-            parts = [chunk]
-            size = chunk.size
-            while self._buffer and size + self._buffer[0].size <= limit:
-                parts.append(self._buffer.popleft())
-                size += parts[-1].size
-            chunk = np.concatenate(parts) if len(parts) > 1 else chunk
-        self._buffered -= chunk.size
-        return chunk
-
     async def _generate(self) -> None:
         """Pull every chunk into the buffer (waiting while it is full); give the slot back at the end."""
         try:
             async with aclosing(self._chunks()) as chunks:
                 async for chunk in chunks:
-                    self._buffer.append(chunk)
-                    self._buffered += chunk.size
-                    # The first chunk into an empty buffer always wakes the response: if it is held,
-                    # the response then waits with a timer for the pacing's deadline.
-                    if len(self._buffer) == 1 or self._pacer.due(self._buffered, time.monotonic()):
-                        self._made.set()
-                    while self._buffered >= self._buffer_limit:
-                        self._taken.clear()
-                        await self._taken.wait()
+                    await self._audio.put(chunk)
         except EngineError as exc:
             self._generation_error = exc
         finally:
             self._generation_over(self._generation_error)
-            self._made.set()
+            self._audio.end()
 
     def _generation_over(self, error: EngineError | None) -> None:
         """The engine is done with this job: its request closed, its slot back to the queue."""
@@ -314,19 +282,15 @@ class Job:
         """
         outcome = Outcome.CANCELLED  # the iterator is abandoned (client gone) unless set below
         generation = asyncio.create_task(self._generate(), name=f"generate[{self.spec.request_id}]")
-        pacer = self._pacer
         try:
             while not self.record.cancelled:
                 now = time.monotonic()
-                if self._buffer and (generation.done() or pacer.due(self._buffered, now)):
-                    chunk = self._take()
-                    pacer.wrote(chunk.size, now)
-                    self._taken.set()
-                    yield chunk
+                if self._audio.due(now, ended=generation.done()):
+                    yield self._audio.take(now)
                 elif generation.done():
                     break
                 else:
-                    await self._wait_for_audio(pacer.deadline() - now if self._buffer else None)
+                    await self._audio.wait(now)
             if generation.done() and not generation.cancelled() and generation.exception() is not None:
                 raise generation.exception()  # a bug, not an engine error: let it be seen
             error = self._generation_error if generation.done() else None
@@ -350,17 +314,6 @@ class Job:
             if not generation.done():
                 generation.cancel()  # its finally gives the slot back
             self.close(outcome)
-
-    async def _wait_for_audio(self, delay: float | None) -> None:
-        """Wait until the generation task says a write is due, or ``delay`` seconds (the pacing's
-        deadline for audio already waiting) have passed."""
-        self._made.clear()
-        timer = None if delay is None else asyncio.get_running_loop().call_later(delay, self._made.set)
-        try:
-            await self._made.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
 
     async def collect(self) -> np.ndarray:
         """All the audio at once (for a non-streaming response).

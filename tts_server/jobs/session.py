@@ -107,7 +107,7 @@ class Session:
         self._last_fragment = time.monotonic()
         self._closing = False
         limit = round(spec.buffer_seconds * svc.sample_rate)
-        self.outbox = SessionOutbox(limit, WritePacer(svc.config.pacing(), svc.sample_rate, limit))
+        self.outbox = SessionOutbox(limit, WritePacer(svc.config.pacing, svc.sample_rate, limit))
         self._holds_slot = False
         self._engine_id: str | None = None
         self._context: Voice | None = None  # the previous segment, to continue from
