@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tts_server.errors import ApiError
 from tts_server.http.auth import OPEN_PATHS, Access, check_access, required_access
+from tts_server.http.bodies import discard_body
 from tts_server.jobs.timeline import TIMELINE_KEY, Timeline
 from tts_server.lifecycle import Lifecycle
 from tts_server.openai_errors import error_response_for
@@ -40,8 +41,6 @@ __all__ = ["UNCAPPED_PATHS", "Admission", "AdmissionMiddleware"]
 log = logging.getLogger(__name__)
 
 UNCAPPED_PATHS = OPEN_PATHS | {"/queue", "/cancel"}
-_DISCARD_LIMIT = 1 << 20  # bytes of a refused request's body read before answering
-_DISCARD_TIMEOUT_S = 1.0  # ...and for how long: a refused client gets no more of our time
 
 
 class Admission:
@@ -269,29 +268,5 @@ async def _refuse_upgrade(scope: Scope, receive: Receive, send: Send, error: Api
 
 
 async def _send_error(scope: Scope, receive: Receive, send: Send, error: ApiError) -> None:
-    await _discard_body(receive)
+    await discard_body(receive)
     await error_response_for(scope["path"], error)(scope, receive, send)
-
-
-async def _discard_body(receive: Receive, limit: int = _DISCARD_LIMIT) -> None:
-    """Read (and drop) a small request body before answering without it.
-
-    A server that closes a connection with unread request bytes in its socket makes the kernel
-    send a reset, which can destroy the error response before the client reads it. The body of a
-    JSON request is small; a larger one is left unread (that client may see a reset instead).
-    """
-
-    async def drop() -> None:
-        seen = 0
-        while seen <= limit:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            seen += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
-
-    try:
-        await asyncio.wait_for(drop(), _DISCARD_TIMEOUT_S)
-    except TimeoutError:
-        pass  # a slow body is not waited for: the client gets its answer (and the connection closes)

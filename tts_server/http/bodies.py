@@ -2,17 +2,20 @@
 
 Every failure becomes an :class:`ApiError` naming the field: 415 for a wrong content type, 413 for
 a body over the limit (refused from ``Content-Length`` before reading, or as soon as the streamed
-bytes pass it), 400 for invalid JSON or a body the model rejects.
+bytes pass it; the rest is read and dropped, up to 1 MiB and 1 s, so that the answer is not lost
+to a connection reset), 400 for invalid JSON or a body the model rejects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.types import Receive
 
 from tts_server.errors import ApiError
 
@@ -21,6 +24,7 @@ __all__ = [
     "REQUEST_ID_PATTERN",
     "body_limit",
     "decode_base64",
+    "discard_body",
     "parse_body",
     "read_body",
     "validation_error",
@@ -30,6 +34,8 @@ DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 # Ids travel back in a header and into logs: keep them to safe, printable characters.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$"
 _UTF8_BOM = b"\xef\xbb\xbf"
+_DISCARD_LIMIT = 1 << 20  # bytes of a refused request's body read before answering
+_DISCARD_TIMEOUT_S = 1.0  # ...and for how long: a refused client gets no more of our time
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,6 +52,31 @@ def _too_large(size: int | str, limit: int) -> ApiError:
     return ApiError(413, f"request body of {size} bytes exceeds the limit of {limit} bytes", type="too_large")
 
 
+async def discard_body(receive: Receive, limit: int = _DISCARD_LIMIT) -> None:
+    """Read (and drop) the rest of a refused request's body before answering without it.
+
+    A server that closes a connection with unread request bytes in its socket makes the kernel
+    send a reset, which can destroy the error response before the client reads it. At most
+    ``limit`` bytes and one second are spent: a larger or slower body is left unread (that client
+    may see a reset instead).
+    """
+
+    async def drop() -> None:
+        seen = 0
+        while seen <= limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    try:
+        await asyncio.wait_for(drop(), _DISCARD_TIMEOUT_S)
+    except TimeoutError:
+        pass  # a slow body is not waited for: the client gets its answer (and the connection closes)
+
+
 async def read_body(request: Request, *, max_bytes: int | None = None) -> bytes:
     """Read the whole body, refusing more than the limit without buffering it.
 
@@ -59,6 +90,7 @@ async def read_body(request: Request, *, max_bytes: int | None = None) -> bytes:
         if not declared.strip().isdigit():
             raise ApiError(400, f"invalid Content-Length header {declared!r}")
         if int(declared) > limit:
+            await discard_body(request.receive)
             raise _too_large(int(declared), limit)
     body = bytearray()
     # Counted while streaming: a chunked body has no Content-Length, and a client may send more
@@ -66,6 +98,7 @@ async def read_body(request: Request, *, max_bytes: int | None = None) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
+            await discard_body(request.receive)
             raise _too_large(f"more than {limit}", limit)
     return bytes(body)
 
