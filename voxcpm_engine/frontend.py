@@ -99,7 +99,7 @@ def build_prefill(
     audio: list[tuple[int, Tensor]] = []  # (first position, fp32 patches) of each audio span
 
     def add_text(tokens: Sequence[int]) -> None:
-        ids.extend(int(t) for t in tokens)
+        ids.extend(map(int, tokens))
         is_audio.extend([0] * len(tokens))
 
     def add_audio(patches: Tensor, name: str) -> None:

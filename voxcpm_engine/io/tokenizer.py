@@ -39,6 +39,7 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 _SPACE_MARK = "\u2581"  # "▁", SentencePiece's word-boundary mark
 _CJK_FIRST, _CJK_LAST = "\u4e00", "\u9fff"  # the range the reference tests (CJK Unified Ideographs only)
+_CJK_CHAR = re.compile(f"[{_CJK_FIRST}-{_CJK_LAST}]")
 _WHITESPACE_RUN = re.compile(r"\s+")
 # Named special tokens the transformers class registers when the config does not already list them.
 _NAMED_SPECIAL_KEYS = ("unk_token", "bos_token", "eos_token", "pad_token")
@@ -247,8 +248,11 @@ class TextTokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"expected str, got {type(text).__name__}")
+        tokens = self._backend.encode(text, add_special_tokens=False).tokens
+        if _CJK_CHAR.search(text) is None:
+            return tokens  # a token is made of the text's characters: none can be a CJK entry
         out: list[str] = []
-        for token in self._backend.encode(text, add_special_tokens=False).tokens:
+        for token in tokens:
             bare = token.replace(_SPACE_MARK, "")
             if bare in self._multichar:
                 out.extend(bare)
@@ -269,10 +273,10 @@ class TextTokenizer:
             TypeError: ``text`` is not a ``str``.
             ValueError: A split character is missing from the vocabulary and there is no unk token.
         """
-        ids: list[int] = []
-        for token in self.tokenize(text):
-            idx = self._vocab.get(token, self._unk_id)
-            if idx is None:
-                raise ValueError(f"token {token!r} is not in the vocabulary and the tokenizer has no unk token")
-            ids.append(idx)
-        return ids
+        tokens = self.tokenize(text)
+        get, unk = self._vocab.get, self._unk_id
+        ids = [get(token, unk) for token in tokens]
+        if unk is None and None in ids:
+            token = tokens[ids.index(None)]
+            raise ValueError(f"token {token!r} is not in the vocabulary and the tokenizer has no unk token")
+        return ids  # type: ignore[return-value]  # no None is left
