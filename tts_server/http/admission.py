@@ -79,7 +79,8 @@ class Admission:
         self.on_reject = on_reject
         self.on_cut = on_cut
         self.active = 0  # work requests admitted and not yet answered
-        self._cut: asyncio.Event | None = None  # made on the serving loop, at the first request
+        self.is_cut = False  # set by cut(): no wait for a body starts or goes on
+        self._body_waits: set[asyncio.Timeout] = set()  # the deadline of every wait for a body now
 
     def try_enter(self) -> bool:
         """Take a place if one is free (test and increment in one step)."""
@@ -92,16 +93,14 @@ class Admission:
         """Give a place back."""
         self.active -= 1
 
-    @property
-    def cut_event(self) -> asyncio.Event:
-        """Set by :meth:`cut`."""
-        if self._cut is None:
-            self._cut = asyncio.Event()
-        return self._cut
-
     def cut(self) -> None:
-        """End every wait for a request body now (the shutdown grace is over)."""
-        self.cut_event.set()
+        """End every wait for a request body now (the shutdown grace is over). On the serving loop."""
+        self.is_cut = True
+        if self._body_waits:
+            now = asyncio.get_running_loop().time()
+            for timeout in self._body_waits:
+                if not timeout.expired():  # an expired one is already ending its wait
+                    timeout.reschedule(now)
 
     def _counted_cut(self, reason: str) -> None:
         if self.on_cut is not None:
@@ -207,33 +206,27 @@ class _BodyDeadline:
         if self._complete:
             return await self._receive()
         adm = self._admission
-        cut = adm.cut_event
-        if cut.is_set():
+        if adm.is_cut:
             raise self._cut_off()
-        loop = asyncio.get_running_loop()
-        message_task = asyncio.ensure_future(self._receive())
-        cut_task = asyncio.ensure_future(cut.wait())
+        # A timeout, not a task per wait: a body already in the server's queue is taken without
+        # yielding to the loop, so a request of a burst goes on to the engine before the next one.
         try:
-            await asyncio.wait(
-                {message_task, cut_task},
-                timeout=max(0.0, self._deadline - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            cut_task.cancel()
-            if not message_task.done():
-                message_task.cancel()  # hypercorn's receive is a queue get: cancelling loses nothing
-        if not message_task.done() or message_task.cancelled():
-            if cut.is_set():
-                raise self._cut_off()
+            async with asyncio.timeout_at(self._deadline) as timeout:
+                adm._body_waits.add(timeout)
+                try:
+                    message = await self._receive()
+                finally:
+                    adm._body_waits.discard(timeout)
+        except TimeoutError:
+            if adm.is_cut:
+                raise self._cut_off() from None
             adm._counted_cut("body_timeout")
             raise ApiError(
                 408,
                 f"request body: not complete {adm.body_timeout:g} s after the request began (--body-timeout)",
                 type="timeout",
                 headers={"Connection": "close"},
-            )
-        message = message_task.result()
+            ) from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._complete = True
         return message

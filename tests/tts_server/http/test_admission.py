@@ -15,8 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from tests.reliability.raw_http import request_head
 from tests.tts_server.serving import AppServer, LoopRunner
-from tts_server.http.admission import Admission, AdmissionMiddleware
+from tts_server.errors import ApiError, api_error_handler
+from tts_server.http.admission import Admission, AdmissionMiddleware, _BodyDeadline
 from tts_server.lifecycle import Lifecycle
 
 
@@ -212,3 +214,60 @@ def test_auth_rules_over_http():
         "add voice admin": 200,
         "queue anonymous": 401,
     }
+
+
+@pytest.fixture
+def slow_bodies():
+    """``(url, admission, runner)``: a body deadline of 0.5 s, ApiErrors rendered as the server does."""
+    runner = LoopRunner()
+    lifecycle = Lifecycle()
+    lifecycle.ready()
+    cuts: list[str] = []
+    admission = Admission(3, lifecycle, body_timeout=0.5, on_cut=cuts.append)
+    admission.cuts = cuts  # type: ignore[attr-defined]
+    app = make_app(admission, Probe())
+    app.add_exception_handler(ApiError, api_error_handler)
+    server = AppServer(app)
+    url = runner.run(server.start())
+    yield url, admission, runner
+    runner.run(server.stop())
+    runner.close()
+
+
+def test_a_body_that_does_not_come_is_408_and_one_that_is_cut_is_503(slow_bodies):
+    url, admission, runner = slow_bodies
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+
+    async def ask(body: bytes, cut_after_s: float | None = None) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request_head("/generate", 50) + body)  # 50 bytes announced, fewer sent
+        if cut_after_s is not None:
+            await asyncio.sleep(cut_after_s)  # its wait for the body has begun
+            admission.cut()
+        answer = await asyncio.wait_for(reader.read(), 5)  # the server answers and closes
+        writer.close()
+        return answer
+
+    late = runner.run(ask(b'{"a":'))  # part of the body, then nothing
+    assert late.startswith(b"HTTP/1.1 408") and b"not complete 0.5 s after the request began" in late, late
+    assert admission.cuts == ["body_timeout"]
+    cut = runner.run(ask(b"", cut_after_s=0.1))
+    assert cut.startswith(b"HTTP/1.1 503") and b"the server is shutting down" in cut, cut
+    refused = runner.run(ask(b""))  # once cut, a wait for a body ends at once
+    assert refused.startswith(b"HTTP/1.1 503"), refused
+    assert admission.cuts == ["body_timeout", "shutdown", "shutdown"]
+
+
+def test_a_body_already_received_is_taken_without_yielding_to_the_loop():
+    # In a burst every yield lets all the other requests take a turn first; a body that is
+    # already in the server's queue must not cost one.
+    async def go() -> None:
+        queue: asyncio.Queue = asyncio.Queue()
+        queue.put_nowait({"type": "http.request", "body": b"{}", "more_body": False})
+        deadline = _BodyDeadline(queue.get, Admission(1, Lifecycle()))
+        step = deadline()
+        with pytest.raises(StopIteration) as done:  # finished in its first step: no suspension
+            step.send(None)
+        assert done.value.value["body"] == b"{}"
+
+    asyncio.run(go())
