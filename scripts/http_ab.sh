@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side by side over HTTP on one GPU: the server of this tree against the server of another tree
 # (e.g. the last commit before a change), same synthetic checkpoint, same benchmark, in one run.
+# It leaves in OUT_DIR each server's JSON and logs.tgz (every server's log and printed tables).
 # Each server is started, warmed by the benchmark's own warm-up, measured with
 # `benchmark.py --mode http` at each level REPEATS times, and stopped; the order alternates
 # (A B A B ...) so a drifting machine does not favour one side.
@@ -42,7 +43,7 @@ serve_and_measure() {  # label tree round extra-flags
     done
     # shellcheck disable=SC2086
     PYTHONPATH=$PWD:$PYTHONPATH python3 benchmark.py --mode http --server http://127.0.0.1:$port \
-        --concurrency $levels --steps "${STEPS:-50}" --warmup 2 --json "$out/$label-$round.json" \
+        --concurrency $levels --steps "${STEPS:-50}" --warmup 2 --no-plot --json "$out/$label-$round.json" \
         2>&1 | tee "$out/$label-$round.txt" | tail -12
     kill -TERM "$pid"
     wait "$pid" || true
@@ -58,3 +59,5 @@ for round in $(seq 1 "${REPEATS:-2}"); do
         serve_and_measure baseline "$baseline" "$round" "${ARGS_BASELINE:-}"
     fi
 done
+# A device run returns at most eight files: the JSON of each server, and one archive of the rest.
+tar -czf "$out/logs.tgz" -C "$out" $(cd "$out" && ls ./*.txt ./*.log 2>/dev/null) && (cd "$out" && rm -f ./*.txt ./*.log)
