@@ -66,7 +66,11 @@ def make_app(admission: Admission, probe: Probe) -> Starlette:
         Route("/queue", open_),
         Route("/voices", open_, methods=["GET", "POST"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(AdmissionMiddleware, admission=admission)])
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(AdmissionMiddleware, admission=admission)],
+        exception_handlers={ApiError: api_error_handler},  # the body deadline's 408 and 503, as the server renders them
+    )
 
 
 @pytest.fixture
@@ -216,26 +220,11 @@ def test_auth_rules_over_http():
     }
 
 
-@pytest.fixture
-def slow_bodies():
-    """``(url, admission, runner)``: a body deadline of 0.5 s, ApiErrors rendered as the server does."""
-    runner = LoopRunner()
-    lifecycle = Lifecycle()
-    lifecycle.ready()
+def test_a_body_that_does_not_come_is_408_and_one_that_is_cut_is_503(served):
+    url, admission, _, runner = served
+    admission.body_timeout = 0.5
     cuts: list[str] = []
-    admission = Admission(3, lifecycle, body_timeout=0.5, on_cut=cuts.append)
-    admission.cuts = cuts  # type: ignore[attr-defined]
-    app = make_app(admission, Probe())
-    app.add_exception_handler(ApiError, api_error_handler)
-    server = AppServer(app)
-    url = runner.run(server.start())
-    yield url, admission, runner
-    runner.run(server.stop())
-    runner.close()
-
-
-def test_a_body_that_does_not_come_is_408_and_one_that_is_cut_is_503(slow_bodies):
-    url, admission, runner = slow_bodies
+    admission.on_cut = cuts.append
     host, port = url.removeprefix("http://").rsplit(":", 1)
 
     async def ask(body: bytes, cut_after_s: float | None = None) -> bytes:
@@ -250,12 +239,12 @@ def test_a_body_that_does_not_come_is_408_and_one_that_is_cut_is_503(slow_bodies
 
     late = runner.run(ask(b'{"a":'))  # part of the body, then nothing
     assert late.startswith(b"HTTP/1.1 408") and b"not complete 0.5 s after the request began" in late, late
-    assert admission.cuts == ["body_timeout"]
+    assert cuts == ["body_timeout"]
     cut = runner.run(ask(b"", cut_after_s=0.1))
     assert cut.startswith(b"HTTP/1.1 503") and b"the server is shutting down" in cut, cut
     refused = runner.run(ask(b""))  # once cut, a wait for a body ends at once
     assert refused.startswith(b"HTTP/1.1 503"), refused
-    assert admission.cuts == ["body_timeout", "shutdown", "shutdown"]
+    assert cuts == ["body_timeout", "shutdown", "shutdown"]
 
 
 def test_a_body_already_received_is_taken_without_yielding_to_the_loop():
