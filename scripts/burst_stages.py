@@ -13,26 +13,15 @@ Prints, per round and as the median over rounds, the p50 and p90 of the server's
 from __future__ import annotations
 
 import argparse
-import json
 import selectors
 import socket
 import statistics
 import time
 
+from perf.http_wire import Target
+from perf.server_timing import parse_server_timing
+
 STAGES = ("parse", "queue", "submit", "total")
-
-
-def _request(host: str, steps: int, i: int) -> bytes:
-    body = json.dumps(
-        {
-            "target_text": f"Burst request number {i}.",
-            "max_generate_length": steps,
-            "min_generate_length": steps,
-            "response_format": "pcm",
-        }  # fmt: skip
-    ).encode()
-    head = f"POST /generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
 def _read_all(socks: list[socket.socket], sent_at: float) -> list[tuple[dict[str, float], float]]:
@@ -42,7 +31,7 @@ def _read_all(socks: list[socket.socket], sent_at: float) -> list[tuple[dict[str
     for s in socks:
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
-        state[s] = {"data": bytearray(), "first": None, "audio": None}
+        state[s] = {"data": bytearray(), "audio": None}
     pending = set(socks)
     while pending:
         for key, _ in sel.select(timeout=30):
@@ -63,13 +52,8 @@ def _read_all(socks: list[socket.socket], sent_at: float) -> list[tuple[dict[str
         head = bytes(st["data"]).split(b"\r\n\r\n", 1)[0].decode("latin-1")
         if not head.startswith("HTTP/1.1 200"):
             raise RuntimeError(f"not a 200: {head.splitlines()[0] if head else '(nothing)'}")
-        stages = {}
-        for line in head.split("\r\n"):
-            if line.lower().startswith("server-timing:"):
-                for part in line.split(":", 1)[1].split(","):
-                    name, _, rest = part.strip().partition(";")
-                    if "dur=" in rest:
-                        stages[name] = float(rest.split("dur=")[1])
+        timing = [line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("server-timing:")]
+        stages = parse_server_timing(",".join(timing))
         out.append((stages, (st["audio"] - sent_at) * 1e3))
         s.setblocking(True)
     return out
@@ -83,17 +67,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2, help="patches per request (short: the burst is the point)")
     args = ap.parse_args()
-    host, port = args.url.removeprefix("http://").rsplit(":", 1)
-    socks = [socket.create_connection((host, int(port))) for _ in range(args.requests)]
+    target = Target.parse(args.url)
+
+    def request(i: int) -> bytes:
+        body = {"target_text": f"Burst request number {i}.", "max_generate_length": args.steps,
+                "min_generate_length": args.steps, "response_format": "pcm"}  # fmt: skip
+        return target.request(body)
+
+    socks = [socket.create_connection((target.host, target.port)) for _ in range(args.requests)]
     for s in socks:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for i, s in enumerate(socks):  # one request each, one at a time: connections open and kept alive
-        s.sendall(_request(host, args.steps, i))
+        s.sendall(request(i))
         _read_all([s], time.perf_counter())
     rows: dict[str, list[float]] = {}
     for r in range(args.rounds):
         time.sleep(0.5)
-        payloads = [_request(host, args.steps, i) for i in range(len(socks))]
+        payloads = [request(i) for i in range(len(socks))]
         sent_at = time.perf_counter()
         for s, p in zip(socks, payloads, strict=True):
             s.sendall(p)

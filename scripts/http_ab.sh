@@ -60,4 +60,4 @@ for round in $(seq 1 "${REPEATS:-2}"); do
     fi
 done
 # A device run returns at most eight files: the JSON of each server, and one archive of the rest.
-tar -czf "$out/logs.tgz" -C "$out" $(cd "$out" && ls ./*.txt ./*.log 2>/dev/null) && (cd "$out" && rm -f ./*.txt ./*.log)
+(cd "$out" && tar -czf logs.tgz ./*.txt ./*.log && rm -f ./*.txt ./*.log)
